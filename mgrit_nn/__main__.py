@@ -1,0 +1,5 @@
+import sys
+
+from mgrit_nn.cli import main
+
+sys.exit(main())

@@ -1,0 +1,108 @@
+"""Buffer-based tensor messages (design §9): no pickling on the hot path.
+
+CPU tensors are sent straight from their memory. CUDA tensors are staged
+through pinned host buffers unless the MPI library is CUDA-aware.
+The message dtype is the tensor's dtype (the model dtype).
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+from mpi4py import MPI
+
+
+class Timers:
+    """Seconds spent per phase on this rank (compute vs. communication vs. waiting)."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    def add(self, name: str, dt: float) -> None:
+        self.seconds[name] = self.seconds.get(name, 0.0) + dt
+
+
+class _Recv:
+    def __init__(self, req: MPI.Request, host: torch.Tensor | None, out: torch.Tensor,
+                 timers: Timers) -> None:
+        self.req, self.host, self.out, self.timers = req, host, out, timers
+
+    def wait(self) -> torch.Tensor:
+        t0 = time.perf_counter()
+        self.req.Wait()
+        self.timers.add("wait", time.perf_counter() - t0)
+        if self.host is not None:
+            self.out.copy_(self.host, non_blocking=False)
+        return self.out
+
+
+class _Send:
+    def __init__(self, req: MPI.Request, keep: torch.Tensor, timers: Timers) -> None:
+        self.req, self.keep, self.timers = req, keep, timers
+
+    def wait(self) -> None:
+        t0 = time.perf_counter()
+        self.req.Wait()
+        self.timers.add("wait", time.perf_counter() - t0)
+
+
+class Messenger:
+    """Non-blocking point-to-point messages of contiguous tensors."""
+
+    def __init__(self, comm: MPI.Comm, cuda_aware: bool = False) -> None:
+        self.comm = comm
+        self.rank = comm.Get_rank()
+        self.size = comm.Get_size()
+        self.cuda_aware = cuda_aware
+        self.timers = Timers()
+
+    def _staged(self, t: torch.Tensor) -> bool:
+        return t.is_cuda and not self.cuda_aware
+
+    @staticmethod
+    def _buffer(t: torch.Tensor):
+        if t.is_cuda:  # CUDA-aware MPI reads device memory through __cuda_array_interface__
+            return t
+        return t.numpy()
+
+    def isend(self, t: torch.Tensor, dest: int, tag: int) -> _Send:
+        t = t.detach()
+        if self._staged(t):
+            host = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+            host.copy_(t)
+            t = host
+        elif not t.is_contiguous():
+            t = t.contiguous()
+        t0 = time.perf_counter()
+        req = self.comm.Isend(self._buffer(t), dest=dest, tag=tag)
+        self.timers.add("comm", time.perf_counter() - t0)
+        return _Send(req, t, self.timers)
+
+    def irecv(self, out: torch.Tensor, source: int, tag: int) -> _Recv:
+        """Receive into ``out`` (contiguous); the data is there after ``wait()``."""
+        host = None
+        buf = out
+        if self._staged(out):
+            host = torch.empty(out.shape, dtype=out.dtype, pin_memory=True)
+            buf = host
+        req = self.comm.Irecv(self._buffer(buf), source=source, tag=tag)
+        return _Recv(req, host, out, self.timers)
+
+    def allreduce_sum(self, value: float) -> float:
+        buf = np.array([value], dtype=np.float64)
+        t0 = time.perf_counter()
+        self.comm.Allreduce(MPI.IN_PLACE, buf, op=MPI.SUM)
+        self.timers.add("comm", time.perf_counter() - t0)
+        return float(buf[0])
+
+    def bcast_tensor(self, t: torch.Tensor, root: int) -> torch.Tensor:
+        """Broadcast ``t`` (same shape/dtype on every rank) from ``root`` in place."""
+        host = t.detach().cpu() if t.is_cuda else t.detach()
+        if not host.is_contiguous():
+            host = host.contiguous()
+        self.comm.Bcast(host.numpy(), root=root)
+        if host is not t:
+            t.copy_(host)
+        return t

@@ -1,0 +1,252 @@
+"""Typed configuration: one dataclass schema, YAML files, ``--set`` overrides.
+
+Every option is declared once, with its default and a one-line doc (the
+``doc`` metadata); ``docs/config.md`` is generated from this schema.
+Validation happens before any work, and every problem becomes one
+:class:`ConfigError` naming the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration problem, reported as one clear message before any work."""
+
+
+def opt(default: Any, doc: str) -> Any:
+    """A schema field with its default and one-line documentation."""
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata={"doc": doc})
+    return field(default=default, metadata={"doc": doc})
+
+
+@dataclass
+class ModelConfig:
+    kind: Literal["dense", "conv"] = opt("dense", "dense (width w) or conv (c channels, 3x3)")
+    layers: int = opt(32, "number of residual steps N (fine grid points 0..N)")
+    T: float = opt(1.0, "final time; step size h = T / N")
+    width: int = opt(8, "state width w of the dense network")
+    channels: int = opt(4, "state channels c of the conv network")
+    activation: Literal["tanh", "relu", "softplus"] = opt("tanh", "activation sigma")
+    step: Literal["euler"] = opt("euler", "step scheme u + h*sigma(K u + b)")
+    init_std: float = opt(1.0, "std of residual weights, scaled by 1/sqrt(fan_in)")
+    seed: int = opt(0, "seed of the weight initialization (rank-count independent)")
+
+
+@dataclass
+class MgritConfig:
+    levels: int = opt(10, "maximum number of levels; coarsening stops at min_coarse intervals")
+    cfactor: int | list[int] = opt(4, "coarsening factor, one value or a list per level")
+    min_coarse: int = opt(2, "no level with fewer than this many intervals is created")
+    relax: str | list[str] = opt("FCF", "F | FCF | FCFCF, one value or a list per level")
+    cycle: Literal["V", "F"] = opt("V", "V-cycle or F-cycle")
+    max_iter: int = opt(20, "maximum MGRIT iterations per solve")
+    tol: float = opt(1e-10, "absolute tolerance on the level-0 C-point residual norm")
+    init: Literal["zero", "copy", "coarse"] = opt("zero", "initial guess of a cold solve")
+
+
+@dataclass
+class DataConfig:
+    name: str = opt("peaks", "peaks|levelset|swissroll|ellipses|digits|mnist|cifar10|indian_pines")
+    path: str | None = opt(None, "directory of the files of a file data set")
+    n_train: int = opt(1000, "training samples (file sets: <= 0 means all)")
+    n_val: int = opt(200, "validation samples")
+    seed: int = opt(0, "seed of generation, splitting and shuffling")
+    batch_size: int = opt(0, "mini-batch size; 0 means full batch")
+
+
+@dataclass
+class RuntimeConfig:
+    dtype: Literal["float32", "float64"] = opt("float64", "dtype of states, weights and messages")
+    device: Literal["auto", "cpu", "cuda"] = opt("auto", "auto: node-local rank's GPU, else CPU")
+    threads: int = opt(0, "torch threads per rank; 0: cores / ranks on the node")
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    mgrit: MgritConfig = field(default_factory=MgritConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+SECTIONS: dict[str, type] = {f.name: f.default_factory for f in dataclasses.fields(Config)}  # type: ignore[misc]
+
+
+def _section_types() -> dict[str, dict[str, Any]]:
+    return {name: typing.get_type_hints(cls) for name, cls in SECTIONS.items()}
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return " | ".join(repr(a) for a in typing.get_args(tp))
+    if origin is Union:
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is list:
+        return f"list of {_type_name(typing.get_args(tp)[0])}"
+    if tp is type(None):
+        return "null"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any) -> tuple[bool, Any]:
+    """Return (ok, value) with ints accepted for floats; bools are never numbers."""
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return (value in typing.get_args(tp)), value
+    if origin is Union:
+        for arg in typing.get_args(tp):
+            ok, v = _coerce(value, arg)
+            if ok:
+                return True, v
+        return False, value
+    if origin is list:
+        if not isinstance(value, list) or not value:
+            return False, value
+        (arg,) = typing.get_args(tp)
+        vals = [_coerce(v, arg) for v in value]
+        return all(ok for ok, _ in vals), [v for _, v in vals]
+    if tp is type(None):
+        return value is None, value
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return True, float(value)
+        if isinstance(value, str):  # YAML 1.1 reads 1e-10 (no dot) as a string
+            try:
+                return True, float(value)
+            except ValueError:
+                return False, value
+        return False, value
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool), value
+    return isinstance(value, tp), value
+
+
+def build_config(raw: dict) -> Config:
+    """Type-check a nested dict against the schema (unknown keys rejected)."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError("config: the top level must be a mapping of sections")
+    types = _section_types()
+    sections = {}
+    for name, values in raw.items():
+        if name not in types:
+            raise ConfigError(f"unknown config section '{name}' (known: {', '.join(types)})")
+        if values is None:
+            values = {}
+        if not isinstance(values, dict):
+            raise ConfigError(f"config section '{name}' must be a mapping of keys")
+        kwargs = {}
+        for key, value in values.items():
+            if key not in types[name]:
+                known = ", ".join(types[name])
+                raise ConfigError(f"unknown config key '{name}.{key}' (known: {known})")
+            ok, v = _coerce(value, types[name][key])
+            if not ok:
+                raise ConfigError(
+                    f"{name}.{key}: expected {_type_name(types[name][key])}, got {value!r}"
+                )
+            kwargs[key] = v
+        sections[name] = SECTIONS[name](**kwargs)
+    return Config(**sections)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``section.key=value`` with the value parsed as YAML (so 3, 1e-8, [4, 2], null work)."""
+    if "=" not in text:
+        raise ConfigError(f"--set {text!r}: expected section.key=value")
+    key, value = text.split("=", 1)
+    path = key.strip().split(".")
+    if len(path) != 2 or not all(path):
+        raise ConfigError(f"--set {text!r}: the key must be section.key, e.g. mgrit.levels=3")
+    try:
+        parsed = yaml.safe_load(value) if value.strip() else None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--set {key}: cannot parse value {value!r}: {exc}") from None
+    return path, parsed
+
+
+def load_config(path: str | None = None, overrides: list[str] = ()) -> Config:
+    """Read a YAML file (or nothing: defaults) and apply ``--set`` overrides."""
+    raw: dict = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            raw = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"config file {path}: the top level must be a mapping of sections")
+    for text in overrides:
+        (section, key), value = parse_override(text)
+        sec = raw.setdefault(section, {})
+        if not isinstance(sec, dict):
+            raise ConfigError(f"config section '{section}' must be a mapping of keys")
+        sec[key] = value
+    return build_config(raw)
+
+
+def per_level(value: Any, n: int) -> list:
+    """Expand a scalar-or-list option to n per-level values (the last one repeats)."""
+    values = value if isinstance(value, list) else [value]
+    return [values[min(i, len(values) - 1)] for i in range(n)]
+
+
+def validate(cfg: Config, ranks: int) -> None:
+    """Impossible values, checked before any work; raises one ConfigError."""
+    from mgrit_nn.data import check_data
+
+    m, g, d = cfg.model, cfg.mgrit, cfg.data
+    checks = [
+        (m.layers >= 1, "model.layers", f"must be >= 1, got {m.layers}"),
+        (m.T > 0, "model.T", f"must be > 0, got {m.T}"),
+        (m.width >= 1, "model.width", f"must be >= 1, got {m.width}"),
+        (m.channels >= 1, "model.channels", f"must be >= 1, got {m.channels}"),
+        (m.init_std >= 0, "model.init_std", f"must be >= 0, got {m.init_std}"),
+        (g.levels >= 1, "mgrit.levels", f"must be >= 1, got {g.levels}"),
+        (g.min_coarse >= 1, "mgrit.min_coarse", f"must be >= 1, got {g.min_coarse}"),
+        (g.max_iter >= 1, "mgrit.max_iter", f"must be >= 1, got {g.max_iter}"),
+        (g.tol >= 0, "mgrit.tol", f"must be >= 0, got {g.tol}"),
+        (d.n_val >= 0, "data.n_val", f"must be >= 0, got {d.n_val}"),
+        (d.batch_size >= 0, "data.batch_size", f"must be >= 0, got {d.batch_size}"),
+        (cfg.runtime.threads >= 0, "runtime.threads", f"must be >= 0, got {cfg.runtime.threads}"),
+        (
+            ranks <= m.layers + 1,
+            "model.layers",
+            f"{ranks} ranks need at least {ranks - 1} layers "
+            f"(N+1 = {m.layers + 1} points, one or more per rank)",
+        ),
+    ]
+    cfs = g.cfactor if isinstance(g.cfactor, list) else [g.cfactor]
+    for c in cfs:
+        checks.append((c >= 2, "mgrit.cfactor", f"must be >= 2, got {g.cfactor}"))
+    relaxes = g.relax if isinstance(g.relax, list) else [g.relax]
+    for r in relaxes:
+        checks.append((r in RELAX, "mgrit.relax", f"must be F, FCF or FCFCF, got {g.relax!r}"))
+    for ok, key, msg in checks:
+        if not ok:
+            raise ConfigError(f"{key}: {msg}")
+    problem = check_data(d.name, d.path)
+    if problem is not None:
+        raise ConfigError(f"data: {problem}")
+
+
+RELAX = ("F", "FCF", "FCFCF")

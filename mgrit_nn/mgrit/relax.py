@@ -1,0 +1,167 @@
+"""Relaxation (design §4): F-sweeps, C-updates, and the two primitives behind them.
+
+``sweep`` updates a point set in increasing order, sequentially inside each
+run of consecutive points, all runs of a rank at once as one batched step per
+position in the run. ``evaluate`` applies the step at a point set from the
+current values in one batched step (C-relaxation, restriction and residual).
+
+Only the run that starts at a rank's first point depends on the left
+neighbour: the rank posts that receive first, sends its own last value as
+soon as it is final, and relaxes everything else before it waits.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from mgrit_nn.mgrit.hierarchy import Level
+from mgrit_nn.mgrit.propagator import Selection
+
+TAG_SWEEP, TAG_EVAL = 1, 2
+
+
+def is_member(lev: Level, i: int, kind: str) -> bool:
+    """Point sets: F-points, C-points (both without point 0) and all points >= 1."""
+    if i < 1 or i >= lev.n:
+        return False
+    if kind == "F":
+        return not lev.is_c(i)
+    if kind == "C":
+        return lev.is_c(i)
+    return True
+
+
+@dataclass
+class Plan:
+    """What one rank does in a sweep/evaluation of one point set on one level."""
+
+    interior: list[Selection]   # batched, independent of the left neighbour
+    leading: list[Selection]    # after the ghost arrives, in order
+    recv_ghost: bool            # point lo is a member: its predecessor lives on the left
+    send_last: str | None       # when u[hi] goes right: "early" | "interior" | "leading"
+    slots: torch.Tensor         # all member slots in increasing order (for evaluate)
+
+
+def _runs(lev: Level, kind: str) -> list[list[int]]:
+    runs: list[list[int]] = []
+    prev = None
+    for i in lev.points():
+        if is_member(lev, i, kind):
+            if prev == i - 1 and runs:
+                runs[-1].append(i)
+            else:
+                runs.append([i])
+            prev = i
+    return runs
+
+
+def plan(lev: Level, kind: str, device: torch.device, sequential: bool) -> Plan:
+    """Build (once per level, point set and mode) the batched index sets."""
+    key = (kind, sequential)
+    if key in lev.plans:
+        return lev.plans[key]
+    runs = _runs(lev, kind)
+    if not sequential:   # evaluate: every member is its own run
+        runs = [[i] for r in runs for i in r]
+    recv_ghost = lev.n_local > 0 and is_member(lev, lev.lo, kind)
+    lead = runs.pop(0) if recv_ghost else []
+    longest = max((len(r) for r in runs), default=0)
+    tag = (lev.index, kind, sequential)
+    interior = []
+    for k in range(longest):
+        slots = [lev.slot(r[k]) for r in runs if len(r) > k]
+        interior.append(Selection(torch.tensor(slots, device=device), tag + ("i", k)))
+    leading = [Selection(torch.tensor([lev.slot(i)], device=device), tag + ("l", k))
+               for k, i in enumerate(lead)]
+    send_last = None
+    if lev.right is not None and is_member(lev, lev.hi + 1, kind):
+        if not sequential or not is_member(lev, lev.hi, kind):
+            send_last = "early"
+        elif lead and lead[-1] == lev.hi:
+            send_last = "leading"
+        else:
+            send_last = "interior"
+    members = sorted(lev.slot(i) for r in runs + [lead] for i in r)
+    p = Plan(interior, leading, recv_ghost, send_last,
+             torch.tensor(members, device=device, dtype=torch.long))
+    lev.plans[key] = p
+    return p
+
+
+def _phi(solver, l: int, sel: Selection, with_g: bool) -> torch.Tensor:
+    """Phi~ into the selected slots from their predecessors' current values."""
+    d = solver.data[l]
+    out = solver.prop.step(l, sel, d.u.index_select(0, sel.slots - 1))
+    if with_g and l > 0:
+        out = out + d.g.index_select(0, sel.slots)
+    return out
+
+
+def _run(solver, l: int, kind: str, sequential: bool, with_g: bool, tag: int):
+    lev, d, msg = solver.levels[l], solver.data[l], solver.msg
+    p = plan(lev, kind, solver.device, sequential)
+    if lev.n_local == 0:
+        return p, []
+    recv = msg.irecv(d.u[0], lev.left, tag) if p.recv_ghost else None
+    sends = []
+    if p.send_last == "early":
+        sends.append(msg.isend(d.u[lev.n_local], lev.right, tag))
+    results = []
+    for sel in p.interior:
+        out = _phi(solver, l, sel, with_g)
+        if sequential:
+            d.u.index_copy_(0, sel.slots, out)
+        else:
+            results.append((sel.slots, out))
+    if p.send_last == "interior":
+        sends.append(msg.isend(d.u[lev.n_local], lev.right, tag))
+    if recv is not None:
+        recv.wait()
+        for sel in p.leading:
+            out = _phi(solver, l, sel, with_g)
+            if sequential:
+                d.u.index_copy_(0, sel.slots, out)
+            else:
+                results.append((sel.slots, out))
+    if p.send_last == "leading":
+        sends.append(msg.isend(d.u[lev.n_local], lev.right, tag))
+    for s in sends:
+        s.wait()
+    return p, results
+
+
+def sweep(solver, l: int, kind: str) -> None:
+    """``u_i = Phi~_i(u_{i-1})`` over the point set, in order (F-relax, coarse solve)."""
+    _run(solver, l, kind, sequential=True, with_g=True, tag=TAG_SWEEP + 8 * l)
+
+
+def evaluate(solver, l: int, kind: str, with_g: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Member slots (increasing) and ``Phi~`` there from the current values."""
+    p, results = _run(solver, l, kind, sequential=False, with_g=with_g,
+                      tag=TAG_EVAL + 8 * l)
+    if not results:
+        d = solver.data[l]
+        return p.slots, d.u.new_empty((0,) + tuple(d.u.shape[1:]))
+    slots = torch.cat([s for s, _ in results])
+    values = torch.cat([v for _, v in results])
+    order = torch.argsort(slots)
+    return slots[order], values[order]
+
+
+def f_relax(solver, l: int) -> None:
+    sweep(solver, l, "F")
+
+
+def c_relax(solver, l: int) -> None:
+    slots, values = evaluate(solver, l, "C", with_g=True)
+    solver.data[l].u.index_copy_(0, slots, values)
+
+
+def relax(solver, l: int, scheme: str) -> None:
+    """``F``, ``FCF`` or ``FCFCF``: one F-relaxation, then C+F pairs."""
+    f_relax(solver, l)
+    for _ in range(scheme.count("C")):
+        c_relax(solver, l)
+        f_relax(solver, l)

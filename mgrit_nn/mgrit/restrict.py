@@ -1,0 +1,44 @@
+"""FAS restriction from level l to level l+1 (design §4).
+
+At each coarse point I >= 1 with fine index c = I*m on level l::
+
+    r_c          = g_c + Phi^(l)_c(u_{c-1}) - u_c
+    v_I          = u_c                          (injection)
+    g^(l+1)_I    = r_c + v_I - Phi^(l+1)_I(v_{I-1})
+    u^(l+1)      = v
+"""
+
+from __future__ import annotations
+
+from mgrit_nn.mgrit.relax import evaluate
+
+
+def c_slots(solver, l: int):
+    """Slots of the local C-points of level l (point 0 included) and of the same
+    points on level l+1, in the same order."""
+    key = ("c-slots",)
+    lev = solver.levels[l]
+    if key not in lev.plans:
+        import torch
+
+        coarse = solver.levels[l + 1]
+        pts = list(coarse.points())
+        fine = torch.tensor([lev.slot(I * lev.cfactor) for I in pts], dtype=torch.long,
+                            device=solver.device)
+        crs = torch.tensor([coarse.slot(I) for I in pts], dtype=torch.long,
+                           device=solver.device)
+        lev.plans[key] = (fine, crs)
+    return lev.plans[key]
+
+
+def restrict(solver, l: int) -> None:
+    fine, coarse = solver.data[l], solver.data[l + 1]
+    f_slots, c_slots_ = c_slots(solver, l)
+    # residual at the C-points c >= 1, indexed like the fine level
+    slots, phi = evaluate(solver, l, "C", with_g=True)
+    r = phi - fine.u.index_select(0, slots)
+    coarse.v.index_copy_(0, c_slots_, fine.u.index_select(0, f_slots))
+    coarse.u.copy_(coarse.v)
+    cslots, phi_c = evaluate(solver, l + 1, "all", with_g=False)
+    # the coarse members (I >= 1) are the fine C-points c >= 1, in the same order
+    coarse.g.index_copy_(0, cslots, r + coarse.v.index_select(0, cslots) - phi_c)

@@ -1,0 +1,169 @@
+"""The MGRIT/FAS driver (design §4): storage, initial guess, iterations, residual.
+
+One solver serves every propagator (forward, adjoint, any step scheme).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+from mgrit_nn.comm import Messenger
+from mgrit_nn.config import per_level
+from mgrit_nn.mgrit.cycle import CYCLES
+from mgrit_nn.mgrit.hierarchy import Chain, Level, build_levels
+from mgrit_nn.mgrit.propagator import Propagator
+from mgrit_nn.mgrit.relax import evaluate, f_relax, sweep
+
+
+class MGRITDivergence(FloatingPointError):
+    """NaN or Inf in an MGRIT residual."""
+
+
+@dataclass
+class LevelData:
+    u: torch.Tensor   # iterate, slots 0..n_local (slot 0 = ghost)
+    v: torch.Tensor   # restricted fine values (levels > 0)
+    g: torch.Tensor   # FAS right-hand side (levels > 0; zero on level 0)
+
+
+@dataclass
+class SolveResult:
+    iters: int
+    residuals: list[float] = field(default_factory=list)
+
+    @property
+    def conv_factor(self) -> float | None:
+        """Geometric mean of the per-iteration factors ||r_k|| / ||r_{k-1}||."""
+        r = self.residuals
+        if len(r) < 2 or r[0] <= 0:
+            return None
+        if r[-1] <= 0:
+            return 0.0
+        return (r[-1] / r[0]) ** (1.0 / (len(r) - 1))
+
+
+@dataclass
+class MGRITOptions:
+    levels: int = 10
+    cfactor: int | list[int] = 4
+    min_coarse: int = 2
+    relax: str | list[str] = "FCF"
+    cycle: str = "V"
+    max_iter: int = 20
+    tol: float = 1e-10
+    init: str = "zero"
+
+    @classmethod
+    def from_config(cls, c) -> MGRITOptions:
+        return cls(c.levels, c.cfactor, c.min_coarse, c.relax, c.cycle, c.max_iter, c.tol, c.init)
+
+
+class MGRIT:
+    """Distributed nonlinear MGRIT on a chain of ranks, for one propagator."""
+
+    def __init__(self, chain: Chain, prop: Propagator, msg: Messenger, opts: MGRITOptions,
+                 device: torch.device, dtype: torch.dtype, name: str = "MGRIT") -> None:
+        self.chain, self.prop, self.msg, self.opts = chain, prop, msg, opts
+        self.device, self.dtype, self.name = device, dtype, name
+        self.rank = msg.rank
+        cfs = per_level(opts.cfactor, opts.levels)
+        self.levels: list[Level] = build_levels(chain, self.rank, cfs, opts.levels,
+                                                opts.min_coarse)
+        self.relax = per_level(opts.relax, len(self.levels))
+        self.data: list[LevelData] = []
+        self.shape: tuple[int, ...] | None = None
+        self.first = chain.ranks[0] == self.rank           # owns point 0
+        self.last = chain.ranks[-1] == self.rank           # owns point N
+
+    # -- storage ---------------------------------------------------------------------------
+    def _allocate(self, shape: tuple[int, ...]) -> None:
+        if self.shape == shape:
+            return
+        self.shape = shape
+        self.data = []
+        for lev in self.levels:
+            size = (lev.n_local + 1,) + shape
+            self.data.append(LevelData(*(torch.zeros(size, device=self.device, dtype=self.dtype)
+                                         for _ in range(3))))
+
+    @property
+    def u(self) -> torch.Tensor:
+        """This rank's level-0 states (points lo..hi), a view of the solver's storage."""
+        return self.data[0].u[1:]
+
+    # -- initial guess ---------------------------------------------------------------------
+    def _initial_guess(self, u0: torch.Tensor | None, shape, init: str,
+                       warm: torch.Tensor | None) -> None:
+        for d in self.data:
+            d.g.zero_()
+        top = self.data[0].u
+        if warm is not None:
+            top[1:].copy_(warm)
+        elif init == "copy":
+            buf = u0.clone() if self.first else torch.empty(shape, device=self.device,
+                                                             dtype=self.dtype)
+            self.msg.bcast_tensor(buf, root=self.chain.ranks[0])
+            top.copy_(buf.expand_as(top))
+        else:
+            top.zero_()
+        if self.first:
+            top[1].copy_(u0)
+        if warm is None and init == "coarse":
+            self._coarse_guess(u0)
+
+    def _coarse_guess(self, u0: torch.Tensor) -> None:
+        """Serial solve on the coarsest level, then injection + F-relax down to level 0."""
+        L = len(self.levels) - 1
+        if L == 0:
+            sweep(self, 0, "all")
+            return
+        self.data[L].u.zero_()
+        if self.first:
+            self.data[L].u[1].copy_(u0)
+        sweep(self, L, "all")
+        from mgrit_nn.mgrit.restrict import c_slots
+
+        for l in range(L - 1, -1, -1):
+            f_slots, cs = c_slots(self, l)
+            self.data[l].u.index_copy_(0, f_slots, self.data[l + 1].u.index_select(0, cs))
+            f_relax(self, l)
+
+    # -- the iteration ---------------------------------------------------------------------
+    def residual(self) -> float:
+        """``sqrt(sum over level-0 C-points c>=1 of ||Phi(u_{c-1}) - u_c||^2)``, one Allreduce."""
+        slots, phi = evaluate(self, 0, "C", with_g=False)
+        local = float(((phi - self.data[0].u.index_select(0, slots)) ** 2).sum()) \
+            if slots.numel() else 0.0
+        return math.sqrt(self.msg.allreduce_sum(local))
+
+    def solve(self, u0: torch.Tensor | None, shape: tuple[int, ...],
+              warm: torch.Tensor | None = None, max_iter: int | None = None,
+              tol: float | None = None) -> SolveResult:
+        """Solve from the initial state ``u0`` (given on the first chain rank).
+
+        ``warm``: this rank's level-0 states from an earlier solve (warm start);
+        otherwise the configured initial guess. Returns iterations and residuals;
+        the solution is in :attr:`u`.
+        """
+        max_iter = self.opts.max_iter if max_iter is None else max_iter
+        tol = self.opts.tol if tol is None else tol
+        self._allocate(tuple(shape))
+        self.prop.prepare(self.levels)
+        self._initial_guess(u0, tuple(shape), self.opts.init, warm)
+        cycle = CYCLES[self.opts.cycle]
+        result = SolveResult(0)
+        for k in range(1, max_iter + 1):
+            cycle(self, 0)      # ends with correction + F-relax on level 0 (or an exact solve)
+            r = self.residual()
+            result.iters, result.residuals = k, result.residuals + [r]
+            if not math.isfinite(r):
+                raise MGRITDivergence(
+                    f"{self.name}: residual is {r} at iteration {k} "
+                    f"(level 0 of {len(self.levels)}); the step may be unstable for "
+                    f"this spacing: try a smaller model.T, more layers or fewer levels")
+            if r <= tol:
+                break
+        return result

@@ -1,0 +1,54 @@
+"""Serial reference network: plain PyTorch modules, one process, autograd.
+
+The tests compare every layer-parallel result with this network. It shares
+only the initialization with the layer-parallel code, not the step code.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from mgrit_nn.config import ModelConfig
+from mgrit_nn.model.init import Shapes, init_classifier, init_layer, init_opening
+from mgrit_nn.model.steps import ACTIVATIONS
+
+
+def _set(module: nn.Module, w: torch.Tensor, b: torch.Tensor) -> nn.Module:
+    with torch.no_grad():
+        module.weight.copy_(w)
+        module.bias.copy_(b)
+    return module
+
+
+class SerialResNet(nn.Module):
+    def __init__(self, m: ModelConfig, s: Shapes, dtype=torch.float64, device="cpu") -> None:
+        super().__init__()
+        self.kind, self.h, self.act = s.kind, m.T / m.layers, ACTIVATIONS[m.activation]
+        if s.kind == "dense":
+            def block(wshape):
+                return nn.Linear(wshape[1], wshape[0], dtype=torch.float64)
+        else:
+            def block(wshape):
+                return nn.Conv2d(wshape[1], wshape[0], 3, padding=1, dtype=torch.float64)
+        self.opening = _set(block(s.opening[0]), *init_opening(m, s))
+        self.layers = nn.ModuleList(
+            _set(block(s.layer[0]), *init_layer(m, s, j)) for j in range(m.layers))
+        cw = s.classifier[0]
+        self.classifier = _set(nn.Linear(cw[1], cw[0], dtype=torch.float64),
+                               *init_classifier(m, s))
+        self.to(dtype=dtype, device=device)   # weights drawn in float64, then cast
+
+    def states(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """u_0 .. u_N."""
+        if self.kind == "dense":
+            x = x.flatten(1)
+        u = self.act(self.opening(x))
+        out = [u]
+        for layer in self.layers:
+            u = u + self.h * self.act(layer(u))
+            out.append(u)
+        return out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.states(x)[-1].flatten(1))

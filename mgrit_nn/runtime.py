@@ -1,0 +1,87 @@
+"""MPI runtime: ranks, devices, dtype, and the failure rules (design §9, §10).
+
+Every rank failure aborts the whole job promptly with that rank's message
+shown once; configuration errors are agreed on by all ranks and printed once
+by rank 0, and every rank exits with status 2.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+from contextlib import contextmanager
+
+import torch
+from mpi4py import MPI
+
+from mgrit_nn.config import ConfigError
+
+EXIT_CONFIG = 2
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+def world() -> MPI.Comm:
+    return MPI.COMM_WORLD
+
+
+def select_device(kind: str, comm: MPI.Comm | None = None) -> torch.device:
+    """The node-local rank's GPU modulo the visible GPUs (design §9), else the CPU."""
+    if kind == "cpu" or (kind == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise ConfigError("runtime.device: cuda requested but no CUDA device is visible")
+    comm = comm or world()
+    local = comm.Split_type(MPI.COMM_TYPE_SHARED)
+    try:
+        index = local.Get_rank() % torch.cuda.device_count()
+    finally:
+        local.Free()
+    torch.cuda.set_device(index)
+    return torch.device("cuda", index)
+
+
+def say(text: str, comm: MPI.Comm | None = None, file=sys.stderr) -> None:
+    """Print once, on rank 0."""
+    if (comm or world()).Get_rank() == 0:
+        print(text, file=file, flush=True)
+
+
+def agree_on_config(build, comm: MPI.Comm | None = None):
+    """Run ``build()`` on every rank; if it raises ConfigError on any rank,
+    rank 0 prints the lowest rank's message once and every rank exits with 2."""
+    comm = comm or world()
+    result, error = None, None
+    try:
+        result = build()
+    except ConfigError as exc:
+        error = str(exc)
+    errors = comm.allgather(error)      # startup only: a small pickled list is fine here
+    first = next((e for e in errors if e is not None), None)
+    if first is not None:
+        say(f"mgrit-nn: config error: {first}", comm)
+        sys.exit(EXIT_CONFIG)
+    return result
+
+
+@contextmanager
+def abort_on_error(comm: MPI.Comm | None = None):
+    """An uncaught exception on this rank aborts every rank (no hang).
+
+    Prints ``mgrit-nn: rank r/P failed: Type: message`` once; the full
+    traceback only with ``MGRIT_NN_TRACEBACK=1``.
+    """
+    comm = comm or world()
+    try:
+        yield
+    except (SystemExit, KeyboardInterrupt):
+        raise
+    except BaseException as exc:  # noqa: BLE001 - any failure must take the job down
+        rank, size = comm.Get_rank(), comm.Get_size()
+        if os.environ.get("MGRIT_NN_TRACEBACK") == "1":
+            traceback.print_exc()
+        print(f"mgrit-nn: rank {rank}/{size} failed: {type(exc).__name__}: {exc}",
+              file=sys.stderr, flush=True)
+        if size > 1:
+            comm.Abort(1)
+        sys.exit(1)

@@ -1,0 +1,58 @@
+"""What every command does first: config, validation, device, data and network on every rank."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+from mpi4py import MPI
+
+from mgrit_nn.comm import Messenger
+from mgrit_nn.config import Config, load_config, validate
+from mgrit_nn.data import Dataset, load_dataset
+from mgrit_nn.mgrit import MGRITOptions
+from mgrit_nn.model.init import Shapes, shapes
+from mgrit_nn.model.parallel import ParallelResNet
+from mgrit_nn.runtime import DTYPES, agree_on_config, select_device
+
+
+@dataclass
+class Run:
+    cfg: Config
+    msg: Messenger
+    device: torch.device
+    dtype: torch.dtype
+    data: Dataset
+    shapes: Shapes
+
+    def network(self) -> ParallelResNet:
+        return ParallelResNet(self.cfg.model, self.shapes, MGRITOptions.from_config(self.cfg.mgrit),
+                              self.msg, self.device, self.dtype)
+
+
+def _threads(cfg: Config, comm: MPI.Comm) -> int:
+    if cfg.runtime.threads > 0:
+        return cfg.runtime.threads
+    local = comm.Split_type(MPI.COMM_TYPE_SHARED)
+    per_node = local.Get_size()
+    local.Free()
+    return max(1, (os.cpu_count() or 1) // per_node)
+
+
+def setup(config_path: str | None, overrides: list[str], comm: MPI.Comm | None = None) -> Run:
+    """Load and validate the config on every rank (one message on failure), then build."""
+    comm = comm or MPI.COMM_WORLD
+
+    def build() -> Run:
+        cfg = load_config(config_path, overrides)
+        validate(cfg, comm.Get_size())
+        device = select_device(cfg.runtime.device, comm)
+        d = cfg.data
+        data = load_dataset(d.name, d.path, d.n_train, d.n_val, d.seed)
+        return Run(cfg, Messenger(comm), device, DTYPES[cfg.runtime.dtype], data,
+                   shapes(cfg.model, data.input_shape, data.n_classes))
+
+    run = agree_on_config(build, comm)
+    torch.set_num_threads(_threads(run.cfg, comm))
+    return run
