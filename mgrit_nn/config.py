@@ -9,6 +9,7 @@ Validation happens before any work, and every problem becomes one
 from __future__ import annotations
 
 import dataclasses
+import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -95,7 +96,7 @@ def _type_name(tp: Any) -> str:
     origin = typing.get_origin(tp)
     if origin is Literal:
         return " | ".join(repr(a) for a in typing.get_args(tp))
-    if origin is Union:
+    if origin in (Union, types.UnionType):
         return " or ".join(_type_name(a) for a in typing.get_args(tp))
     if origin is list:
         return f"list of {_type_name(typing.get_args(tp)[0])}"
@@ -109,7 +110,7 @@ def _coerce(value: Any, tp: Any) -> tuple[bool, Any]:
     origin = typing.get_origin(tp)
     if origin is Literal:
         return (value in typing.get_args(tp)), value
-    if origin is Union:
+    if origin in (Union, types.UnionType):
         for arg in typing.get_args(tp):
             ok, v = _coerce(value, arg)
             if ok:

@@ -18,6 +18,11 @@ from mpi4py import MPI
 from mgrit_nn.config import ConfigError
 
 EXIT_CONFIG = 2
+
+
+class CollectiveError(RuntimeError):
+    """An error that every rank raises at the same point (e.g. a NaN in an
+    all-reduced residual): printed once by rank 0, every rank exits with 1."""
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
@@ -76,6 +81,11 @@ def abort_on_error(comm: MPI.Comm | None = None):
         yield
     except (SystemExit, KeyboardInterrupt):
         raise
+    except CollectiveError as exc:
+        if os.environ.get("MGRIT_NN_TRACEBACK") == "1":
+            traceback.print_exc()
+        say(f"mgrit-nn: error: {exc}", comm)
+        sys.exit(1)
     except BaseException as exc:  # noqa: BLE001 - any failure must take the job down
         rank, size = comm.Get_rank(), comm.Get_size()
         if os.environ.get("MGRIT_NN_TRACEBACK") == "1":

@@ -86,11 +86,16 @@ class Level:
         return point * self.stride
 
 
+def cfactor_of(cfactors: list[int], l: int) -> int:
+    """Per-level coarsening factor; the last listed one repeats."""
+    return cfactors[min(l, len(cfactors) - 1)]
+
+
 def level_sizes(N: int, cfactors: list[int], max_levels: int, min_coarse: int) -> list[int]:
     """Strides M_l of the levels that fit: stop before a level has < min_coarse intervals."""
     strides = [1]
     while len(strides) < max_levels:
-        nxt = strides[-1] * cfactors[len(strides) - 1]
+        nxt = strides[-1] * cfactor_of(cfactors, len(strides) - 1)
         if N // nxt < min_coarse:
             break
         strides.append(nxt)
@@ -99,7 +104,7 @@ def level_sizes(N: int, cfactors: list[int], max_levels: int, min_coarse: int) -
 
 def build_levels(chain: Chain, rank: int, cfactors: list[int], max_levels: int,
                  min_coarse: int) -> list[Level]:
-    """The hierarchy on ``rank``; ``cfactors`` has at least ``max_levels`` entries."""
+    """The hierarchy on ``rank`` (the last of ``cfactors`` repeats on coarser levels)."""
     lo0, hi0 = chain.local_range(rank)
     levels = []
     for l, stride in enumerate(level_sizes(chain.N, cfactors, max_levels, min_coarse)):
@@ -108,5 +113,5 @@ def build_levels(chain: Chain, rank: int, cfactors: list[int], max_levels: int,
         hi = min(hi0 // stride, n - 1)
         left = chain.owner((lo - 1) * stride) if lo <= hi and lo > 0 else None
         right = chain.owner((hi + 1) * stride) if lo <= hi and hi + 1 < n else None
-        levels.append(Level(l, stride, n, cfactors[l], lo, hi, left, right))
+        levels.append(Level(l, stride, n, cfactor_of(cfactors, l), lo, hi, left, right))
     return levels

@@ -16,10 +16,11 @@ from mgrit_nn.mgrit.cycle import CYCLES
 from mgrit_nn.mgrit.hierarchy import Chain, Level, build_levels
 from mgrit_nn.mgrit.propagator import Propagator
 from mgrit_nn.mgrit.relax import evaluate, f_relax, sweep
+from mgrit_nn.runtime import CollectiveError
 
 
-class MGRITDivergence(FloatingPointError):
-    """NaN or Inf in an MGRIT residual."""
+class MGRITDivergence(CollectiveError):
+    """NaN or Inf in an MGRIT residual (seen by every rank after the Allreduce)."""
 
 
 @dataclass

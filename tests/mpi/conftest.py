@@ -1,0 +1,46 @@
+"""Helpers for tests that run under ``mpiexec -n P python -m pytest --with-mpi tests/mpi``.
+
+Every assertion is made on values all ranks share (broadcast first), so a
+failure fails on every rank at once and never leaves ranks waiting.
+"""
+
+from __future__ import annotations
+
+import torch
+from mpi4py import MPI
+
+from mgrit_nn.model.serial import SerialResNet
+from mgrit_nn.setup_run import setup
+
+WORLD = MPI.COMM_WORLD
+
+
+def sets(**kw) -> list[str]:
+    """``sets(model__layers=63)`` -> ``["model.layers=63"]``."""
+    return [f"{k.replace('__', '.')}={v}" for k, v in kw.items()]
+
+
+SMALL = dict(data__n_train=24, data__n_val=0, model__width=4)
+
+
+def forward(comm: MPI.Comm, **kw):
+    """MGRIT forward on ``comm``; returns (result, u_N on every rank, run, net)."""
+    run = setup(None, sets(**{**SMALL, **kw}), comm)
+    net = run.network()
+    x = run.data.x_train.to(run.dtype)
+    res = net.solve_forward(x)
+    uN = torch.empty((x.shape[0],) + run.shapes.state, dtype=run.dtype)
+    if net.last:
+        uN.copy_(net.final_state())
+    run.msg.bcast_tensor(uN, root=net.chain.ranks[-1])
+    return res, uN, run, net
+
+
+def serial_uN(run) -> torch.Tensor:
+    ref = SerialResNet(run.cfg.model, run.shapes, run.dtype)
+    with torch.no_grad():
+        return ref.states(run.data.x_train.to(run.dtype))[-1]
+
+
+def rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).norm() / b.norm())

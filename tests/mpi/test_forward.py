@@ -1,0 +1,86 @@
+"""MGRIT forward solve: exactness, rank-count independence, multigrid scaling (issue 2)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import WORLD, forward, rel, serial_uN
+from mpi4py import MPI
+
+pytestmark = pytest.mark.mpi
+
+DENSE = dict(data__name="peaks")
+CONV = dict(data__name="digits", model__kind="conv", model__channels=2)
+
+
+@pytest.mark.parametrize("net", [DENSE, CONV], ids=["dense", "conv"])
+@pytest.mark.parametrize("N", [63, 64, 257])
+def test_one_level_is_serial_time_stepping(net, N):
+    res, uN, run, _ = forward(WORLD, model__layers=N, mgrit__levels=1, **net)
+    assert res.iters == 1
+    assert res.residuals[0] < 1e-12
+    assert rel(uN, serial_uN(run)) < 1e-10
+
+
+@pytest.mark.parametrize("net", [DENSE, CONV], ids=["dense", "conv"])
+@pytest.mark.parametrize("N,levels,relax,cycle", [
+    (63, 2, "F", "V"), (64, 3, "FCF", "V"), (257, 10, "FCF", "F"), (257, 4, "FCFCF", "V"),
+])
+def test_multilevel_to_tolerance_reproduces_serial(net, N, levels, relax, cycle):
+    res, uN, run, _ = forward(WORLD, model__layers=N, mgrit__levels=levels, mgrit__relax=relax,
+                              mgrit__cycle=cycle, mgrit__tol=1e-12, mgrit__max_iter=60, **net)
+    assert res.residuals[-1] <= 1e-12
+    assert rel(uN, serial_uN(run)) < 1e-10
+
+
+@pytest.mark.parametrize("kw", [
+    dict(model__layers=63, mgrit__relax="FCF"),
+    dict(model__layers=64, mgrit__relax="F", mgrit__cycle="F", mgrit__init="copy"),
+    dict(model__layers=257, mgrit__relax="FCFCF", mgrit__init="coarse"),
+    dict(model__layers=40, mgrit__cfactor="[2, 4, 2]", mgrit__relax="[F, FCF]"),
+    dict(model__layers=33, **CONV),
+])
+def test_residual_history_does_not_depend_on_ranks(kw):
+    """The run on all ranks of WORLD against the same run on this rank alone (P = 1)."""
+    args = dict(mgrit__max_iter=6, mgrit__tol=0.0, **kw)
+    dist, uN, _, _ = forward(WORLD, **args)
+    ref, uN_ref, _, _ = forward(MPI.COMM_SELF, **args)
+    assert dist.iters == ref.iters == 6
+    for a, b in zip(dist.residuals, ref.residuals, strict=True):
+        assert abs(a - b) <= 1e-10 * abs(b)
+    assert rel(uN, uN_ref) < 1e-12
+
+
+def test_multigrid_iterations_flat_in_N():
+    """Peaks, T fixed, FCF, cfactor 4, as many levels as fit: iterations to 1e-10 flat in N."""
+    iters = {}
+    for N in (64, 256, 1024):
+        res, *_ = forward(WORLD, model__layers=N, model__width=8, mgrit__levels=10,
+                          mgrit__relax="FCF", mgrit__cfactor=4, mgrit__tol=1e-10,
+                          mgrit__max_iter=40, data__n_train=20)
+        assert res.residuals[-1] <= 1e-10
+        iters[N] = res.iters
+    assert max(iters.values()) - min(iters.values()) <= 2, iters
+
+
+def test_ranks_without_coarse_points():
+    """N = 7 on up to 4 ranks with cfactor 4: some ranks own no C-point on level 1."""
+    res, uN, run, net = forward(WORLD, model__layers=7, mgrit__levels=2, mgrit__min_coarse=1,
+                                mgrit__tol=1e-13, mgrit__max_iter=10)
+    assert len(net.solver.levels) == 2
+    assert res.residuals[-1] <= 1e-13
+    assert rel(uN, serial_uN(run)) < 1e-10
+
+
+def test_warm_start_from_solution_converges_at_once():
+    res, _, run, net = forward(WORLD, model__layers=64, mgrit__tol=1e-12, mgrit__max_iter=40)
+    warm = net.solver.u.clone()
+    again = net.solve_forward(run.data.x_train.to(run.dtype), warm=warm)
+    assert again.iters == 1 and again.residuals[0] < 1e-11
+
+
+def test_float32_runs_and_is_close():
+    res, uN, run, _ = forward(WORLD, model__layers=64, runtime__dtype="float32",
+                              mgrit__tol=1e-5, mgrit__max_iter=20)
+    assert uN.dtype == torch.float32
+    assert rel(uN.double(), serial_uN(run).double()) < 1e-5

@@ -1,0 +1,74 @@
+"""Config schema: YAML + overrides, types, impossible values, generated docs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from mgrit_nn.config import ConfigError, load_config, per_level, validate
+from mgrit_nn.docs import schema_markdown
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_defaults_and_overrides(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("model:\n  layers: 16\nmgrit:\n  cfactor: [4, 2]\n")
+    cfg = load_config(str(f), ["mgrit.tol=1e-8", "model.T=2", "data.path=null",
+                               "mgrit.relax=F"])
+    assert cfg.model.layers == 16 and cfg.mgrit.cfactor == [4, 2]
+    assert cfg.mgrit.tol == 1e-8 and isinstance(cfg.model.T, float) and cfg.model.T == 2.0
+    assert cfg.mgrit.relax == "F" and cfg.data.path is None
+    assert cfg.model.width == 8                     # untouched default
+
+
+@pytest.mark.parametrize("overrides,needle", [
+    (["model.depth=3"], "unknown config key 'model.depth'"),
+    (["solver.levels=3"], "unknown config section 'solver'"),
+    (["model.layers=3.5"], "model.layers: expected int, got 3.5"),
+    (["model.layers=true"], "model.layers: expected int"),
+    (["mgrit.cycle=W"], "mgrit.cycle: expected 'V' | 'F'"),
+    (["mgrit.cfactor=[4, x]"], "mgrit.cfactor: expected"),
+    (["mgrit.levels"], "expected section.key=value"),
+])
+def test_bad_keys_and_types_name_the_key(overrides, needle):
+    with pytest.raises(ConfigError) as e:
+        load_config(None, overrides)
+    assert needle in str(e.value)
+
+
+@pytest.mark.parametrize("overrides,ranks,needle", [
+    (["mgrit.cfactor=1"], 1, "mgrit.cfactor: must be >= 2"),
+    (["mgrit.cfactor=[4, 1]"], 1, "mgrit.cfactor: must be >= 2"),
+    (["mgrit.levels=0"], 1, "mgrit.levels: must be >= 1"),
+    (["mgrit.relax=FF"], 1, "mgrit.relax: must be F, FCF or FCFCF"),
+    (["model.layers=3"], 5, "5 ranks need at least 4 layers"),
+    (["data.name=mnist", "data.path=/no/such/dir"], 1, "data:"),
+    (["data.name=imagenet"], 1, "unknown data set"),
+])
+def test_impossible_values(overrides, ranks, needle):
+    cfg = load_config(None, overrides)
+    with pytest.raises(ConfigError) as e:
+        validate(cfg, ranks)
+    assert needle in str(e.value)
+
+
+def test_missing_config_file():
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config("/no/such/file.yaml")
+
+
+def test_per_level_repeats_last():
+    assert per_level(4, 3) == [4, 4, 4]
+    assert per_level([2, 8], 4) == [2, 8, 8, 8]
+
+
+def test_shipped_configs_are_valid():
+    for f in sorted((ROOT / "configs").glob("*.yaml")):
+        validate(load_config(str(f)), 1)
+
+
+def test_docs_config_reference_matches_schema():
+    assert (ROOT / "docs" / "config.md").read_text().strip() == schema_markdown().strip(), \
+        "docs/config.md is stale: run `mgrit-nn schema > docs/config.md`"

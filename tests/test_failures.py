@@ -1,0 +1,61 @@
+"""Failure rules (design §10): one clear message, non-zero exit, no hang."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+MPIEXEC = shutil.which("mpiexec") or str(Path(sys.executable).with_name("mpiexec"))
+TIMEOUT = 90
+
+
+def mpirun(n: int, args: list[str], cwd=ROOT) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("MGRIT_NN_TRACEBACK", None)
+    return subprocess.run([MPIEXEC, "-n", str(n), sys.executable, *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=TIMEOUT)
+
+
+@pytest.mark.parametrize("n", [1, 3])
+@pytest.mark.parametrize("override,needle", [
+    ("mgrit.cfactor=1", "mgrit.cfactor: must be >= 2"),
+    ("model.depth=4", "unknown config key 'model.depth'"),
+    ("model.layers=1", "model.layers:"),
+])
+def test_bad_config_one_message_every_rank_fails(n, override, needle):
+    if n == 1 and override == "model.layers=1":
+        pytest.skip("one layer is fine on one rank")
+    p = mpirun(n, ["-m", "mgrit_nn", "check", "configs/peaks.yaml", "--set", override])
+    assert p.returncode == 2, p.stderr
+    assert p.stderr.count(needle) == 1, p.stderr
+    assert "Traceback" not in p.stderr + p.stdout
+
+
+def test_failing_rank_aborts_job_without_hang(tmp_path):
+    script = tmp_path / "fail.py"
+    script.write_text(
+        "from mgrit_nn.runtime import abort_on_error, world\n"
+        "with abort_on_error():\n"
+        "    if world().Get_rank() == 1:\n"
+        "        raise RuntimeError('boom on purpose')\n"
+        "    world().Barrier()\n")
+    p = mpirun(3, [str(script)])           # ranks 0 and 2 would wait forever in Barrier
+    assert p.returncode != 0
+    assert p.stderr.count("rank 1/3 failed: RuntimeError: boom on purpose") == 1, p.stderr
+    assert "Traceback" not in p.stderr
+
+
+def test_divergence_is_one_message(tmp_path):
+    """A NaN residual is seen by all ranks at once: rank 0 names iteration and level."""
+    p = mpirun(2, ["-m", "mgrit_nn", "check", "configs/peaks.yaml", "--set", "model.T=1e300",
+                   "--set", "data.n_train=8"])
+    assert p.returncode == 1, p.stderr
+    assert p.stderr.count("MGRIT forward: residual is") == 1, p.stderr
+    assert "iteration 1" in p.stderr and "level 0" in p.stderr
+    assert "Traceback" not in p.stderr
