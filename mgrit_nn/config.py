@@ -55,6 +55,25 @@ class MgritConfig:
 
 
 @dataclass
+class AdjointConfig:
+    """The adjoint (backward) MGRIT solve; null means: as in ``mgrit``."""
+
+    levels: int | None = opt(None, "maximum number of levels (null: mgrit.levels)")
+    cfactor: int | list[int] | None = opt(None, "coarsening factor(s) (null: mgrit.cfactor)")
+    min_coarse: int | None = opt(None, "minimum coarsest intervals (null: mgrit.min_coarse)")
+    relax: str | list[str] | None = opt(None, "F | FCF | FCFCF (null: mgrit.relax)")
+    cycle: Literal["V", "F"] | None = opt(None, "V or F (null: mgrit.cycle)")
+    max_iter: int | None = opt(None, "maximum iterations (null: mgrit.max_iter)")
+    tol: float | None = opt(None, "absolute residual tolerance (null: mgrit.tol)")
+    init: Literal["zero", "copy", "coarse"] | None = opt(None, "initial guess (null: mgrit.init)")
+
+    def resolved(self, fwd: MgritConfig) -> MgritConfig:
+        """The adjoint settings with every null taken from the forward ones."""
+        return MgritConfig(**{f.name: getattr(fwd, f.name) if getattr(self, f.name) is None
+                              else getattr(self, f.name) for f in dataclasses.fields(self)})
+
+
+@dataclass
 class DataConfig:
     name: str = opt("peaks", "peaks|levelset|swissroll|ellipses|digits|mnist|cifar10|indian_pines")
     path: str | None = opt(None, "directory of the files of a file data set")
@@ -75,6 +94,7 @@ class RuntimeConfig:
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     mgrit: MgritConfig = field(default_factory=MgritConfig)
+    adjoint: AdjointConfig = field(default_factory=AdjointConfig)
     data: DataConfig = field(default_factory=DataConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
 
@@ -215,17 +235,13 @@ def validate(cfg: Config, ranks: int) -> None:
     """Impossible values, checked before any work; raises one ConfigError."""
     from mgrit_nn.data import check_data
 
-    m, g, d = cfg.model, cfg.mgrit, cfg.data
+    m, d = cfg.model, cfg.data
     checks = [
         (m.layers >= 1, "model.layers", f"must be >= 1, got {m.layers}"),
         (m.T > 0, "model.T", f"must be > 0, got {m.T}"),
         (m.width >= 1, "model.width", f"must be >= 1, got {m.width}"),
         (m.channels >= 1, "model.channels", f"must be >= 1, got {m.channels}"),
         (m.init_std >= 0, "model.init_std", f"must be >= 0, got {m.init_std}"),
-        (g.levels >= 1, "mgrit.levels", f"must be >= 1, got {g.levels}"),
-        (g.min_coarse >= 1, "mgrit.min_coarse", f"must be >= 1, got {g.min_coarse}"),
-        (g.max_iter >= 1, "mgrit.max_iter", f"must be >= 1, got {g.max_iter}"),
-        (g.tol >= 0, "mgrit.tol", f"must be >= 0, got {g.tol}"),
         (d.n_val >= 0, "data.n_val", f"must be >= 0, got {d.n_val}"),
         (d.batch_size >= 0, "data.batch_size", f"must be >= 0, got {d.batch_size}"),
         (cfg.runtime.threads >= 0, "runtime.threads", f"must be >= 0, got {cfg.runtime.threads}"),
@@ -236,12 +252,17 @@ def validate(cfg: Config, ranks: int) -> None:
             f"(N+1 = {m.layers + 1} points, one or more per rank)",
         ),
     ]
-    cfs = g.cfactor if isinstance(g.cfactor, list) else [g.cfactor]
-    for c in cfs:
-        checks.append((c >= 2, "mgrit.cfactor", f"must be >= 2, got {g.cfactor}"))
-    relaxes = g.relax if isinstance(g.relax, list) else [g.relax]
-    for r in relaxes:
-        checks.append((r in RELAX, "mgrit.relax", f"must be F, FCF or FCFCF, got {g.relax!r}"))
+    for sec, g in (("mgrit", cfg.mgrit), ("adjoint", cfg.adjoint.resolved(cfg.mgrit))):
+        checks += [
+            (g.levels >= 1, f"{sec}.levels", f"must be >= 1, got {g.levels}"),
+            (g.min_coarse >= 1, f"{sec}.min_coarse", f"must be >= 1, got {g.min_coarse}"),
+            (g.max_iter >= 1, f"{sec}.max_iter", f"must be >= 1, got {g.max_iter}"),
+            (g.tol >= 0, f"{sec}.tol", f"must be >= 0, got {g.tol}"),
+        ]
+        for c in g.cfactor if isinstance(g.cfactor, list) else [g.cfactor]:
+            checks.append((c >= 2, f"{sec}.cfactor", f"must be >= 2, got {g.cfactor}"))
+        for r in g.relax if isinstance(g.relax, list) else [g.relax]:
+            checks.append((r in RELAX, f"{sec}.relax", f"must be F, FCF or FCFCF, got {g.relax!r}"))
     for ok, key, msg in checks:
         if not ok:
             raise ConfigError(f"{key}: {msg}")

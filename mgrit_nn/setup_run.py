@@ -27,8 +27,10 @@ class Run:
     shapes: Shapes
 
     def network(self) -> ParallelResNet:
-        return ParallelResNet(self.cfg.model, self.shapes, MGRITOptions.from_config(self.cfg.mgrit),
-                              self.msg, self.device, self.dtype)
+        c = self.cfg
+        return ParallelResNet(c.model, self.shapes, MGRITOptions.from_config(c.mgrit), self.msg,
+                              self.device, self.dtype,
+                              MGRITOptions.from_config(c.adjoint.resolved(c.mgrit)))
 
 
 def _threads(cfg: Config, comm: MPI.Comm) -> int:

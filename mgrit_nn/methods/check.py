@@ -21,6 +21,11 @@ def check(run: Run) -> dict:
     res = net.solve_forward(x)
     t_mgrit = time.perf_counter() - t0
     loss_mgrit, _ = net.loss(y)
+    t0 = time.perf_counter()
+    grads = net.backprop(x, y)
+    t_adj = time.perf_counter() - t0
+    adj = net.adj_result
+    g_mgrit = net.gather_flat(net.flat(grads))
 
     # u_N travels from the last rank to rank 0, where the serial reference runs
     uN = torch.empty((x.shape[0],) + run.shapes.state, dtype=run.dtype, device=run.device)
@@ -36,10 +41,12 @@ def check(run: Run) -> dict:
     if msg.rank == 0:
         serial = SerialResNet(cfg.model, run.shapes, run.dtype, run.device)
         t0 = time.perf_counter()
-        with torch.no_grad():
-            uN_ref = serial.states(x)[-1]
-            loss_serial = F.cross_entropy(serial.classifier(uN_ref.flatten(1)), y).item()
+        uN_ref = serial.states(x)[-1]
+        loss = F.cross_entropy(serial.classifier(uN_ref.flatten(1)), y)
+        loss.backward()
         t_serial = time.perf_counter() - t0
+        loss_serial, uN_ref = loss.item(), uN_ref.detach()
+        grad_err, grad_max_err = compare_gradients(serial, g_mgrit)
         out = {
             "ranks": msg.size,
             "layers": cfg.model.layers,
@@ -56,7 +63,34 @@ def check(run: Run) -> dict:
             "state_rel_err": float((uN - uN_ref).norm() / uN_ref.norm()),
             "loss_serial": loss_serial,
             "loss_mgrit": loss_mgrit,
-            "serial_forward_s": t_serial,
+            "adj_iters": adj.iters,
+            "adj_residuals": adj.residuals,
+            "adj_conv_factor": adj.conv_factor,
+            "grad_rel_err": grad_err,
+            "grad_max_rel_err": grad_max_err,
+            "serial_gradient_s": t_serial,
             "mgrit_forward_s": t_mgrit,
+            "mgrit_adjoint_s": t_adj,
         }
     return out
+
+
+def serial_tensors(serial: SerialResNet) -> list[torch.Tensor]:
+    """The serial network's gradient tensors in the global flat order (see ParallelResNet.flat)."""
+    ts = [serial.opening.weight.grad, serial.opening.bias.grad]
+    for layer in serial.layers:
+        ts += [layer.weight.grad, layer.bias.grad]
+    return ts + [serial.classifier.weight.grad, serial.classifier.bias.grad]
+
+
+def compare_gradients(serial: SerialResNet, g_mgrit: torch.Tensor) -> tuple[float, float]:
+    """(||g - g_serial|| / ||g_serial|| over everything, worst relative error of one tensor)."""
+    ref = serial_tensors(serial)
+    parts = torch.split(g_mgrit.to(ref[0].device), [t.numel() for t in ref])
+    worst, num, den = 0.0, 0.0, 0.0
+    for g, r in zip(parts, ref, strict=True):
+        d = float((g - r.flatten()).norm())
+        n = float(r.norm())
+        num, den = num + d * d, den + n * n
+        worst = max(worst, d / n if n > 0 else d)
+    return (num / den) ** 0.5, worst

@@ -18,6 +18,8 @@ from mgrit_nn.mgrit.propagator import Propagator
 from mgrit_nn.mgrit.relax import evaluate, f_relax, sweep
 from mgrit_nn.runtime import CollectiveError
 
+TAG_GHOST = 5
+
 
 class MGRITDivergence(CollectiveError):
     """NaN or Inf in an MGRIT residual (seen by every rank after the Allreduce)."""
@@ -131,6 +133,19 @@ class MGRIT:
             f_slots, cs = c_slots(self, l)
             self.data[l].u.index_copy_(0, f_slots, self.data[l + 1].u.index_select(0, cs))
             f_relax(self, l)
+
+    def refresh_ghost(self, l: int = 0) -> None:
+        """Make slot 0 of level l hold the left neighbour's current last value."""
+        lev, d = self.levels[l], self.data[l]
+        if lev.n_local == 0:
+            return
+        recv = self.msg.irecv(d.u[0], lev.left, TAG_GHOST) if lev.left is not None else None
+        send = self.msg.isend(d.u[lev.n_local], lev.right, TAG_GHOST) \
+            if lev.right is not None else None
+        if recv is not None:
+            recv.wait()
+        if send is not None:
+            send.wait()
 
     # -- the iteration ---------------------------------------------------------------------
     def residual(self) -> float:

@@ -17,6 +17,7 @@ from torch import nn
 from mgrit_nn.comm import Messenger
 from mgrit_nn.config import ModelConfig
 from mgrit_nn.mgrit import MGRIT, Chain, Level, MGRITOptions, Selection, SolveResult
+from mgrit_nn.model.adjoint import adjoint_solver, layer_gradients, solve_adjoint
 from mgrit_nn.model.init import Shapes, init_classifier, init_layers, init_opening
 from mgrit_nn.model.steps import ACTIVATIONS, euler_step
 
@@ -66,49 +67,61 @@ class LayerExchange:
         return flat[:, :wn].reshape((-1,) + wshape), flat[:, wn:].reshape((-1,) + bshape)
 
 
-class ForwardPropagator:
-    """Euler steps of the network on every level, batched over selections."""
+class LayerTable:
+    """The weights this rank's steps use on every level: its own rows, then fetched ones.
 
-    def __init__(self, net: ParallelResNet) -> None:
-        self.net = net
-        self.rows: list[torch.Tensor] = []      # per level: slot -> row of the weight table
-        self.exchange: LayerExchange | None = None
-        self.levels: list[Level] | None = None
-        self._cache: dict = {}
+    ``layer_of(level, I)`` names the global layer whose weights the step into
+    level point ``I`` uses. Rows per level are planned once per hierarchy; each
+    ``refresh`` moves the current weights of the remote rows (one message per
+    rank pair).
+    """
 
-    def _plan(self, levels: list[Level]) -> None:
-        net = self.net
-        self.levels = levels
-        needed = sorted({(I - 1) * lev.stride for lev in levels for I in lev.points()
-                         if I >= 1 and not net.jlo <= (I - 1) * lev.stride <= net.jhi})
+    def __init__(self, net: ParallelResNet, levels: list[Level], layer_of) -> None:
+        self.net, self.levels = net, levels
+        own = range(net.jlo, net.jhi + 1)
+        layers = [[layer_of(lev, I) if I >= 1 else None for I in lev.points()] for lev in levels]
+        needed = sorted({j for js in layers for j in js if j is not None and j not in own})
         self.exchange = LayerExchange(net, needed)
-        n_own = net.jhi - net.jlo + 1
         self.rows = []
-        for lev in levels:
-            rows = [0] * (lev.n_local + 1)
-            for I in lev.points():
-                if I >= 1:
-                    j = (I - 1) * lev.stride
-                    own = net.jlo <= j <= net.jhi
-                    rows[lev.slot(I)] = j - net.jlo if own else n_own + self.exchange.rows[j]
+        for js in layers:
+            rows = [0] + [0 if j is None else (j - net.jlo if j in own else
+                          len(own) + self.exchange.rows[j]) for j in js]
             self.rows.append(torch.tensor(rows, dtype=torch.long, device=net.device))
 
-    def prepare(self, levels: list[Level]) -> None:
-        if levels is not self.levels:
-            self._plan(levels)
+    def refresh(self) -> None:
         K_remote, b_remote = self.exchange.exchange()
         self.K = torch.cat([self.net.weight.detach(), K_remote])
         self.b = torch.cat([self.net.bias.detach(), b_remote])
+
+    def gather(self, level: int, slots: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        rows = self.rows[level].index_select(0, slots)
+        return self.K.index_select(0, rows), self.b.index_select(0, rows)
+
+
+class ForwardPropagator:
+    """Euler steps of the network on every level, batched over selections.
+
+    The step into level point ``I`` uses the weights of fine layer ``(I-1) M_l``
+    (injection) and the spacing ``H_l = h M_l`` (design §4).
+    """
+
+    def __init__(self, net: ParallelResNet) -> None:
+        self.net = net
+        self.table: LayerTable | None = None
+        self._cache: dict = {}
+
+    def prepare(self, levels: list[Level]) -> None:
+        if self.table is None or self.table.levels is not levels:
+            self.table = LayerTable(self.net, levels, lambda lev, I: (I - 1) * lev.stride)
+        self.table.refresh()
         self._cache = {}
 
     def step(self, level: int, sel: Selection, u: torch.Tensor) -> torch.Tensor:
         Kb = self._cache.get(sel.key)
         if Kb is None:
-            rows = self.rows[level].index_select(0, sel.slots)
-            Kb = self._cache[sel.key] = (self.K.index_select(0, rows),
-                                         self.b.index_select(0, rows))
+            Kb = self._cache[sel.key] = self.table.gather(level, sel.slots)
         net = self.net
-        H = net.h * self.levels[level].stride
+        H = net.h * self.table.levels[level].stride
         return euler_step(net.shapes.kind, net.act, u, Kb[0], Kb[1], H)
 
 
@@ -116,7 +129,8 @@ class ParallelResNet(nn.Module):
     """This rank's part of the network, and the MGRIT forward solve over all ranks."""
 
     def __init__(self, m: ModelConfig, s: Shapes, opts: MGRITOptions, msg: Messenger,
-                 device: torch.device, dtype: torch.dtype) -> None:
+                 device: torch.device, dtype: torch.dtype,
+                 adj_opts: MGRITOptions | None = None) -> None:
         super().__init__()
         self.cfg, self.shapes, self.msg = m, s, msg
         self.device, self.dtype = device, dtype
@@ -139,6 +153,51 @@ class ParallelResNet(nn.Module):
             self.cls_weight, self.cls_bias = param(w), param(b0)
         self.prop = ForwardPropagator(self)
         self.solver = MGRIT(self.chain, self.prop, msg, opts, device, dtype, "MGRIT forward")
+        self.adjoint = adjoint_solver(self, adj_opts or opts)
+        self.fwd_result: SolveResult | None = None
+        self.adj_result: SolveResult | None = None
+
+    def local_parameters(self) -> list[nn.Parameter]:
+        """This rank's parameters in a fixed order: layers, then opening / classifier."""
+        ps = [self.weight, self.bias]
+        if self.first:
+            ps += [self.open_weight, self.open_bias]
+        if self.last:
+            ps += [self.cls_weight, self.cls_bias]
+        return ps
+
+    def flat(self, tensors: list[torch.Tensor]) -> torch.Tensor:
+        """This rank's share, in global order, of a vector laid out like the parameters:
+        opening (weight, bias), then per layer j (K_j, b_j), then classifier (weight, bias).
+        ``tensors`` are ordered like :meth:`local_parameters`."""
+        K, b, *rest = tensors
+        parts = [torch.cat([K.flatten(1), b.flatten(1)], 1).flatten()]
+        if self.first:
+            parts = [rest[0].flatten(), rest[1].flatten()] + parts
+            rest = rest[2:]
+        if self.last:
+            parts += [rest[0].flatten(), rest[1].flatten()]
+        return torch.cat(parts)
+
+    def gather_flat(self, local: torch.Tensor, root: int = 0) -> torch.Tensor | None:
+        """Concatenate every rank's :meth:`flat` share on ``root`` (global order)."""
+        comm = self.msg.comm
+        send = local.detach().cpu().contiguous().numpy()
+        counts = comm.gather(send.size, root=root)     # one int per rank, once per call
+        if self.msg.rank != root:
+            comm.Gatherv(send, None, root=root)
+            return None
+        out = torch.empty(sum(counts), dtype=local.dtype)
+        comm.Gatherv(send, [out.numpy(), counts], root=root)
+        return out
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The mean cross-entropy over the batch, the same value on every rank.
+
+        Forward runs the MGRIT forward solve; ``loss.backward()`` (on every rank)
+        runs the adjoint MGRIT solve and sets ``.grad`` of this rank's parameters.
+        """
+        return MGRITLoss.apply(self, x, y, *self.local_parameters())
 
     def opening(self, x: torch.Tensor) -> torch.Tensor:
         if self.shapes.kind == "dense":
@@ -170,3 +229,43 @@ class ParallelResNet(nn.Module):
                 buf[0] = F.cross_entropy(logits, y).item()
         self.msg.bcast_tensor(buf, root=self.chain.ranks[-1])
         return float(buf[0]), logits
+
+    def backprop(self, x: torch.Tensor, y: torch.Tensor, scale: torch.Tensor | float = 1.0,
+                 warm: torch.Tensor | None = None, **kw) -> list[torch.Tensor]:
+        """Gradients of ``scale * loss`` for :meth:`local_parameters` (after solve_forward).
+
+        lam_N from the classifier and loss on the last rank; the adjoint MGRIT
+        solve on all ranks; layer gradients in one final level-0 sweep; the
+        opening-layer gradient from lam_0 on the first rank.
+        """
+        lam_N, cls = None, []
+        if self.last:
+            uN = self.final_state().detach().requires_grad_()
+            with torch.enable_grad():
+                loss = F.cross_entropy(self.classifier(uN), y) * scale
+                lam_N, *cls = torch.autograd.grad(loss, (uN, self.cls_weight, self.cls_bias))
+        self.adj_result = solve_adjoint(self, lam_N, warm=warm, **kw)
+        grads = list(layer_gradients(self))
+        if self.first:
+            lam0 = self.adjoint.u[-1]
+            with torch.enable_grad():
+                u0 = self.opening(x)
+                grads += list(torch.autograd.grad(u0, (self.open_weight, self.open_bias), lam0))
+        return grads + cls
+
+
+class MGRITLoss(torch.autograd.Function):
+    """Autograd boundary: forward = MGRIT forward solve, backward = adjoint MGRIT solve."""
+
+    @staticmethod
+    def forward(ctx, net: ParallelResNet, x: torch.Tensor, y: torch.Tensor,
+                *params: torch.Tensor) -> torch.Tensor:
+        net.fwd_result = net.solve_forward(x)
+        loss, _ = net.loss(y)
+        ctx.net, ctx.x, ctx.y = net, x, y
+        return torch.tensor(loss, dtype=net.dtype, device=net.device)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        grads = ctx.net.backprop(ctx.x, ctx.y, scale=grad)
+        return (None, None, None, *grads)

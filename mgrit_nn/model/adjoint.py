@@ -1,0 +1,90 @@
+"""Layer-parallel backpropagation: the adjoint MGRIT solve and the gradients (design §5).
+
+The adjoint runs the same MGRIT core on the reversed grid ``tau = N - i`` with
+the chain of ranks reversed, so every point stays on its forward owner. Its
+step into tau-point ``I`` of level ``l`` is the vector-Jacobian product of the
+coarse forward step from fine point ``i = N - I M_l`` (weights of layer ``i``,
+spacing ``H_l``), linearized at the fine-grid primal state ``u_i``:
+
+    lam_i = (dPhi/du (u_i; theta_i))^T lam_{i + M_l}
+
+Parameter gradients are taken once, on level 0, after the last adjoint
+iteration: ``grad theta_j = (dPhi/dtheta (u_j; theta_j))^T lam_{j+1}``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.func import vjp
+
+from mgrit_nn.mgrit import MGRIT, Chain, Level, MGRITOptions, Selection, SolveResult
+from mgrit_nn.model.steps import euler_step
+
+
+class AdjointPropagator:
+    """Transposed linearized Euler steps; one cached vjp closure per selection."""
+
+    def __init__(self, net) -> None:
+        from mgrit_nn.model.parallel import LayerTable
+
+        self.net, self._table_cls = net, LayerTable
+        self.table = None
+        self._cache: dict = {}
+
+    def prepare(self, levels: list[Level]) -> None:
+        net = self.net
+        if self.table is None or self.table.levels is not levels:
+            N = net.cfg.layers
+            self.table = self._table_cls(net, levels, lambda lev, I: N - I * lev.stride)
+            # primal state of the step into tau-point I: forward point N - I M_l (local)
+            self.state_slot = [
+                torch.tensor([0] + [N - I * lev.stride - net.lo + 1 if I >= 1 else 0
+                                    for I in lev.points()], dtype=torch.long, device=net.device)
+                for lev in levels]
+        self.table.refresh()
+        self.primal = net.solver.data[0].u        # forward level-0 storage (slot = i - lo + 1)
+        self._cache = {}
+
+    def step(self, level: int, sel: Selection, lam: torch.Tensor) -> torch.Tensor:
+        fn = self._cache.get(sel.key)
+        if fn is None:
+            net = self.net
+            K, b = self.table.gather(level, sel.slots)
+            u = self.primal.index_select(0, self.state_slot[level].index_select(0, sel.slots))
+            H = net.h * self.table.levels[level].stride
+            with torch.enable_grad():
+                _, fn = vjp(lambda v: euler_step(net.shapes.kind, net.act, v, K, b, H), u)
+            self._cache[sel.key] = fn
+        return fn(lam)[0]
+
+
+def adjoint_solver(net, opts: MGRITOptions) -> MGRIT:
+    chain = Chain.block(net.cfg.layers, net.msg.size, reverse=True)
+    return MGRIT(chain, AdjointPropagator(net), net.msg, opts, net.device, net.dtype,
+                 "MGRIT adjoint")
+
+
+def solve_adjoint(net, lam_N: torch.Tensor | None, warm: torch.Tensor | None = None,
+                  **kw) -> SolveResult:
+    """Solve for lam_0..lam_N from ``lam_N`` (given on the last forward rank)."""
+    shape = net.solver.shape
+    with torch.no_grad():
+        return net.adjoint.solve(lam_N, shape, warm=warm, **kw)
+
+
+def layer_gradients(net) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gradients of this rank's stacked layer weights from the final adjoint (one sweep)."""
+    if net.jhi < net.jlo:
+        return torch.zeros_like(net.weight), torch.zeros_like(net.bias)
+    net.solver.refresh_ghost(0)                      # u_{lo-1} may be needed (layer lo-1)
+    u = net.solver.data[0].u[net.jlo - net.lo + 1: net.jhi - net.lo + 2]
+    # lam_{j+1} for j = jlo..jhi: tau = N-j-1 runs downwards; adjoint slot = tau - (N-hi) + 1
+    N = net.cfg.layers
+    lam_all = net.adjoint.data[0].u
+    first, last = N - net.jlo - 1 - (N - net.hi) + 1, N - net.jhi - 1 - (N - net.hi) + 1
+    lam = lam_all[last:first + 1].flip(0)
+    K, b = net.weight.detach(), net.bias.detach()
+    with torch.enable_grad():
+        _, fn = vjp(lambda K_, b_: euler_step(net.shapes.kind, net.act, u, K_, b_, net.h), K, b)
+    gK, gb = fn(lam)
+    return gK, gb
