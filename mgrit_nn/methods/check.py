@@ -83,6 +83,20 @@ def serial_tensors(serial: SerialResNet) -> list[torch.Tensor]:
     return ts + [serial.classifier.weight.grad, serial.classifier.bias.grad]
 
 
+def gradient_errors(run: Run, net, grads: list[torch.Tensor], x, y) -> tuple[float, float]:
+    """:func:`compare_gradients` of this MGRIT gradient against serial autograd, on every rank.
+
+    The gradient is gathered on rank 0, where the serial reference runs."""
+    g = net.gather_flat(net.flat(grads))
+    errs = torch.zeros(2, dtype=torch.float64)
+    if run.msg.rank == 0:
+        ref = SerialResNet(run.cfg.model, run.shapes, run.dtype, run.device)
+        F.cross_entropy(ref(x), y).backward()
+        errs[:] = torch.tensor(compare_gradients(ref, g))
+    run.msg.bcast_tensor(errs, root=0)
+    return float(errs[0]), float(errs[1])
+
+
 def compare_gradients(serial: SerialResNet, g_mgrit: torch.Tensor) -> tuple[float, float]:
     """(||g - g_serial|| / ||g_serial|| over everything, worst relative error of one tensor)."""
     ref = serial_tensors(serial)

@@ -44,3 +44,19 @@ def serial_uN(run) -> torch.Tensor:
 
 def rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).norm() / b.norm())
+
+
+def gradients(comm: MPI.Comm, fwd_iters=None, adj_iters=None, **kw):
+    """Forward + adjoint MGRIT on ``comm``; errors against serial autograd, on every rank.
+
+    Returns (grad_rel_err, grad_max_rel_err, forward result, adjoint result, run, net).
+    """
+    from mgrit_nn.methods.check import gradient_errors
+
+    run = setup(None, sets(**{**SMALL, **kw}), comm)
+    net = run.network()
+    x, y = run.data.x_train.to(run.dtype), run.data.y_train
+    fwd = net.solve_forward(x, max_iter=fwd_iters)
+    adj_kw = {} if adj_iters is None else {"max_iter": adj_iters}
+    err, worst = gradient_errors(run, net, net.backprop(x, y, **adj_kw), x, y)
+    return err, worst, fwd, net.adj_result, run, net
