@@ -74,6 +74,16 @@ class AdjointConfig:
 
 
 @dataclass
+class RegConfig:
+    """Tikhonov terms added to the cross-entropy loss (h = T / N)."""
+
+    theta: float = opt(0.0, "gamma: gamma*h/2 * sum_j (|K_j|^2 + |b_j|^2)")
+    ddt: float = opt(0.0, "gamma: gamma/(2h) * sum_j |theta_j - theta_{j-1}|^2 (smooth in time)")
+    classifier: float = opt(0.0, "gamma: gamma/2 * (|W_out|^2 + |b_out|^2)")
+    opening: float = opt(0.0, "gamma: gamma/2 * (|W_in|^2 + |b_in|^2)")
+
+
+@dataclass
 class DataConfig:
     name: str = opt("peaks", "peaks|levelset|swissroll|ellipses|digits|mnist|cifar10|indian_pines")
     path: str | None = opt(None, "directory of the files of a file data set")
@@ -95,6 +105,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     mgrit: MgritConfig = field(default_factory=MgritConfig)
     adjoint: AdjointConfig = field(default_factory=AdjointConfig)
+    reg: RegConfig = field(default_factory=RegConfig)
     data: DataConfig = field(default_factory=DataConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
 
@@ -242,6 +253,8 @@ def validate(cfg: Config, ranks: int) -> None:
         (m.width >= 1, "model.width", f"must be >= 1, got {m.width}"),
         (m.channels >= 1, "model.channels", f"must be >= 1, got {m.channels}"),
         (m.init_std >= 0, "model.init_std", f"must be >= 0, got {m.init_std}"),
+        *((getattr(cfg.reg, k) >= 0, f"reg.{k}", f"must be >= 0, got {getattr(cfg.reg, k)}")
+          for k in ("theta", "ddt", "classifier", "opening")),
         (d.n_val >= 0, "data.n_val", f"must be >= 0, got {d.n_val}"),
         (d.batch_size >= 0, "data.batch_size", f"must be >= 0, got {d.batch_size}"),
         (cfg.runtime.threads >= 0, "runtime.threads", f"must be >= 0, got {cfg.runtime.threads}"),

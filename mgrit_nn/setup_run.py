@@ -30,7 +30,7 @@ class Run:
         c = self.cfg
         return ParallelResNet(c.model, self.shapes, MGRITOptions.from_config(c.mgrit), self.msg,
                               self.device, self.dtype,
-                              MGRITOptions.from_config(c.adjoint.resolved(c.mgrit)))
+                              MGRITOptions.from_config(c.adjoint.resolved(c.mgrit)), c.reg)
 
 
 def _threads(cfg: Config, comm: MPI.Comm) -> int:

@@ -42,7 +42,8 @@ def check(run: Run) -> dict:
         serial = SerialResNet(cfg.model, run.shapes, run.dtype, run.device)
         t0 = time.perf_counter()
         uN_ref = serial.states(x)[-1]
-        loss = F.cross_entropy(serial.classifier(uN_ref.flatten(1)), y)
+        loss = F.cross_entropy(serial.classifier(uN_ref.flatten(1)), y) \
+            + serial.regularization(cfg.reg)
         loss.backward()
         t_serial = time.perf_counter() - t0
         loss_serial, uN_ref = loss.item(), uN_ref.detach()
@@ -91,7 +92,7 @@ def gradient_errors(run: Run, net, grads: list[torch.Tensor], x, y) -> tuple[flo
     errs = torch.zeros(2, dtype=torch.float64)
     if run.msg.rank == 0:
         ref = SerialResNet(run.cfg.model, run.shapes, run.dtype, run.device)
-        F.cross_entropy(ref(x), y).backward()
+        ref.loss(x, y, run.cfg.reg).backward()
         errs[:] = torch.tensor(compare_gradients(ref, g))
     run.msg.bcast_tensor(errs, root=0)
     return float(errs[0]), float(errs[1])

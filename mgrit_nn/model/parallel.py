@@ -8,6 +8,7 @@ the first rank also holds the opening layer, the last the classifier
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import torch
@@ -15,10 +16,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from mgrit_nn.comm import Messenger
-from mgrit_nn.config import ModelConfig
+from mgrit_nn.config import ModelConfig, RegConfig
 from mgrit_nn.mgrit import MGRIT, Chain, Level, MGRITOptions, Selection, SolveResult
 from mgrit_nn.model.adjoint import adjoint_solver, layer_gradients, solve_adjoint
 from mgrit_nn.model.init import Shapes, init_classifier, init_layers, init_opening
+from mgrit_nn.model.regularization import regularization
 from mgrit_nn.model.steps import ACTIVATIONS, euler_step
 
 TAG_LAYERS = 64
@@ -130,9 +132,10 @@ class ParallelResNet(nn.Module):
 
     def __init__(self, m: ModelConfig, s: Shapes, opts: MGRITOptions, msg: Messenger,
                  device: torch.device, dtype: torch.dtype,
-                 adj_opts: MGRITOptions | None = None) -> None:
+                 adj_opts: MGRITOptions | None = None, reg: RegConfig | None = None) -> None:
         super().__init__()
         self.cfg, self.shapes, self.msg = m, s, msg
+        self.reg = reg if reg is not None and any(dataclasses.astuple(reg)) else None
         self.device, self.dtype = device, dtype
         self.h, self.act = m.T / m.layers, ACTIVATIONS[m.activation]
         self.chain = Chain.block(m.layers, msg.size)
@@ -220,7 +223,8 @@ class ParallelResNet(nn.Module):
         return self.solver.u[-1]
 
     def loss(self, y: torch.Tensor) -> tuple[float, torch.Tensor | None]:
-        """Cross-entropy of the current u_N, the same value on every rank."""
+        """Cross-entropy of the current u_N plus the ``reg.*`` terms, the same on every rank;
+        and the logits (last rank only)."""
         buf = torch.zeros(1, dtype=torch.float64)
         logits = None
         if self.last:
@@ -228,6 +232,8 @@ class ParallelResNet(nn.Module):
                 logits = self.classifier(self.final_state())
                 buf[0] = F.cross_entropy(logits, y).item()
         self.msg.bcast_tensor(buf, root=self.chain.ranks[-1])
+        if self.reg is not None:
+            buf[0] += regularization(self, self.reg)[0]
         return float(buf[0]), logits
 
     def backprop(self, x: torch.Tensor, y: torch.Tensor, scale: torch.Tensor | float = 1.0,
@@ -251,7 +257,11 @@ class ParallelResNet(nn.Module):
             with torch.enable_grad():
                 u0 = self.opening(x)
                 grads += list(torch.autograd.grad(u0, (self.open_weight, self.open_bias), lam0))
-        return grads + cls
+        grads += cls
+        if self.reg is not None:
+            grads = [g + scale * r for g, r in
+                     zip(grads, regularization(self, self.reg)[1], strict=True)]
+        return grads
 
 
 class MGRITLoss(torch.autograd.Function):

@@ -7,9 +7,10 @@ only the initialization with the layer-parallel code, not the step code.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from mgrit_nn.config import ModelConfig
+from mgrit_nn.config import ModelConfig, RegConfig
 from mgrit_nn.model.init import Shapes, init_classifier, init_layer, init_opening
 from mgrit_nn.model.steps import ACTIVATIONS
 
@@ -52,3 +53,22 @@ class SerialResNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.states(x)[-1].flatten(1))
+
+    def regularization(self, reg: RegConfig) -> torch.Tensor:
+        """The ``reg.*`` Tikhonov terms, written out layer by layer."""
+        total = torch.zeros((), dtype=self.classifier.weight.dtype)
+        for j, layer in enumerate(self.layers):
+            total = total + reg.theta * self.h / 2 * _norm2(layer)
+            if j > 0:
+                prev = self.layers[j - 1]
+                dw, db = layer.weight - prev.weight, layer.bias - prev.bias
+                total = total + reg.ddt / (2 * self.h) * ((dw**2).sum() + (db**2).sum())
+        return total + reg.opening / 2 * _norm2(self.opening) \
+            + reg.classifier / 2 * _norm2(self.classifier)
+
+    def loss(self, x: torch.Tensor, y: torch.Tensor, reg: RegConfig) -> torch.Tensor:
+        return F.cross_entropy(self(x), y) + self.regularization(reg)
+
+
+def _norm2(module: nn.Module) -> torch.Tensor:
+    return (module.weight ** 2).sum() + (module.bias ** 2).sum()

@@ -28,6 +28,20 @@ def test_gradient_equals_serial_autograd(net, N, levels, relax):
     assert worst < 1e-8, worst
 
 
+@pytest.mark.parametrize("N", [7, 63])
+def test_gradient_with_tikhonov_terms(N):
+    err, worst, *_ = gradients(WORLD, model__layers=N, reg__theta=0.1, reg__ddt=0.01,
+                               reg__classifier=0.1, reg__opening=0.2, mgrit__min_coarse=1,
+                               **TIGHT)
+    assert err < 1e-10 and worst < 1e-8, (err, worst)
+
+
+@pytest.mark.parametrize("act", ["relu", "softplus"])
+def test_gradient_other_activations(act):
+    err, worst, *_ = gradients(WORLD, model__layers=40, model__activation=act, **TIGHT)
+    assert err < 1e-10 and worst < 1e-8, (err, worst)
+
+
 def test_adjoint_options_are_separate():
     err, _, fwd, adj, _, net = gradients(WORLD, model__layers=64, adjoint__cfactor=2,
                                          adjoint__relax="F", adjoint__cycle="F", **TIGHT)
