@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 
 from mgrit_nn.runtime import abort_on_error, world
@@ -19,6 +20,12 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("config", help="YAML config file")
     c.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override a config value (repeatable)")
+    t = sub.add_parser("train", help="train a network; last line on rank 0: one JSON object")
+    t.add_argument("config", help="YAML config file")
+    t.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override a config value (repeatable)")
+    t.add_argument("--out", default=None, help="output directory (config, history, result)")
+    t.add_argument("--quiet", action="store_true", help="no progress bar (batch jobs)")
     sub.add_parser("schema", help="print every config key with its default and doc (Markdown)")
     return p
 
@@ -31,6 +38,10 @@ def main(argv: list[str] | None = None) -> int:
         print(schema_markdown())
         return 0
     comm = world()
+    logging.basicConfig(level=logging.WARNING if getattr(args, "quiet", False) else logging.INFO,
+                        format=f"%(asctime)s rank {comm.Get_rank()} %(name)s: %(message)s")
+    if comm.Get_rank() != 0:
+        logging.getLogger().setLevel(logging.WARNING)
     with abort_on_error(comm):
         from mgrit_nn.setup_run import setup
 
@@ -39,8 +50,12 @@ def main(argv: list[str] | None = None) -> int:
             from mgrit_nn.methods.check import check
 
             out = check(run)
-            if comm.Get_rank() == 0:
-                print(json.dumps(out), flush=True)
+        else:
+            from mgrit_nn.methods.train import train
+
+            out = train(run, args.out, args.quiet)
+        if comm.Get_rank() == 0:
+            print(json.dumps(out), flush=True)
     return 0
 
 

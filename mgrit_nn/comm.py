@@ -97,6 +97,16 @@ class Messenger:
         self.timers.add("comm", time.perf_counter() - t0)
         return float(buf[0])
 
+    def allreduce_tensor(self, t: torch.Tensor) -> torch.Tensor:
+        """Sum ``t`` over all ranks, in place (one Allreduce of its flat buffer)."""
+        host = t.detach().cpu().contiguous() if t.is_cuda or not t.is_contiguous() else t.detach()
+        t0 = time.perf_counter()
+        self.comm.Allreduce(MPI.IN_PLACE, host.numpy(), op=MPI.SUM)
+        self.timers.add("comm", time.perf_counter() - t0)
+        if host is not t:
+            t.copy_(host)
+        return t
+
     def bcast_tensor(self, t: torch.Tensor, root: int) -> torch.Tensor:
         """Broadcast ``t`` (same shape/dtype on every rank) from ``root`` in place."""
         host = t.detach().cpu() if t.is_cuda else t.detach()

@@ -94,6 +94,31 @@ class DataConfig:
 
 
 @dataclass
+class TrainConfig:
+    method: Literal["serial", "mgrit", "oneshot"] = opt(
+        "oneshot", "serial (1 rank, autograd) | mgrit (exact) | oneshot (inexact, warm-started)")
+    steps: int = opt(100, "optimization steps (one mini-batch each)")
+    fwd_iters: int = opt(2, "oneshot: forward MGRIT iterations per step")
+    adj_iters: int = opt(2, "oneshot: adjoint MGRIT iterations per step")
+    warm_start: bool = opt(True, "oneshot: start each solve from the samples' previous iterates")
+    optimizer: Literal["sgd", "adam", "lbfgs"] = opt("adam", "sgd | adam | lbfgs (full batch)")
+    lr: float = opt(0.01, "learning rate (lbfgs: initial step of the line search)")
+    momentum: float = opt(0.9, "sgd momentum")
+    weight_decay: float = opt(0.0, "sgd/adam weight decay")
+    schedule: Literal["constant", "step", "cosine"] = opt("constant", "learning-rate schedule")
+    milestones: list[int] = opt([], "step schedule: steps where lr is multiplied by factor")
+    factor: float = opt(0.1, "step schedule: lr factor at each milestone")
+    lbfgs_memory: int = opt(10, "lbfgs: stored (s, y) pairs")
+    lbfgs_max_ls: int = opt(20, "lbfgs: maximum backtracking steps of the Armijo search")
+    eval_every: int = opt(10, "validate every this many steps (0: only at the end)")
+
+
+@dataclass
+class ParallelConfig:
+    data_replicas: int = opt(1, "D replicas of the layer-parallel group (ranks = D x layer ranks)")
+
+
+@dataclass
 class RuntimeConfig:
     dtype: Literal["float32", "float64"] = opt("float64", "dtype of states, weights and messages")
     device: Literal["auto", "cpu", "cuda"] = opt("auto", "auto: node-local rank's GPU, else CPU")
@@ -107,6 +132,8 @@ class Config:
     adjoint: AdjointConfig = field(default_factory=AdjointConfig)
     reg: RegConfig = field(default_factory=RegConfig)
     data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
 
     def to_dict(self) -> dict:
@@ -246,8 +273,24 @@ def validate(cfg: Config, ranks: int) -> None:
     """Impossible values, checked before any work; raises one ConfigError."""
     from mgrit_nn.data import check_data
 
-    m, d = cfg.model, cfg.data
+    m, d, t, D = cfg.model, cfg.data, cfg.train, cfg.parallel.data_replicas
+    layer_ranks = ranks // D if D >= 1 and ranks % D == 0 else ranks
     checks = [
+        (D >= 1, "parallel.data_replicas", f"must be >= 1, got {D}"),
+        (ranks % D == 0, "parallel.data_replicas",
+         f"{ranks} ranks cannot be split into {D} replicas"),
+        (t.method != "serial" or ranks == 1, "train.method",
+         f"serial is the one-rank reference; run it with 1 rank (got {ranks})"),
+        (t.steps >= 0, "train.steps", f"must be >= 0, got {t.steps}"),
+        (t.fwd_iters >= 1, "train.fwd_iters", f"must be >= 1, got {t.fwd_iters}"),
+        (t.adj_iters >= 1, "train.adj_iters", f"must be >= 1, got {t.adj_iters}"),
+        (t.lr > 0, "train.lr", f"must be > 0, got {t.lr}"),
+        (t.eval_every >= 0, "train.eval_every", f"must be >= 0, got {t.eval_every}"),
+        (t.lbfgs_memory >= 1, "train.lbfgs_memory", f"must be >= 1, got {t.lbfgs_memory}"),
+        (t.optimizer != "lbfgs" or d.batch_size == 0, "train.optimizer",
+         "lbfgs needs full-batch training (data.batch_size: 0)"),
+        (d.batch_size == 0 or d.batch_size >= D, "data.batch_size",
+         f"a batch of {d.batch_size} cannot be shared by {D} replicas"),
         (m.layers >= 1, "model.layers", f"must be >= 1, got {m.layers}"),
         (m.T > 0, "model.T", f"must be > 0, got {m.T}"),
         (m.width >= 1, "model.width", f"must be >= 1, got {m.width}"),
@@ -259,9 +302,9 @@ def validate(cfg: Config, ranks: int) -> None:
         (d.batch_size >= 0, "data.batch_size", f"must be >= 0, got {d.batch_size}"),
         (cfg.runtime.threads >= 0, "runtime.threads", f"must be >= 0, got {cfg.runtime.threads}"),
         (
-            ranks <= m.layers + 1,
+            layer_ranks <= m.layers + 1,
             "model.layers",
-            f"{ranks} ranks need at least {ranks - 1} layers "
+            f"{layer_ranks} ranks need at least {layer_ranks - 1} layers "
             f"(N+1 = {m.layers + 1} points, one or more per rank)",
         ),
     ]

@@ -46,6 +46,15 @@ def select_device(kind: str, comm: MPI.Comm | None = None) -> torch.device:
     return torch.device("cuda", index)
 
 
+def split_replicas(comm: MPI.Comm, replicas: int) -> tuple[MPI.Comm, MPI.Comm]:
+    """The one place ranks are split into D data replicas of a layer-parallel group.
+
+    Returns (layer comm: the ranks of my replica, in time order; data comm: the
+    ranks holding the same layers in every replica)."""
+    rank, L = comm.Get_rank(), comm.Get_size() // replicas
+    return comm.Split(rank // L, rank % L), comm.Split(rank % L, rank // L)
+
+
 def say(text: str, comm: MPI.Comm | None = None, file=sys.stderr) -> None:
     """Print once, on rank 0."""
     if (comm or world()).Get_rank() == 0:

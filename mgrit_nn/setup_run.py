@@ -9,18 +9,20 @@ import torch
 from mpi4py import MPI
 
 from mgrit_nn.comm import Messenger
-from mgrit_nn.config import Config, load_config, validate
+from mgrit_nn.config import Config, ConfigError, load_config, validate
 from mgrit_nn.data import Dataset, load_dataset
 from mgrit_nn.mgrit import MGRITOptions
 from mgrit_nn.model.init import Shapes, shapes
 from mgrit_nn.model.parallel import ParallelResNet
-from mgrit_nn.runtime import DTYPES, agree_on_config, select_device
+from mgrit_nn.runtime import DTYPES, agree_on_config, select_device, split_replicas
 
 
 @dataclass
 class Run:
     cfg: Config
-    msg: Messenger
+    msg: Messenger            # the layer-parallel group of this rank's replica
+    data_msg: Messenger       # the same layers in every replica (size = parallel.data_replicas)
+    world: MPI.Comm
     device: torch.device
     dtype: torch.dtype
     data: Dataset
@@ -46,15 +48,21 @@ def setup(config_path: str | None, overrides: list[str], comm: MPI.Comm | None =
     """Load and validate the config on every rank (one message on failure), then build."""
     comm = comm or MPI.COMM_WORLD
 
-    def build() -> Run:
+    def build():   # no collective calls in here: a rank may fail while others go on
         cfg = load_config(config_path, overrides)
         validate(cfg, comm.Get_size())
-        device = select_device(cfg.runtime.device, comm)
+        if cfg.runtime.device == "cuda" and not torch.cuda.is_available():
+            raise ConfigError("runtime.device: cuda requested but no CUDA device is visible")
         d = cfg.data
-        data = load_dataset(d.name, d.path, d.n_train, d.n_val, d.seed)
-        return Run(cfg, Messenger(comm), device, DTYPES[cfg.runtime.dtype], data,
-                   shapes(cfg.model, data.input_shape, data.n_classes))
+        try:
+            data = load_dataset(d.name, d.path, d.n_train, d.n_val, d.seed)
+        except ValueError as exc:
+            raise ConfigError(f"data: {exc}") from None
+        return cfg, data, shapes(cfg.model, data.input_shape, data.n_classes)
 
-    run = agree_on_config(build, comm)
-    torch.set_num_threads(_threads(run.cfg, comm))
-    return run
+    cfg, data, shp = agree_on_config(build, comm)
+    device = select_device(cfg.runtime.device, comm)
+    layer_comm, data_comm = split_replicas(comm, cfg.parallel.data_replicas)
+    torch.set_num_threads(_threads(cfg, comm))
+    return Run(cfg, Messenger(layer_comm), Messenger(data_comm), comm, device,
+               DTYPES[cfg.runtime.dtype], data, shp)

@@ -134,6 +134,14 @@ class MGRIT:
             self.data[l].u.index_copy_(0, f_slots, self.data[l + 1].u.index_select(0, cs))
             f_relax(self, l)
 
+    def propagate(self, u0: torch.Tensor | None, shape: tuple[int, ...]) -> None:
+        """Plain sequential time stepping on level 0, passed rank to rank (exact, no iteration)."""
+        self._allocate(tuple(shape))
+        self.prop.prepare(self.levels)
+        if self.first:
+            self.data[0].u[1].copy_(u0)
+        sweep(self, 0, "all")
+
     def refresh_ghost(self, l: int = 0) -> None:
         """Make slot 0 of level l hold the left neighbour's current last value."""
         lev, d = self.levels[l], self.data[l]

@@ -218,6 +218,12 @@ class ParallelResNet(nn.Module):
             shape = (x.shape[0],) + self.shapes.state
             return self.solver.solve(u0, shape, warm=warm, **kw)
 
+    def propagate(self, x: torch.Tensor) -> None:
+        """Exact forward pass as one distributed sweep (for evaluation)."""
+        with torch.no_grad():
+            u0 = self.opening(x) if self.first else None
+            self.solver.propagate(u0, (x.shape[0],) + self.shapes.state)
+
     def final_state(self) -> torch.Tensor:
         """u_N (valid on the last rank)."""
         return self.solver.u[-1]

@@ -1,0 +1,96 @@
+"""Optimizers and learning-rate schedules for every method.
+
+SGD and Adam are ``torch.optim`` on each rank's local parameters (a layer lives on
+one rank, so no reduction is needed). L-BFGS keeps its (s, y) pairs locally and
+reduces every inner product over the layer-parallel group; its Armijo
+backtracking evaluates the loss with the exact forward pass only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from mgrit_nn.config import TrainConfig
+
+
+class LBFGS(torch.optim.Optimizer):
+    """Full-batch L-BFGS (two-loop recursion) with Armijo backtracking.
+
+    ``dot(x)`` sums a local inner product over all ranks that hold parameters.
+    ``step(closure, loss)``: gradients are in ``.grad`` and ``loss`` is the loss at
+    the current point; ``closure()`` returns the loss at the parameters as they are.
+    """
+
+    def __init__(self, params, lr: float, memory: int, max_ls: int, dot: Callable,
+                 c1: float = 1e-4) -> None:
+        super().__init__(params, {"lr": lr})
+        self.memory, self.max_ls, self.c1, self.dot_sum = memory, max_ls, c1, dot
+        self.pairs: list[tuple[list[torch.Tensor], list[torch.Tensor], float]] = []
+        self.prev: tuple[list[torch.Tensor], list[torch.Tensor]] | None = None
+        self.last_alpha, self.last_evals = 0.0, 0
+
+    def _params(self) -> list[torch.Tensor]:
+        return [p for g in self.param_groups for p in g["params"]]
+
+    def _dot(self, a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
+        return self.dot_sum(sum(float((x * y).sum()) for x, y in zip(a, b, strict=True)))
+
+    def _direction(self, g: list[torch.Tensor]) -> list[torch.Tensor]:
+        q = [-t for t in g]
+        alphas = []
+        for s, y, rho in reversed(self.pairs):
+            a = rho * self._dot(s, q)
+            alphas.append(a)
+            q = [qi - a * yi for qi, yi in zip(q, y, strict=True)]
+        if self.pairs:
+            s, y, _ = self.pairs[-1]
+            q = [qi * (self._dot(s, y) / self._dot(y, y)) for qi in q]
+        for (s, y, rho), a in zip(self.pairs, reversed(alphas), strict=True):
+            b = rho * self._dot(y, q)
+            q = [qi + (a - b) * si for qi, si in zip(q, s, strict=True)]
+        return q
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float], loss: float) -> float:  # type: ignore[override]
+        params = self._params()
+        x = [p.detach().clone() for p in params]
+        g = [p.grad.detach().clone() for p in params]
+        if self.prev is not None:
+            s = [a - b for a, b in zip(x, self.prev[0], strict=True)]
+            y = [a - b for a, b in zip(g, self.prev[1], strict=True)]
+            sy = self._dot(s, y)
+            if sy > 1e-12 * self._dot(y, y) ** 0.5 * self._dot(s, s) ** 0.5:
+                self.pairs = (self.pairs + [(s, y, 1.0 / sy)])[-self.memory:]
+        self.prev = (x, g)
+        d = self._direction(g)
+        slope = self._dot(g, d)
+        if slope >= 0:                       # not a descent direction: fall back to -g
+            d, slope, self.pairs = [-t for t in g], -self._dot(g, g), []
+        alpha = self.param_groups[0]["lr"]
+        for k in range(self.max_ls + 1):
+            for p, xi, di in zip(params, x, d, strict=True):
+                p.copy_(xi + alpha * di)
+            new = closure()
+            self.last_alpha, self.last_evals = alpha, k + 1
+            if new <= loss + self.c1 * alpha * slope:
+                return new
+            alpha *= 0.5
+        return new                            # accept the smallest step tried
+
+
+def make_optimizer(params: list[torch.Tensor], t: TrainConfig, dot: Callable):
+    if t.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
+    if t.optimizer == "adam":
+        return torch.optim.Adam(params, lr=t.lr, weight_decay=t.weight_decay)
+    return LBFGS(params, t.lr, t.lbfgs_memory, t.lbfgs_max_ls, dot)
+
+
+def make_schedule(opt: torch.optim.Optimizer, t: TrainConfig):
+    if t.schedule == "step":
+        return torch.optim.lr_scheduler.MultiStepLR(opt, t.milestones, gamma=t.factor)
+    if t.schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, t.steps))
+    return None

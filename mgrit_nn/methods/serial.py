@@ -1,0 +1,41 @@
+"""``serial``: the one-rank reference, plain PyTorch autograd on the serial network."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from mgrit_nn.methods.base import StepInfo, correct
+from mgrit_nn.model.serial import SerialResNet
+from mgrit_nn.setup_run import Run
+
+
+class SerialMethod:
+    def __init__(self, run: Run) -> None:
+        self.run = run
+        self.model = SerialResNet(run.cfg.model, run.shapes, run.dtype, run.device)
+        self.reg = run.cfg.reg
+
+    def parameters(self) -> list[torch.Tensor]:
+        return list(self.model.parameters())
+
+    def dot(self, a: float) -> float:
+        return a                                          # nothing to reduce on one rank
+
+    def gradient(self, x, y, idx, scale: float = 1.0) -> StepInfo:
+        self.model.zero_grad(set_to_none=False)
+        logits = self.model(x)
+        loss = (F.cross_entropy(logits, y) + self.model.regularization(self.reg)) * scale
+        loss.backward()
+        return StepInfo(loss.item(), correct(logits, y))
+
+    @torch.no_grad()
+    def loss(self, x, y, scale: float = 1.0) -> float:
+        return ((F.cross_entropy(self.model(x), y) + self.model.regularization(self.reg))
+                * scale).item()
+
+    @torch.no_grad()
+    def evaluate(self, x, y) -> tuple[float, int]:
+        """(summed cross-entropy, correct) of the exact forward pass."""
+        logits = self.model(x)
+        return F.cross_entropy(logits, y, reduction="sum").item(), correct(logits, y)
