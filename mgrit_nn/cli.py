@@ -7,7 +7,7 @@ import json
 import logging
 import sys
 
-from mgrit_nn.runtime import abort_on_error, world
+from mgrit_nn.runtime import abort_on_error, node_ranks, world
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -45,6 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     with abort_on_error(comm):
         from mgrit_nn.setup_run import setup
 
+        node_ranks()            # collective on first call: every rank, before any sub-communicator
         run = setup(args.config, args.set, comm)
         if args.command == "check":
             from mgrit_nn.methods.check import check

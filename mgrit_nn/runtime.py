@@ -7,6 +7,7 @@ by rank 0, and every rank exits with status 2.
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 import traceback
@@ -44,6 +45,21 @@ def select_device(kind: str, comm: MPI.Comm | None = None) -> torch.device:
         local.Free()
     torch.cuda.set_device(index)
     return torch.device("cuda", index)
+
+
+@functools.cache
+def node_ranks() -> int:
+    """Ranks of the whole job on this node: from the launcher's environment (MPICH,
+    Open MPI, MVAPICH, SLURM) or else one collective on COMM_WORLD, on first call."""
+    for var in ("MPI_LOCALNRANKS", "OMPI_COMM_WORLD_LOCAL_SIZE", "MV2_COMM_WORLD_LOCAL_SIZE",
+                "SLURM_NTASKS_PER_NODE"):
+        value = os.environ.get(var, "")
+        if value.isdigit() and int(value) > 0:
+            return int(value)
+    local = MPI.COMM_WORLD.Split_type(MPI.COMM_TYPE_SHARED)
+    n = local.Get_size()
+    local.Free()
+    return n
 
 
 def split_replicas(comm: MPI.Comm, replicas: int) -> tuple[MPI.Comm, MPI.Comm]:

@@ -14,7 +14,7 @@ from mgrit_nn.data import Dataset, load_dataset
 from mgrit_nn.mgrit import MGRITOptions
 from mgrit_nn.model.init import Shapes, shapes
 from mgrit_nn.model.parallel import ParallelResNet
-from mgrit_nn.runtime import DTYPES, agree_on_config, select_device, split_replicas
+from mgrit_nn.runtime import DTYPES, agree_on_config, node_ranks, select_device, split_replicas
 
 
 @dataclass
@@ -35,13 +35,12 @@ class Run:
                               MGRITOptions.from_config(c.adjoint.resolved(c.mgrit)), c.reg)
 
 
-def _threads(cfg: Config, comm: MPI.Comm) -> int:
+def _threads(cfg: Config) -> int:
+    """runtime.threads, or the node's cores shared by all ranks on the node (of the whole
+    job, not of the communicator the run uses: oversubscribed threads spin and stall)."""
     if cfg.runtime.threads > 0:
         return cfg.runtime.threads
-    local = comm.Split_type(MPI.COMM_TYPE_SHARED)
-    per_node = local.Get_size()
-    local.Free()
-    return max(1, (os.cpu_count() or 1) // per_node)
+    return max(1, (os.cpu_count() or 1) // node_ranks())
 
 
 def setup(config_path: str | None, overrides: list[str], comm: MPI.Comm | None = None) -> Run:
@@ -63,6 +62,6 @@ def setup(config_path: str | None, overrides: list[str], comm: MPI.Comm | None =
     cfg, data, shp = agree_on_config(build, comm)
     device = select_device(cfg.runtime.device, comm)
     layer_comm, data_comm = split_replicas(comm, cfg.parallel.data_replicas)
-    torch.set_num_threads(_threads(cfg, comm))
+    torch.set_num_threads(_threads(cfg))
     return Run(cfg, Messenger(layer_comm), Messenger(data_comm), comm, device,
                DTYPES[cfg.runtime.dtype], data, shp)

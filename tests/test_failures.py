@@ -59,3 +59,20 @@ def test_divergence_is_one_message(tmp_path):
     assert p.stderr.count("MGRIT forward: residual is") == 1, p.stderr
     assert "iteration 1" in p.stderr and "level 0" in p.stderr
     assert "Traceback" not in p.stderr
+
+
+def test_train_cli_last_line_is_json(tmp_path):
+    import json
+
+    out = tmp_path / "run"
+    p = mpirun(2, ["-m", "mgrit_nn", "train", "configs/peaks.yaml", "--quiet", "--out", str(out),
+                   "--set", "train.steps=3", "--set", "data.n_train=32", "--set",
+                   "data.n_val=16", "--set", "model.layers=16"])
+    assert p.returncode == 0, p.stderr
+    result = json.loads(p.stdout.strip().splitlines()[-1])
+    for key in ("method", "ranks", "steps", "loss", "train_accuracy", "val_accuracy",
+                "wall_time_s", "out"):
+        assert key in result
+    assert result["ranks"] == 2 and result["steps"] == 3 and result["out"] == str(out)
+    assert json.loads((out / "result.json").read_text())["loss"] == result["loss"]
+    assert "it/s" not in p.stderr                      # --quiet: no progress bar

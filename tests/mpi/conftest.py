@@ -10,9 +10,11 @@ import torch
 from mpi4py import MPI
 
 from mgrit_nn.model.serial import SerialResNet
+from mgrit_nn.runtime import node_ranks
 from mgrit_nn.setup_run import setup
 
 WORLD = MPI.COMM_WORLD
+node_ranks()            # collective on first call: every rank, before any sub-communicator
 
 
 def sets(**kw) -> list[str]:
