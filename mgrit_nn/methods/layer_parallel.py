@@ -8,22 +8,29 @@ well as the full batch. Memory per rank: 2 x (local points) x n_train x state si
 
 from __future__ import annotations
 
+import numpy as np
 import torch
+from mpi4py import MPI
 
 from mgrit_nn.methods.base import StepInfo, correct
 from mgrit_nn.setup_run import Run
 
 
 class WarmStore:
-    """Per-sample iterates of one solver, filled as samples are used."""
+    """Per-sample iterates of one solver (this rank's points), filled as samples are used.
+
+    ``last_used[i]`` counts the puts up to the one that stored sample i (-1: never), so
+    replicas, which put once per step each, can tell whose copy of a sample is newest.
+    """
 
     def __init__(self, n_samples: int) -> None:
         self.n = n_samples
         self.store: torch.Tensor | None = None
-        self.seen = torch.zeros(n_samples, dtype=torch.bool)
+        self.last_used = torch.full((n_samples,), -1, dtype=torch.int64)
+        self.clock = 0
 
     def get(self, idx: torch.Tensor) -> torch.Tensor | None:
-        if self.store is None or not bool(self.seen[idx].any()):
+        if self.store is None or not bool((self.last_used[idx] >= 0).any()):
             return None
         return self.store[:, idx.to(self.store.device)]
 
@@ -31,7 +38,8 @@ class WarmStore:
         if self.store is None:
             self.store = u.new_zeros((u.shape[0], self.n) + tuple(u.shape[2:]))
         self.store[:, idx.to(u.device)] = u
-        self.seen[idx] = True
+        self.last_used[idx] = self.clock
+        self.clock += 1
 
 
 class LayerParallelMethod:
@@ -44,6 +52,9 @@ class LayerParallelMethod:
         n = len(run.data.x_train)
         self.fwd_store = WarmStore(n) if warm else None
         self.adj_store = WarmStore(n) if warm else None
+        from mgrit_nn.io.checkpoint import ParamLayout
+
+        self.run_layout = ParamLayout(run.shapes, run.cfg.model.layers)
 
     def parameters(self) -> list[torch.Tensor]:
         return self.net.local_parameters()
@@ -80,3 +91,57 @@ class LayerParallelMethod:
             logits = self.net.classifier(self.net.final_state())
             ce = torch.nn.functional.cross_entropy(logits, y, reduction="sum").item()
         return ce, correct(logits, y)
+
+    # -- global flat vectors and warm states (checkpoints) ---------------------------------
+    def local_flat(self, tensors: list[torch.Tensor]) -> torch.Tensor:
+        return self.net.flat([t.detach() for t in tensors])
+
+    def gather_flat(self, local: torch.Tensor) -> torch.Tensor | None:
+        return self.net.gather_flat(local)
+
+    def local_from_global(self, flat: torch.Tensor) -> list[torch.Tensor]:
+        net = self.net
+        start = self.run_layout.offset(net.first, net.jlo)
+        n = self.local_flat(self.parameters()).numel()
+        share = flat[start:start + n].to(device=net.device, dtype=net.dtype)
+        return net.unflat(share)
+
+    def warm_arrays(self) -> dict[str, np.ndarray]:
+        """Global warm-start iterates by forward point index (on rank 0 of the world)."""
+        fs, ads = self.fwd_store, self.adj_store
+        if fs is None or fs.store is None:
+            return {}
+        data = self.run.data_msg
+        last = fs.last_used.numpy().copy()
+        data.comm.Allreduce(MPI.IN_PLACE, last, op=MPI.MAX)
+        out = {"warm/last_used": last, "warm/clock": np.array(fs.clock)}
+        for name, store, flip in (("forward", fs, False), ("adjoint", ads, True)):
+            mine = (torch.from_numpy(last) == store.last_used) & (store.last_used >= 0)
+            local = store.store * mine.view((1, -1) + (1,) * (store.store.dim() - 2)).to(
+                store.store.device)
+            if data.size > 1:
+                data.allreduce_tensor(local)
+            if flip:      # adjoint slots run backwards in forward point order
+                local = local.flip(0)
+            full = self.net.gather_flat(local.flatten())
+            if full is not None:
+                out[f"warm/{name}"] = full.view((-1,) + tuple(local.shape[1:])).numpy()
+        return out
+
+    def load_warm(self, f) -> None:
+        if self.fwd_store is None or "warm/forward" not in f:
+            return
+        n = self.fwd_store.n
+        if f["warm/forward"].shape[1] != n:
+            from mgrit_nn.io.checkpoint import CheckpointError
+
+            raise CheckpointError(f"checkpoint warm states are for {f['warm/forward'].shape[1]} "
+                                  f"training samples, this run has {n}")
+        lo, hi = self.net.lo, self.net.hi
+        last = torch.from_numpy(f["warm/last_used"][()])
+        for name, store, flip in (("forward", self.fwd_store, False),
+                                  ("adjoint", self.adj_store, True)):
+            local = torch.from_numpy(f[f"warm/{name}"][lo:hi + 1])
+            store.store = (local.flip(0) if flip else local).to(self.net.device, self.net.dtype)
+            store.last_used = last.clone()
+            store.clock = int(f["warm/clock"][()])

@@ -39,3 +39,21 @@ class SerialMethod:
         """(summed cross-entropy, correct) of the exact forward pass."""
         logits = self.model(x)
         return F.cross_entropy(logits, y, reduction="sum").item(), correct(logits, y)
+
+    # -- global flat vectors (checkpoints): on one rank the share is everything -----------------
+    def local_flat(self, tensors: list[torch.Tensor]) -> torch.Tensor:
+        return torch.cat([t.detach().flatten() for t in tensors])
+
+    def gather_flat(self, local: torch.Tensor) -> torch.Tensor:
+        return local.detach().cpu()
+
+    def local_from_global(self, flat: torch.Tensor) -> list[torch.Tensor]:
+        params = self.parameters()
+        parts = torch.split(flat, [p.numel() for p in params])
+        return [t.view_as(p).to(p) for t, p in zip(parts, params, strict=True)]
+
+    def warm_arrays(self) -> dict:
+        return {}
+
+    def load_warm(self, f) -> None:
+        pass

@@ -182,6 +182,27 @@ class ParallelResNet(nn.Module):
             parts += [rest[0].flatten(), rest[1].flatten()]
         return torch.cat(parts)
 
+    def unflat(self, share: torch.Tensor) -> list[torch.Tensor]:
+        """Inverse of :meth:`flat`: this rank's share -> tensors shaped like local_parameters."""
+        s, n = self.shapes, self.jhi - self.jlo + 1
+        sizes = [math.prod(t) for t in (*s.opening, *s.layer, *s.classifier)]
+        parts, at = [], 0
+
+        def take(k: int) -> torch.Tensor:
+            nonlocal at
+            at += k
+            return share[at - k:at]
+        if self.first:
+            opening = [take(sizes[0]).view(s.opening[0]), take(sizes[1]).view(s.opening[1])]
+        rows = take(n * (sizes[2] + sizes[3])).view(n, sizes[2] + sizes[3])
+        parts = [rows[:, :sizes[2]].reshape((n,) + s.layer[0]),
+                 rows[:, sizes[2]:].reshape((n,) + s.layer[1])]
+        if self.first:
+            parts += opening
+        if self.last:
+            parts += [take(sizes[4]).view(s.classifier[0]), take(sizes[5]).view(s.classifier[1])]
+        return parts
+
     def gather_flat(self, local: torch.Tensor, root: int = 0) -> torch.Tensor | None:
         """Concatenate every rank's :meth:`flat` share on ``root`` (global order)."""
         comm = self.msg.comm
