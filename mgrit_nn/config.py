@@ -114,6 +114,12 @@ class TrainConfig:
 
 
 @dataclass
+class CheckpointConfig:
+    every: int = opt(0, "write OUT/checkpoints/step_XXXXXXXX.h5 every this many steps, 0: at end")
+    keep: int = opt(3, "keep the newest this many checkpoints (0: keep all)")
+
+
+@dataclass
 class ParallelConfig:
     data_replicas: int = opt(1, "D replicas of the layer-parallel group (ranks = D x layer ranks)")
 
@@ -134,6 +140,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
 
     def to_dict(self) -> dict:
@@ -286,6 +293,9 @@ def validate(cfg: Config, ranks: int) -> None:
         (t.adj_iters >= 1, "train.adj_iters", f"must be >= 1, got {t.adj_iters}"),
         (t.lr > 0, "train.lr", f"must be > 0, got {t.lr}"),
         (t.eval_every >= 0, "train.eval_every", f"must be >= 0, got {t.eval_every}"),
+        (cfg.checkpoint.every >= 0, "checkpoint.every",
+         f"must be >= 0, got {cfg.checkpoint.every}"),
+        (cfg.checkpoint.keep >= 0, "checkpoint.keep", f"must be >= 0, got {cfg.checkpoint.keep}"),
         (t.lbfgs_memory >= 1, "train.lbfgs_memory", f"must be >= 1, got {t.lbfgs_memory}"),
         (t.optimizer != "lbfgs" or d.batch_size == 0, "train.optimizer",
          "lbfgs needs full-batch training (data.batch_size: 0)"),

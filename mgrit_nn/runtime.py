@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import functools
 import os
+import signal
 import sys
 import traceback
 from contextlib import contextmanager
 
+import numpy as np
 import torch
 from mpi4py import MPI
 
@@ -71,25 +73,50 @@ def split_replicas(comm: MPI.Comm, replicas: int) -> tuple[MPI.Comm, MPI.Comm]:
     return comm.Split(rank // L, rank % L), comm.Split(rank % L, rank // L)
 
 
+EXIT_STOPPED = 75     # stopped by SIGTERM/SIGUSR1 after writing a checkpoint: resume me
+
+
+class StopSignal:
+    """SIGTERM / SIGUSR1 (SLURM --signal, preemption) ask to stop after the current step."""
+
+    def __init__(self) -> None:
+        self.received = 0
+        for sig in (signal.SIGTERM, signal.SIGUSR1):
+            signal.signal(sig, self._handler)
+
+    def _handler(self, signum, frame) -> None:
+        self.received = signum
+
+    def any_rank(self, comm: MPI.Comm) -> bool:
+        """Whether any rank got a signal (one small Allreduce, every rank calls it)."""
+        buf = np.array([self.received], dtype=np.int64)
+        comm.Allreduce(MPI.IN_PLACE, buf, op=MPI.MAX)
+        return bool(buf[0])
+
+
 def say(text: str, comm: MPI.Comm | None = None, file=sys.stderr) -> None:
     """Print once, on rank 0."""
     if (comm or world()).Get_rank() == 0:
         print(text, file=file, flush=True)
 
 
+class UsageError(RuntimeError):
+    """A problem with what the user asked for (e.g. an unusable checkpoint): exit status 2."""
+
+
 def agree_on_config(build, comm: MPI.Comm | None = None):
-    """Run ``build()`` on every rank; if it raises ConfigError on any rank,
+    """Run ``build()`` on every rank; if it raises ConfigError or UsageError on any rank,
     rank 0 prints the lowest rank's message once and every rank exits with 2."""
     comm = comm or world()
     result, error = None, None
     try:
         result = build()
-    except ConfigError as exc:
+    except (ConfigError, UsageError) as exc:
         error = str(exc)
     errors = comm.allgather(error)      # startup only: a small pickled list is fine here
     first = next((e for e in errors if e is not None), None)
     if first is not None:
-        say(f"mgrit-nn: config error: {first}", comm)
+        say(f"mgrit-nn: {'' if first.startswith('checkpoint') else 'config error: '}{first}", comm)
         sys.exit(EXIT_CONFIG)
     return result
 

@@ -29,9 +29,10 @@ import torch
 
 from mgrit_nn import __version__
 from mgrit_nn.model.init import Shapes
+from mgrit_nn.runtime import UsageError
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UsageError):
     """A checkpoint that cannot be used (missing, corrupt, or of another network)."""
 
 

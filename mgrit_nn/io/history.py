@@ -6,7 +6,8 @@
                                          fwd_residual, adj_iters, adj_residual, step_time_s
     /steps/fwd_residuals       (steps,)  variable-length: the full residual history of the step
     /steps/adj_residuals       (steps,)
-    /timing/{compute,comm,wait} (steps, ranks) seconds per step and rank
+    /timing/{compute,comm,wait} (steps, ranks) seconds per step and rank (NaN where a
+                               resumed run had fewer ranks than the widest one)
 
 Missing values (no validation in that step, no MGRIT for serial) are NaN. A job
 killed at any point leaves every flushed row readable. On resume, rows after the
@@ -53,7 +54,8 @@ class History:
                 g.create_dataset(c, (0,), maxshape=(None,), dtype=vlen)
             t = self.f.create_group("timing")
             for c in TIMERS:
-                t.create_dataset(c, (0, ranks), maxshape=(None, ranks), dtype="f8")
+                t.create_dataset(c, (0, ranks), maxshape=(None, None), dtype="f8",
+                                 fillvalue=np.nan)
         self.f.flush()
 
     def _truncate(self, step: int) -> None:
@@ -61,6 +63,9 @@ class History:
         keep = int(np.searchsorted(steps, step, side="right"))
         for ds in list(self.f["steps"].values()) + list(self.f["timing"].values()):
             ds.resize(keep, axis=0)
+        for ds in self.f["timing"].values():      # resumed on more ranks: more columns (NaN)
+            if ds.shape[1] < self.ranks:
+                ds.resize(self.ranks, axis=1)
         self.f.attrs["resumed"] = f"{self.f.attrs.get('resumed', '')} {step}".strip()
 
     def append(self, row: dict, fwd: list[float], adj: list[float], timing: np.ndarray) -> None:
@@ -75,7 +80,7 @@ class History:
         for k, c in enumerate(TIMERS):
             ds = self.f["timing"][c]
             ds.resize(n + 1, axis=0)
-            ds[n] = timing[:, k]
+            ds[n, :self.ranks] = timing[:, k]
         self.f.flush()
 
     def close(self) -> None:

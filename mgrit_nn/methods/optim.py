@@ -94,3 +94,37 @@ def make_schedule(opt: torch.optim.Optimizer, t: TrainConfig):
     if t.schedule == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, t.steps))
     return None
+
+
+def optimizer_state(opt, params: list[torch.Tensor]) -> tuple[dict[str, list], dict[str, float]]:
+    """(per-parameter tensors by name, aligned with ``params``; scalars) of any optimizer here."""
+    if isinstance(opt, LBFGS):
+        tensors, scalars = {}, {"n_pairs": len(opt.pairs), "has_prev": int(opt.prev is not None)}
+        if opt.prev is not None:
+            tensors["prev_x"], tensors["prev_g"] = opt.prev
+        for k, (s, y, rho) in enumerate(opt.pairs):
+            tensors[f"s_{k}"], tensors[f"y_{k}"], scalars[f"rho_{k}"] = s, y, rho
+        return tensors, scalars
+    tensors, scalars = {}, {}
+    state = [opt.state.get(p, {}) for p in params]
+    for key, value in state[0].items() if state else ():
+        if torch.is_tensor(value) and value.shape == params[0].shape:
+            tensors[key] = [s[key] for s in state]
+        elif value is not None:
+            scalars[key] = float(value)
+    return tensors, scalars
+
+
+def load_optimizer_state(opt, params: list[torch.Tensor], tensors: dict[str, list],
+                         scalars: dict[str, float]) -> None:
+    if isinstance(opt, LBFGS):
+        opt.prev = (tensors["prev_x"], tensors["prev_g"]) if scalars.get("has_prev") else None
+        opt.pairs = [(tensors[f"s_{k}"], tensors[f"y_{k}"], scalars[f"rho_{k}"])
+                     for k in range(int(scalars.get("n_pairs", 0)))]
+        return
+    for i, p in enumerate(params):
+        st = {k: v[i].clone() for k, v in tensors.items()}
+        for k, v in scalars.items():      # e.g. Adam's step, kept as a float tensor by torch
+            st[k] = torch.tensor(v, dtype=torch.float32)
+        if st:
+            opt.state[p] = st

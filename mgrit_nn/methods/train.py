@@ -18,6 +18,7 @@ from mpi4py import MPI
 from tqdm import tqdm
 
 from mgrit_nn.data import batches
+from mgrit_nn.io.checkpoint import ParamLayout
 from mgrit_nn.methods.base import StepInfo
 from mgrit_nn.methods.optim import LBFGS, make_optimizer, make_schedule
 from mgrit_nn.setup_run import Run
@@ -57,6 +58,7 @@ class Trainer:
         self.replica, self.replicas = run.data_msg.rank, run.data_msg.size
         self.epoch, self.queue = 0, []
         self.history: list[dict] = []
+        self.layout = ParamLayout(run.shapes, self.cfg.model.layers)
 
     # -- pieces of one step ------------------------------------------------------------------
     def next_batch(self) -> torch.Tensor:
@@ -89,7 +91,7 @@ class Trainer:
         ce, correct = world_sum(self.run.world, ce, correct)
         return ce / len(x), correct / len(x)
 
-    def step(self, k: int) -> dict:
+    def step(self, k: int) -> tuple[dict, StepInfo]:
         idx = self.next_batch()
         mine, scale = self.share(idx)
         x, y = self.x[mine], self.y[mine]
@@ -117,28 +119,44 @@ class Trainer:
             from mgrit_nn.runtime import CollectiveError
 
             raise CollectiveError(f"training: the loss is {loss} at step {k}")
-        return row
+        return row, info
 
     # -- the loop ----------------------------------------------------------------------------
-    def train(self, quiet: bool = False) -> dict:
+    def _timing(self, before: dict, elapsed: float) -> np.ndarray | None:
+        """(compute, comm, wait) seconds of this step on every rank, gathered on rank 0."""
+        now = self.run.msg.timers.seconds
+        comm, wait = (now.get(k, 0.0) - before.get(k, 0.0) for k in ("comm", "wait"))
+        mine = np.array([elapsed - comm - wait, comm, wait])
+        world = self.run.world
+        out = np.empty((world.Get_size(), 3)) if world.Get_rank() == 0 else None
+        world.Gather(mine, out, root=0)
+        return out
+
+    def train(self, quiet: bool = False, out: Path | None = None, start: int = 0,
+              history=None, stop=None) -> dict:
+        """Steps start+1 .. train.steps; returns the result (``stopped`` if a signal came)."""
+        from mgrit_nn.io.state import save_if_due
+
         t = self.cfg.train
         rank0 = self.run.world.Get_rank() == 0
-        bar = tqdm(total=t.steps, disable=quiet or not rank0, dynamic_ncols=True,
-                   desc=t.method)
-        t_start = time.perf_counter()
-        for k in range(1, t.steps + 1):
-            row = self.step(k)
+        bar = tqdm(total=t.steps, initial=start, disable=quiet or not rank0,
+                   dynamic_ncols=True, desc=t.method)
+        t_start, stopped = time.perf_counter(), False
+        for k in range(start + 1, t.steps + 1):
+            before = dict(self.run.msg.timers.seconds)
+            row, info = self.step(k)
             if t.eval_every and (k % t.eval_every == 0 or k == t.steps):
                 row["val_loss"], row["val_accuracy"] = self.evaluate(self.xv, self.yv)
             self.history.append(row)
-            post = {"loss": f"{row['loss']:.4f}", "acc": f"{row['train_accuracy']:.3f}"}
-            if "val_accuracy" in row:
-                post["val"] = f"{row['val_accuracy']:.3f}"
-            if row["fwd_iters"]:
-                post["r_fwd"] = f"{row['fwd_residual']:.1e}"
-                post["r_adj"] = f"{row['adj_residual']:.1e}"
-            bar.set_postfix(post, refresh=False)
-            bar.update()
+            timing = self._timing(before, row["step_time_s"])
+            if history is not None:
+                history.append(row, info.fwd_residuals, info.adj_residuals, timing)
+            stopped = stop is not None and stop.any_rank(self.run.world)
+            if out is not None:
+                save_if_due(self, out, k, last=(k == t.steps or stopped))
+            self._progress(bar, row)
+            if stopped:
+                break
         bar.close()
         wall = time.perf_counter() - t_start
         train_loss, train_acc = self.evaluate(self.x, self.y)
@@ -149,7 +167,8 @@ class Trainer:
             "method": t.method, "optimizer": t.optimizer,
             "ranks": self.run.world.Get_size(), "layer_ranks": self.run.msg.size,
             "data_replicas": self.replicas, "layers": self.cfg.model.layers,
-            "dtype": self.cfg.runtime.dtype, "steps": t.steps, "epochs": self.epoch,
+            "dtype": self.cfg.runtime.dtype, "steps": self.history[-1]["step"] if self.history
+            else start, "epochs": self.epoch, "stopped_by_signal": stopped,
             "loss": self.history[-1]["loss"] if self.history else None,
             "train_loss": train_loss, "train_accuracy": train_acc,
             "val_loss": val_loss, "val_accuracy": val_acc,
@@ -158,16 +177,51 @@ class Trainer:
             "wall_time_s": wall,
         }
 
+    @staticmethod
+    def _progress(bar, row: dict) -> None:
+        post = {"loss": f"{row['loss']:.4f}", "acc": f"{row['train_accuracy']:.3f}"}
+        if "val_accuracy" in row:
+            post["val"] = f"{row['val_accuracy']:.3f}"
+        if row["fwd_iters"]:
+            post["r_fwd"] = f"{row['fwd_residual']:.1e}"
+            post["r_adj"] = f"{row['adj_residual']:.1e}"
+        bar.set_postfix(post, refresh=False)
+        bar.update()
 
-def train(run: Run, out: str | None, quiet: bool = False) -> dict:
+
+def train(run: Run, out: str | None, quiet: bool = False, resume: str | None = None,
+          init_from: str | None = None) -> dict:
+    """The whole command: optional restart, the loop, history and checkpoints in ``out``."""
+    from mgrit_nn.io.checkpoint import latest_checkpoint
+    from mgrit_nn.io.history import History
+    from mgrit_nn.io.state import restore, verify
+    from mgrit_nn.runtime import StopSignal, agree_on_config
+
+    out_dir = Path(out)
     trainer = Trainer(run)
-    result = trainer.train(quiet)
-    out_dir = Path(out) if out else None
-    result["out"] = str(out_dir) if out_dir else None
-    if out_dir is not None and run.world.Get_rank() == 0:
-        out_dir.mkdir(parents=True, exist_ok=True)
+    rank0 = run.world.Get_rank() == 0
+    source = resume or init_from
+    if source is not None:
+        def find() -> Path:
+            path = latest_checkpoint(out_dir) if source == "latest" else Path(source)
+            verify(path, trainer.layout)
+            return path
+        path = agree_on_config(find, run.world)   # one message if it is unusable
+        start = restore(trainer, path, weights_only=resume is None)
+        log.info("%s from %s (step %d)", "resumed" if resume else "initialized", path, start)
+    else:
+        start = 0
+    history = History(out_dir / "history.h5", run.cfg.to_yaml(), run.world.Get_size(),
+                      run.cfg.train.method, resume_step=start if resume else None) \
+        if rank0 else None
+    try:
+        result = trainer.train(quiet, out_dir, start, history, StopSignal())
+    finally:
+        if history is not None:
+            history.close()
+    result["out"] = str(out_dir)
+    if rank0:
         (out_dir / "config.yaml").write_text(run.cfg.to_yaml())
-        (out_dir / "history.json").write_text(json.dumps(trainer.history))
         (out_dir / "result.json").write_text(json.dumps(result, indent=1))
-    log.info("trained %d steps in %.1f s", result["steps"], result["wall_time_s"])
+    log.info("trained to step %d in %.1f s", result["steps"], result["wall_time_s"])
     return result
