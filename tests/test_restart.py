@@ -1,0 +1,148 @@
+"""History, checkpoints and exact restart (issue 5), through the command line."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import h5py
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from test_failures import MPIEXEC, ROOT, mpirun
+
+from mgrit_nn.data import load_dataset
+from mgrit_nn.io.checkpoint import CheckpointError, open_checkpoint
+
+SMALL = ["--set", "data.n_train=48", "--set", "data.n_val=16", "--set", "data.batch_size=16",
+         "--set", "model.layers=16", "--set", "model.width=4", "--quiet"]
+
+
+def train(n: int, out, *args: str, steps: int = 20) -> subprocess.CompletedProcess:
+    p = mpirun(n, ["-m", "mgrit_nn", "train", "configs/peaks.yaml", "--out", str(out),
+                   "--set", f"train.steps={steps}", *SMALL, *args])
+    assert p.returncode == 0, p.stderr
+    return p
+
+
+def losses(out) -> np.ndarray:
+    with h5py.File(out / "history.h5", "r") as f:
+        assert list(f["steps/step"][()]) == list(range(1, len(f["steps/step"]) + 1))
+        return f["steps/loss"][()]
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_resume_same_ranks_is_bitwise(tmp_path, dtype):
+    d = ["--set", f"runtime.dtype={dtype}", "--set", "checkpoint.every=5"]
+    train(2, tmp_path / "straight", *d)
+    train(2, tmp_path / "split", *d, steps=10)
+    train(2, tmp_path / "split", *d, "--resume", "latest")
+    a, b = losses(tmp_path / "straight"), losses(tmp_path / "split")
+    assert len(a) == len(b) == 20
+    assert np.array_equal(a[10:], b[10:])
+
+
+@pytest.mark.parametrize("before,after", [(4, 2), (2, 3)])
+def test_resume_on_other_rank_count(tmp_path, before, after):
+    train(before, tmp_path / "straight")
+    train(before, tmp_path / "split", steps=10)
+    train(after, tmp_path / "split", "--resume", str(tmp_path / "split/checkpoints/"
+                                                     "step_00000010.h5"))
+    a, b = losses(tmp_path / "straight"), losses(tmp_path / "split")
+    assert np.max(np.abs(a - b) / np.abs(a)) < 1e-10
+
+
+def test_sigterm_writes_checkpoint_and_exits_75(tmp_path):
+    out = tmp_path / "run"
+    cmd = [MPIEXEC, "-n", "2", sys.executable, "-m", "mgrit_nn", "train", "configs/peaks.yaml",
+           "--out", str(out), "--set", "train.steps=1000000", "--set", "checkpoint.every=100000",
+           *SMALL]
+    p = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while not (out / "history.h5").exists() and time.time() < deadline:
+        time.sleep(0.2)
+    time.sleep(2)
+    p.send_signal(signal.SIGTERM)           # mpiexec forwards it to every rank
+    stdout, stderr = p.communicate(timeout=60)
+    assert p.returncode == 75, stderr
+    result = json.loads(stdout.strip().splitlines()[-1])
+    assert result["stopped_by_signal"]
+    ckpt = out / "checkpoints" / f"step_{result['steps']:08d}.h5"
+    open_checkpoint(ckpt).close()
+
+
+def test_kill9_never_damages_the_previous_checkpoint(tmp_path):
+    out = tmp_path / "run"
+    cmd = [MPIEXEC, "-n", "2", sys.executable, "-m", "mgrit_nn", "train", "configs/peaks.yaml",
+           "--out", str(out), "--set", "train.steps=1000000", "--set", "checkpoint.every=1",
+           "--set", "checkpoint.keep=2", *SMALL]
+    for delay in (2.0, 2.7, 3.3):
+        p = subprocess.Popen(cmd + (["--resume", "latest"] if delay > 2.0 else []), cwd=ROOT,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             start_new_session=True)
+        deadline = time.time() + 60
+        while not list((out / "checkpoints").glob("step_*.h5")) and time.time() < deadline:
+            time.sleep(0.1)
+        time.sleep(delay)
+        os.killpg(p.pid, signal.SIGKILL)     # mpiexec and every rank, mid-whatever
+        p.wait(timeout=30)
+        files = sorted((out / "checkpoints").glob("step_*.h5"))
+        assert files
+        open_checkpoint(files[-1]).close()     # the newest complete one is loadable
+
+
+def test_corrupt_or_foreign_checkpoint_is_refused(tmp_path):
+    out = tmp_path / "run"
+    train(1, out, steps=4)
+    ckpt = out / "checkpoints" / "step_00000004.h5"
+    p = mpirun(2, ["-m", "mgrit_nn", "train", "configs/peaks.yaml", "--out", str(tmp_path / "b"),
+                   *SMALL, "--set", "model.width=5", "--resume", str(ckpt)])
+    assert p.returncode == 2 and p.stderr.count("model/opening/weight has shape") == 1, p.stderr
+    data = ckpt.read_bytes()
+    ckpt.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError):
+        open_checkpoint(ckpt)
+    p = mpirun(2, ["-m", "mgrit_nn", "train", "configs/peaks.yaml", "--out", str(out), *SMALL,
+                   "--resume", str(ckpt)])
+    assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr
+    assert p.stderr.count(f"checkpoint {ckpt}") == 1, p.stderr
+
+
+def test_plain_h5py_rebuilds_the_network_and_its_logged_loss(tmp_path):
+    """Full-batch exact training: the loss logged at step k+1 is the loss of checkpoint k."""
+    out = tmp_path / "run"
+    train(2, out, "--set", "train.method=mgrit", "--set", "data.batch_size=0",
+          "--set", "checkpoint.every=1", "--set", "checkpoint.keep=0", "--set",
+          "mgrit.tol=1e-12", steps=4)
+    data = load_dataset("peaks", None, 48, 16, 0)
+    with h5py.File(out / "checkpoints" / "step_00000003.h5", "r") as f:
+        m = {k: torch.from_numpy(f[f"model/{k}"][()]) for k in
+             ("opening/weight", "opening/bias", "classifier/weight", "classifier/bias")}
+        layers = [(torch.from_numpy(f[f"model/layers/{j:05d}/weight"][()]),
+                   torch.from_numpy(f[f"model/layers/{j:05d}/bias"][()])) for j in range(16)]
+        h = 1.0 / 16
+    u = torch.tanh(data.x_train @ m["opening/weight"].T + m["opening/bias"])
+    for K, b in layers:
+        u = u + h * torch.tanh(u @ K.T + b)
+    loss = F.cross_entropy(u @ m["classifier/weight"].T + m["classifier/bias"], data.y_train)
+    logged = losses(out)[3]
+    assert abs(loss.item() - logged) <= 1e-9 * logged
+
+
+def test_init_writes_step_zero_and_init_from_uses_it(tmp_path):
+    p = mpirun(1, ["-m", "mgrit_nn", "init", "configs/peaks.yaml", "--out", str(tmp_path),
+                   *SMALL[:-1]])
+    assert p.returncode == 0, p.stderr
+    ckpt = tmp_path / "checkpoints" / "step_00000000.h5"
+    open_checkpoint(ckpt).close()
+    a = train(2, tmp_path / "a", "--init-from", str(ckpt), steps=3)
+    b = train(2, tmp_path / "b", steps=3)
+    la, lb = (json.loads(x.stdout.strip().splitlines()[-1])["loss"] for x in (a, b))
+    assert la == lb                          # the initialized weights are the config's own
+    info = mpirun(1, ["-m", "mgrit_nn", "info", str(ckpt)])
+    assert "complete, checksum OK" in info.stdout and "16 layers" in info.stdout
