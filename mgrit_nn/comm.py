@@ -91,17 +91,28 @@ class Messenger:
         return _Recv(req, host, out, self.timers)
 
     def allreduce_sum(self, value: float) -> float:
-        buf = np.array([value], dtype=np.float64)
+        """The sum of one float over all ranks, bitwise the same on every rank.
+
+        MPI_Allreduce may add in a different order on different ranks (e.g. on 3
+        ranks), and decisions taken on the result (stop iterating, accept a line-search
+        step) must agree everywhere: gather all values and add them in rank order.
+        """
+        buf = np.empty(self.size, dtype=np.float64)
         t0 = time.perf_counter()
-        self.comm.Allreduce(MPI.IN_PLACE, buf, op=MPI.SUM)
+        self.comm.Allgather(np.array([value], dtype=np.float64), buf)
         self.timers.add("comm", time.perf_counter() - t0)
-        return float(buf[0])
+        return float(sum(buf.tolist()))
 
     def allreduce_tensor(self, t: torch.Tensor) -> torch.Tensor:
-        """Sum ``t`` over all ranks, in place (one Allreduce of its flat buffer)."""
+        """Sum ``t`` over all ranks in place, the same bits on every rank (Reduce + Bcast)."""
         host = t.detach().cpu().contiguous() if t.is_cuda or not t.is_contiguous() else t.detach()
         t0 = time.perf_counter()
-        self.comm.Allreduce(MPI.IN_PLACE, host.numpy(), op=MPI.SUM)
+        buf = host.numpy()
+        if self.rank == 0:
+            self.comm.Reduce(MPI.IN_PLACE, buf, op=MPI.SUM, root=0)
+        else:
+            self.comm.Reduce(buf, None, op=MPI.SUM, root=0)
+        self.comm.Bcast(buf, root=0)
         self.timers.add("comm", time.perf_counter() - t0)
         if host is not t:
             t.copy_(host)

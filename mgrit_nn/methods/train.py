@@ -1,7 +1,7 @@
 """``mgrit-nn train``: the optimization loop shared by every method.
 
 Per step: take the next mini-batch (this replica's share), evaluate loss and
-gradient with the method, sum gradients over data replicas (one Allreduce of a
+gradient with the method, sum gradients over data replicas (one reduction of one
 flat buffer), update with the optimizer, validate every ``train.eval_every`` steps.
 """
 
@@ -73,7 +73,8 @@ class Trainer:
         return mine, len(mine) / len(idx)
 
     def sum_gradients(self) -> None:
-        """Sum over data replicas: one Allreduce of one flat buffer per rank."""
+        """Sum over data replicas: one reduction of one flat buffer per rank (Reduce + Bcast,
+        so every replica holds the same bits and takes the same decisions)."""
         if self.replicas == 1:
             return
         flat = torch.cat([p.grad.flatten() for p in self.params])

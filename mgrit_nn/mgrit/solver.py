@@ -157,7 +157,8 @@ class MGRIT:
 
     # -- the iteration ---------------------------------------------------------------------
     def residual(self) -> float:
-        """``sqrt(sum over level-0 C-points c>=1 of ||Phi(u_{c-1}) - u_c||^2)``, one Allreduce."""
+        """``sqrt(sum over level-0 C-points c>=1 of ||Phi(u_{c-1}) - u_c||^2)``: one reduction,
+        the same bits on every rank, so every rank takes the same stopping decision."""
         slots, phi = evaluate(self, 0, "C", with_g=False)
         local = float(((phi - self.data[0].u.index_select(0, slots)) ** 2).sum()) \
             if slots.numel() else 0.0

@@ -17,7 +17,7 @@ def _sq(*ts: torch.Tensor) -> torch.Tensor:
 
 
 def regularization(net, reg: RegConfig) -> tuple[float, list[torch.Tensor]]:
-    """(global value, gradients of this rank's local_parameters); one Allreduce."""
+    """(global value, gradients of this rank's local_parameters); one reduction."""
     from mgrit_nn.model.parallel import LayerExchange
 
     params = [p.detach().requires_grad_() for p in net.local_parameters()]
