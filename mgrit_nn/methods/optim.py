@@ -46,7 +46,8 @@ class LBFGS(torch.optim.Optimizer):
             q = [qi - a * yi for qi, yi in zip(q, y, strict=True)]
         if self.pairs:
             s, y, _ = self.pairs[-1]
-            q = [qi * (self._dot(s, y) / self._dot(y, y)) for qi in q]
+            gamma = self._dot(s, y) / self._dot(y, y)    # collective: once, not per tensor
+            q = [qi * gamma for qi in q]
         for (s, y, rho), a in zip(self.pairs, reversed(alphas), strict=True):
             b = rho * self._dot(y, q)
             q = [qi + (a - b) * si for qi, si in zip(q, s, strict=True)]
