@@ -8,5 +8,5 @@ MPIEXEC=${MPIEXEC:-mpiexec}
 python -m pytest -q -p no:cacheprovider tests --ignore=tests/mpi
 for n in 1 2 3 4; do
   echo "== MPI tests on $n rank(s)"
-  timeout 1500 "$MPIEXEC" -n "$n" python -m pytest -q -p no:cacheprovider --with-mpi tests/mpi
+  timeout 600 "$MPIEXEC" -n "$n" python -m pytest -q -p no:cacheprovider --with-mpi tests/mpi
 done
