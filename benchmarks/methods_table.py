@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 
 from mpi4py import MPI
 
+from mgrit_nn.methods.bench import idle_barrier
 from mgrit_nn.methods.train import Trainer
 from mgrit_nn.runtime import abort_on_error, node_ranks
 from mgrit_nn.setup_run import setup
@@ -26,13 +26,6 @@ def run_method(config: str, sets: list[str], method: str, comm: MPI.Comm) -> dic
     result = trainer.train(quiet=True)
     result["loss_curve"] = [r["loss"] for r in trainer.history]
     return result
-
-
-def idle_barrier(comm: MPI.Comm) -> None:
-    """A barrier that sleeps instead of spinning, so waiting ranks leave the cores to rank 0."""
-    req = comm.Ibarrier()
-    while not req.Test():
-        time.sleep(0.05)
 
 
 def main() -> None:

@@ -34,6 +34,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="continue from a checkpoint (latest: the newest in OUT/checkpoints)")
     g.add_argument("--init-from", metavar="PATH",
                    help="start a fresh run from a checkpoint's model weights")
+    b = sub.add_parser("bench", help="time one gradient: serial autograd vs one-shot vs exact "
+                       "MGRIT; last line on rank 0: one JSON object")
+    b.add_argument("config", help="YAML config file")
+    b.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
     i = sub.add_parser("init", help="write the initialized network as OUT/checkpoints/"
                        "step_00000000.h5 (to start several methods from the same weights)")
     i.add_argument("config", help="YAML config file")
@@ -76,6 +80,10 @@ def main(argv: list[str] | None = None) -> int:
             from mgrit_nn.methods.check import check
 
             out = check(run)
+        elif args.command == "bench":
+            from mgrit_nn.methods.bench import bench
+
+            out = bench(run)
         elif args.command == "init":
             from mgrit_nn.io.state import save
             from mgrit_nn.methods.train import Trainer

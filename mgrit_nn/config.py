@@ -120,6 +120,13 @@ class CheckpointConfig:
 
 
 @dataclass
+class BenchConfig:
+    repeats: int = opt(5, "mgrit-nn bench: timed repetitions (the median is reported)")
+    warmup: int = opt(2, "mgrit-nn bench: untimed repetitions first")
+    exact: bool = opt(True, "mgrit-nn bench: also time the exact (to tolerance) MGRIT gradient")
+
+
+@dataclass
 class ParallelConfig:
     data_replicas: int = opt(1, "D replicas of the layer-parallel group (ranks = D x layer ranks)")
 
@@ -141,6 +148,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    bench: BenchConfig = field(default_factory=BenchConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
 
     def to_dict(self) -> dict:
@@ -295,6 +303,8 @@ def validate(cfg: Config, ranks: int) -> None:
         (t.eval_every >= 0, "train.eval_every", f"must be >= 0, got {t.eval_every}"),
         (cfg.checkpoint.every >= 0, "checkpoint.every",
          f"must be >= 0, got {cfg.checkpoint.every}"),
+        (cfg.bench.repeats >= 1, "bench.repeats", f"must be >= 1, got {cfg.bench.repeats}"),
+        (cfg.bench.warmup >= 0, "bench.warmup", f"must be >= 0, got {cfg.bench.warmup}"),
         (cfg.checkpoint.keep >= 0, "checkpoint.keep", f"must be >= 0, got {cfg.checkpoint.keep}"),
         (t.lbfgs_memory >= 1, "train.lbfgs_memory", f"must be >= 1, got {t.lbfgs_memory}"),
         (t.optimizer != "lbfgs" or d.batch_size == 0, "train.optimizer",

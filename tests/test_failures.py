@@ -76,3 +76,21 @@ def test_train_cli_last_line_is_json(tmp_path):
     assert result["ranks"] == 2 and result["steps"] == 3 and result["out"] == str(out)
     assert json.loads((out / "result.json").read_text())["loss"] == result["loss"]
     assert "it/s" not in p.stderr                      # --quiet: no progress bar
+
+
+def test_bench_reports_times_ratios_and_work():
+    import json
+
+    p = mpirun(2, ["-m", "mgrit_nn", "bench", "configs/peaks.yaml", "--set", "model.layers=32",
+                   "--set", "data.n_train=40", "--set", "bench.repeats=2", "--set",
+                   "bench.warmup=1", "--set", "mgrit.relax=F"])
+    assert p.returncode == 0, p.stderr
+    r = json.loads(p.stdout.strip().splitlines()[-1])
+    for key in ("serial_grad_s", "oneshot_grad_s", "mgrit_grad_s", "ratio_oneshot",
+                "ratio_mgrit", "span_speedup_oneshot", "per_rank", "machine"):
+        assert key in r
+    assert r["ratio_oneshot"] == pytest.approx(r["oneshot_grad_s"] / r["serial_grad_s"])
+    # 2 forward + 2 adjoint F-relaxation iterations: a few sweeps each, counted by the solver
+    assert 2 < r["oneshot_fwd_sweeps"] < 10 and 2 < r["oneshot_adj_sweeps"] < 10
+    assert r["mgrit_fwd_iters"] >= 2 and len(r["per_rank"]) == 2
+    assert all(pr["rss_mb"] > 0 for pr in r["per_rank"])

@@ -6,6 +6,8 @@ One solver serves every propagator (forward, adjoint, any step scheme).
 from __future__ import annotations
 
 import math
+import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -23,6 +25,29 @@ TAG_GHOST = 5
 
 class MGRITDivergence(CollectiveError):
     """NaN or Inf in an MGRIT residual (seen by every rank after the Allreduce)."""
+
+
+class SolverStats:
+    """Work and time of a solver: step applications (any level) and seconds per phase.
+
+    ``steps / N`` is the work in fine-sweep equivalents. Phase times are host times
+    (on a GPU they include only what the host waited for).
+    """
+
+    def __init__(self) -> None:
+        self.steps = 0
+        self.seconds: dict[str, float] = {}
+
+    def reset(self) -> None:
+        self.steps, self.seconds = 0, {}
+
+    @contextmanager
+    def phase(self, name: str):
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - t0
 
 
 @dataclass
@@ -78,6 +103,7 @@ class MGRIT:
         self.relax = per_level(opts.relax, len(self.levels))
         self.data: list[LevelData] = []
         self.shape: tuple[int, ...] | None = None
+        self.stats = SolverStats()
         self.first = chain.ranks[0] == self.rank           # owns point 0
         self.last = chain.ranks[-1] == self.rank           # owns point N
 
@@ -176,13 +202,16 @@ class MGRIT:
         max_iter = self.opts.max_iter if max_iter is None else max_iter
         tol = self.opts.tol if tol is None else tol
         self._allocate(tuple(shape))
-        self.prop.prepare(self.levels)
-        self._initial_guess(u0, tuple(shape), self.opts.init, warm)
+        with self.stats.phase("prepare"):
+            self.prop.prepare(self.levels)
+        with self.stats.phase("init"):
+            self._initial_guess(u0, tuple(shape), self.opts.init, warm)
         cycle = CYCLES[self.opts.cycle]
         result = SolveResult(0)
         for k in range(1, max_iter + 1):
             cycle(self, 0)      # ends with correction + F-relax on level 0 (or an exact solve)
-            r = self.residual()
+            with self.stats.phase("residual"):
+                r = self.residual()
             result.iters, result.residuals = k, result.residuals + [r]
             if not math.isfinite(r):
                 raise MGRITDivergence(

@@ -18,11 +18,16 @@ import torch
 from torch.func import vjp
 
 from mgrit_nn.mgrit import MGRIT, Chain, Level, MGRITOptions, Selection, SolveResult
-from mgrit_nn.model.steps import euler_step
+from mgrit_nn.model.steps import euler_adjoint, euler_step, linear_part
 
 
 class AdjointPropagator:
-    """Transposed linearized Euler steps; one cached vjp closure per selection."""
+    """Transposed linearized Euler steps.
+
+    ``prepare`` linearizes once per solve: for every level, one batched evaluation of
+    ``D = sigma'(K u + b)`` at the primal states of all local steps. A step is then
+    ``lam + H K^T (D * lam)``: no autograd and no forward recomputation per step.
+    """
 
     def __init__(self, net) -> None:
         from mgrit_nn.model.parallel import LayerTable
@@ -42,20 +47,22 @@ class AdjointPropagator:
                                     for I in lev.points()], dtype=torch.long, device=net.device)
                 for lev in levels]
         self.table.refresh()
-        self.primal = net.solver.data[0].u        # forward level-0 storage (slot = i - lo + 1)
+        primal = net.solver.data[0].u           # forward level-0 storage (slot = i - lo + 1)
+        self.D = []
+        for l, lev in enumerate(levels):
+            slots = torch.arange(lev.n_local + 1, device=net.device)
+            K, b = self.table.gather(l, slots)
+            u = primal.index_select(0, self.state_slot[l])
+            self.D.append(net.act.deriv(linear_part(net.shapes.kind, u, K, b)))
         self._cache = {}
 
     def step(self, level: int, sel: Selection, lam: torch.Tensor) -> torch.Tensor:
-        fn = self._cache.get(sel.key)
-        if fn is None:
-            net = self.net
-            K, b = self.table.gather(level, sel.slots)
-            u = self.primal.index_select(0, self.state_slot[level].index_select(0, sel.slots))
-            H = net.h * self.table.levels[level].stride
-            with torch.enable_grad():
-                _, fn = vjp(lambda v: euler_step(net.shapes.kind, net.act, v, K, b, H), u)
-            self._cache[sel.key] = fn
-        return fn(lam)[0]
+        K = self._cache.get(sel.key)
+        if K is None:
+            K = self._cache[sel.key] = self.table.gather(level, sel.slots)[0]
+        H = self.net.h * self.table.levels[level].stride
+        return euler_adjoint(self.net.shapes.kind, lam, self.D[level].index_select(0, sel.slots),
+                             K, H)
 
 
 def adjoint_solver(net, opts: MGRITOptions) -> MGRIT:

@@ -21,7 +21,7 @@ from mgrit_nn.mgrit import MGRIT, Chain, Level, MGRITOptions, Selection, SolveRe
 from mgrit_nn.model.adjoint import adjoint_solver, layer_gradients, solve_adjoint
 from mgrit_nn.model.init import Shapes, init_classifier, init_layers, init_opening
 from mgrit_nn.model.regularization import regularization
-from mgrit_nn.model.steps import ACTIVATIONS, euler_step
+from mgrit_nn.model.steps import ACTIVATIONS, euler_step_
 
 TAG_LAYERS = 64
 
@@ -124,7 +124,7 @@ class ForwardPropagator:
             Kb = self._cache[sel.key] = self.table.gather(level, sel.slots)
         net = self.net
         H = net.h * self.table.levels[level].stride
-        return euler_step(net.shapes.kind, net.act, u, Kb[0], Kb[1], H)
+        return euler_step_(net.shapes.kind, net.act, u, Kb[0], Kb[1], H)
 
 
 class ParallelResNet(nn.Module):
@@ -237,7 +237,8 @@ class ParallelResNet(nn.Module):
         with torch.no_grad():
             u0 = self.opening(x) if self.first else None
             shape = (x.shape[0],) + self.shapes.state
-            return self.solver.solve(u0, shape, warm=warm, **kw)
+            self.fwd_result = self.solver.solve(u0, shape, warm=warm, **kw)
+            return self.fwd_result
 
     def propagate(self, x: torch.Tensor) -> None:
         """Exact forward pass as one distributed sweep (for evaluation)."""
@@ -278,7 +279,8 @@ class ParallelResNet(nn.Module):
                 loss = F.cross_entropy(self.classifier(uN), y) * scale
                 lam_N, *cls = torch.autograd.grad(loss, (uN, self.cls_weight, self.cls_bias))
         self.adj_result = solve_adjoint(self, lam_N, warm=warm, **kw)
-        grads = list(layer_gradients(self))
+        with self.adjoint.stats.phase("gradient"):
+            grads = list(layer_gradients(self))
         if self.first:
             lam0 = self.adjoint.u[-1]
             with torch.enable_grad():
@@ -297,7 +299,7 @@ class MGRITLoss(torch.autograd.Function):
     @staticmethod
     def forward(ctx, net: ParallelResNet, x: torch.Tensor, y: torch.Tensor,
                 *params: torch.Tensor) -> torch.Tensor:
-        net.fwd_result = net.solve_forward(x)
+        net.solve_forward(x)
         loss, _ = net.loss(y)
         ctx.net, ctx.x, ctx.y = net, x, y
         return torch.tensor(loss, dtype=net.dtype, device=net.device)

@@ -84,3 +84,11 @@ def test_float32_runs_and_is_close():
                               mgrit__tol=1e-5, mgrit__max_iter=20)
     assert uN.dtype == torch.float32
     assert rel(uN.double(), serial_uN(run).double()) < 1e-5
+
+
+def test_work_counter_counts_every_step_once():
+    """One level: a sequential sweep (N steps) plus the residual at the C-points (N/4)."""
+    res, _, run, net = forward(WORLD, model__layers=64, mgrit__levels=1)
+    total = run.msg.allreduce_sum(float(net.solver.stats.steps))
+    assert total == 64 + 16
+    assert {"prepare", "init", "coarse", "residual"} <= set(net.solver.stats.seconds)

@@ -1,0 +1,166 @@
+"""``mgrit-nn bench``: one gradient of serial autograd, one-shot and exact MGRIT, side by side.
+
+All timings in one run, medians of ``bench.repeats`` after ``bench.warmup`` untimed
+repetitions. Work is counted by the solvers (step applications on any level) and
+reported in fine-sweep equivalents (steps / N, forward and adjoint separately).
+
+``span_speedup`` is a critical-path model in step applications (a forward step and
+an adjoint step count one each): serial = 2N (forward + backward sweep); MGRIT =
+the largest per-rank count of step applications of the forward and adjoint solves,
+plus, for every sequential coarsest-level solve, the part of it done on other ranks
+and one message hop per rank boundary, plus the final gradient sweep (N/P).
+"""
+
+from __future__ import annotations
+
+import platform
+import resource
+import statistics
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from mpi4py import MPI
+
+from mgrit_nn.methods.layer_parallel import LayerParallelMethod
+from mgrit_nn.model.serial import SerialResNet
+from mgrit_nn.setup_run import Run
+
+
+def idle_barrier(comm: MPI.Comm) -> None:
+    """A barrier that sleeps instead of spinning, leaving the cores to the working rank."""
+    req = comm.Ibarrier()
+    while not req.Test():
+        time.sleep(0.01)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _median_time(fn, repeats: int, warmup: int, device: torch.device, comm=None) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        if comm is not None:
+            comm.Barrier()
+        _sync(device)
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        dt = time.perf_counter() - t0
+        if comm is not None:                       # the slowest rank defines the time
+            dt = comm.allreduce(dt, op=MPI.MAX)
+        times.append(dt)
+    return statistics.median(times)
+
+
+def _solver_counts(method: LayerParallelMethod) -> tuple[int, int, dict, int]:
+    net = method.net
+    fwd, adj = net.solver.stats, net.adjoint.stats
+    phases = {f"fwd_{k}": v for k, v in fwd.seconds.items()}
+    phases.update({f"adj_{k}": v for k, v in adj.seconds.items()})
+    coarse = sum(1 for lev in [net.solver.levels[-1]] for i in lev.points() if i >= 1)
+    return fwd.steps, adj.steps, phases, coarse
+
+
+def _one(method: LayerParallelMethod, x, y, idx, repeats: int, warmup: int, run: Run) -> dict:
+    comm = run.msg.comm
+
+    def grad() -> None:
+        method.gradient(x, y, idx)
+    for _ in range(warmup):
+        grad()
+    net = method.net
+    for s in (net.solver.stats, net.adjoint.stats):
+        s.reset()
+    before = dict(run.msg.timers.seconds)
+    seconds = _median_time(grad, repeats, 0, run.device, comm)
+    fwd, adj, phases, coarse_local = _solver_counts(method)
+    msg = {k: (v - before.get(k, 0.0)) / repeats for k, v in run.msg.timers.seconds.items()}
+    phases = {k: v / repeats for k, v in phases.items()}
+    phases.update(msg)
+    N, P = run.cfg.model.layers, comm.Get_size()
+    counts = np.array([fwd / repeats, adj / repeats, coarse_local], dtype=np.float64)
+    allc = np.empty((P, 3))
+    comm.Allgather(counts, allc)
+    fwd_res, adj_res = net.fwd_result, net.adj_result
+    # coarsest solves per iteration: one per V-cycle (F-cycles have more; V assumed here)
+    solves = fwd_res.iters + adj_res.iters
+    n_coarse = net.solver.levels[-1].n - 1
+    span = allc[:, 0].max() + allc[:, 1].max() + solves * (
+        n_coarse - allc[:, 2].max() + (P - 1)) + N / P
+    return {"seconds": seconds, "fwd_sweeps": allc[:, 0].sum() / N,
+            "adj_sweeps": allc[:, 1].sum() / N, "fwd_iters": fwd_res.iters,
+            "adj_iters": adj_res.iters, "span": float(span), "phases": phases}
+
+
+def bench(run: Run) -> dict | None:
+    cfg, comm, world = run.cfg, run.msg.comm, run.world
+    b = cfg.bench
+    n = cfg.data.batch_size or len(run.data.x_train)
+    idx = torch.arange(n)
+    x = run.data.x_train[:n].to(run.device, run.dtype)
+    y = run.data.y_train[:n].to(run.device)
+    N, P = cfg.model.layers, comm.Get_size()
+
+    serial_s = 0.0
+    if world.Get_rank() == 0:
+        model = SerialResNet(cfg.model, run.shapes, run.dtype, run.device)
+
+        def serial_grad() -> None:
+            model.zero_grad()
+            F.cross_entropy(model(x), y).backward()
+        serial_s = _median_time(serial_grad, b.repeats, b.warmup, run.device)
+    idle_barrier(world)
+    serial_s = world.bcast(serial_s, root=0)
+
+    oneshot = _one(LayerParallelMethod(run, exact=False), x, y, idx, b.repeats, b.warmup, run)
+    exact = _one(LayerParallelMethod(run, exact=True), x, y, idx, b.repeats, b.warmup, run) \
+        if b.exact else None
+
+    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    gpu_mb = torch.cuda.max_memory_allocated(run.device) / 2**20 \
+        if run.device.type == "cuda" else 0.0
+    per_rank = world.gather({"rank": world.Get_rank(), "rss_mb": rss_mb, "gpu_mb": gpu_mb,
+                             "oneshot_phases_s": oneshot["phases"],
+                             "mgrit_phases_s": exact["phases"] if exact else None}, root=0)
+    if world.Get_rank() != 0:
+        return None
+    return {
+        "ranks": P, "layers": N, "batch": n, "width": cfg.model.width, "kind": cfg.model.kind,
+        "relax": cfg.mgrit.relax, "cfactor": cfg.mgrit.cfactor, "cycle": cfg.mgrit.cycle,
+        "levels": len(exact_levels(run)), "dtype": cfg.runtime.dtype, "device": str(run.device),
+        "serial_grad_s": serial_s,
+        "oneshot_grad_s": oneshot["seconds"], "ratio_oneshot": oneshot["seconds"] / serial_s,
+        "oneshot_work_sweeps": oneshot["fwd_sweeps"] + oneshot["adj_sweeps"],
+        "oneshot_fwd_sweeps": oneshot["fwd_sweeps"], "oneshot_adj_sweeps": oneshot["adj_sweeps"],
+        **({"mgrit_grad_s": exact["seconds"], "ratio_mgrit": exact["seconds"] / serial_s,
+            "mgrit_fwd_iters": exact["fwd_iters"], "mgrit_adj_iters": exact["adj_iters"],
+            "mgrit_work_sweeps": exact["fwd_sweeps"] + exact["adj_sweeps"],
+            "span_speedup_mgrit": 2 * N / exact["span"]} if exact else {}),
+        "span_speedup_oneshot": 2 * N / oneshot["span"],
+        "per_rank": per_rank, "repeats": b.repeats, "warmup": b.warmup,
+        "machine": {"platform": platform.platform(), "cpus": _cpus(),
+                    "torch": torch.__version__, "threads": torch.get_num_threads(),
+                    "mpi": MPI.Get_library_version().splitlines()[0].strip(),
+                    "python": platform.python_version()},
+    }
+
+
+def exact_levels(run: Run) -> list:
+    from mgrit_nn.config import per_level
+    from mgrit_nn.mgrit.hierarchy import level_sizes
+
+    g = run.cfg.mgrit
+    return level_sizes(run.cfg.model.layers, per_level(g.cfactor, g.levels), g.levels,
+                       g.min_coarse)
+
+
+def _cpus() -> int:
+    import os
+
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
