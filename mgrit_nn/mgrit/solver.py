@@ -52,9 +52,9 @@ class SolverStats:
 
 @dataclass
 class LevelData:
-    u: torch.Tensor   # iterate, slots 0..n_local (slot 0 = ghost)
-    v: torch.Tensor   # restricted fine values (levels > 0)
-    g: torch.Tensor   # FAS right-hand side (levels > 0; zero on level 0)
+    u: torch.Tensor          # iterate, slots 0..n_local (slot 0 = ghost)
+    v: torch.Tensor | None   # restricted fine values (levels > 0 only)
+    g: torch.Tensor | None   # FAS right-hand side (levels > 0 only; zero on level 0)
 
 
 @dataclass
@@ -115,8 +115,11 @@ class MGRIT:
         self.data = []
         for lev in self.levels:
             size = (lev.n_local + 1,) + shape
-            self.data.append(LevelData(*(torch.zeros(size, device=self.device, dtype=self.dtype)
-                                         for _ in range(3))))
+
+            def z(size=size):
+                return torch.zeros(size, device=self.device, dtype=self.dtype)
+            coarse = lev.index > 0          # level 0 needs no v and no g: 2 state sets saved
+            self.data.append(LevelData(z(), z() if coarse else None, z() if coarse else None))
 
     @property
     def u(self) -> torch.Tensor:
@@ -126,7 +129,7 @@ class MGRIT:
     # -- initial guess ---------------------------------------------------------------------
     def _initial_guess(self, u0: torch.Tensor | None, shape, init: str,
                        warm: torch.Tensor | None) -> None:
-        for d in self.data:
+        for d in self.data[1:]:
             d.g.zero_()
         top = self.data[0].u
         if warm is not None:
