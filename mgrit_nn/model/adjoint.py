@@ -18,7 +18,7 @@ import torch
 from torch.func import vjp
 
 from mgrit_nn.mgrit import MGRIT, Chain, Level, MGRITOptions, Selection, SolveResult
-from mgrit_nn.model.steps import euler_adjoint, euler_step, linear_part
+from mgrit_nn.model.steps import euler_adjoint, linear_part
 
 
 class AdjointPropagator:
@@ -91,7 +91,9 @@ def layer_gradients(net) -> tuple[torch.Tensor, torch.Tensor]:
     first, last = N - net.jlo - 1 - (N - net.hi) + 1, N - net.jhi - 1 - (N - net.hi) + 1
     lam = lam_all[last:first + 1].flip(0)
     K, b = net.weight.detach(), net.bias.detach()
+    # d/dtheta [u + h sigma(K u + b)]^T lam = (d(K u + b)/dtheta)^T (h sigma'(z) * lam): only the
+    # linear part goes through autograd, the activation's derivative is applied directly
     with torch.enable_grad():
-        _, fn = vjp(lambda K_, b_: euler_step(net.shapes.kind, net.act, u, K_, b_, net.h), K, b)
-    gK, gb = fn(lam)
+        z, fn = vjp(lambda K_, b_: linear_part(net.shapes.kind, u, K_, b_), K, b)
+    gK, gb = fn(net.act.deriv(z.detach()).mul_(lam).mul_(net.h))
     return gK, gb
