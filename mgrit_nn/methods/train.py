@@ -199,6 +199,7 @@ def train(run: Run, out: str | None, quiet: bool = False, resume: str | None = N
     from mgrit_nn.runtime import StopSignal, agree_on_config
 
     out_dir = Path(out)
+    stop = StopSignal()          # from here on a SIGTERM/SIGUSR1 means: checkpoint, then stop
     trainer = Trainer(run)
     rank0 = run.world.Get_rank() == 0
     source = resume or init_from
@@ -216,7 +217,7 @@ def train(run: Run, out: str | None, quiet: bool = False, resume: str | None = N
                       run.cfg.train.method, resume_step=start if resume else None) \
         if rank0 else None
     try:
-        result = trainer.train(quiet, out_dir, start, history, StopSignal())
+        result = trainer.train(quiet, out_dir, start, history, stop)
     finally:
         if history is not None:
             history.close()
