@@ -111,12 +111,14 @@ def agree_on_config(build, comm: MPI.Comm | None = None):
     result, error = None, None
     try:
         result = build()
-    except (ConfigError, UsageError) as exc:
+    except ConfigError as exc:
+        error = f"config error: {exc}"
+    except UsageError as exc:
         error = str(exc)
     errors = comm.allgather(error)      # startup only: a small pickled list is fine here
     first = next((e for e in errors if e is not None), None)
     if first is not None:
-        say(f"mgrit-nn: {'' if first.startswith('checkpoint') else 'config error: '}{first}", comm)
+        say(f"mgrit-nn: {first}", comm)
         sys.exit(EXIT_CONFIG)
     return result
 

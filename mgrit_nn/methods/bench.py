@@ -63,7 +63,8 @@ def _solver_counts(method: LayerParallelMethod) -> tuple[int, int, dict, int]:
     fwd, adj = net.solver.stats, net.adjoint.stats
     phases = {f"fwd_{k}": v for k, v in fwd.seconds.items()}
     phases.update({f"adj_{k}": v for k, v in adj.seconds.items()})
-    coarse = sum(1 for lev in [net.solver.levels[-1]] for i in lev.points() if i >= 1)
+    coarsest = net.solver.levels[-1]
+    coarse = sum(1 for i in coarsest.points() if i >= 1)    # this rank's share of that sweep
     return fwd.steps, adj.steps, phases, coarse
 
 
@@ -93,8 +94,9 @@ def _one(method: LayerParallelMethod, x, y, idx, repeats: int, warmup: int, run:
     n_coarse = net.solver.levels[-1].n - 1
     span = allc[:, 0].max() + allc[:, 1].max() + solves * (
         n_coarse - allc[:, 2].max() + (P - 1)) + N / P
-    return {"seconds": seconds, "fwd_sweeps": allc[:, 0].sum() / N,
-            "adj_sweeps": allc[:, 1].sum() / N, "fwd_iters": fwd_res.iters,
+    return {"seconds": seconds, "levels": len(net.solver.levels),
+            "fwd_sweeps": allc[:, 0].sum() / N, "adj_sweeps": allc[:, 1].sum() / N,
+            "fwd_iters": fwd_res.iters,
             "adj_iters": adj_res.iters, "span": float(span), "phases": phases}
 
 
@@ -133,7 +135,7 @@ def bench(run: Run) -> dict | None:
     return {
         "ranks": P, "layers": N, "batch": n, "width": cfg.model.width, "kind": cfg.model.kind,
         "relax": cfg.mgrit.relax, "cfactor": cfg.mgrit.cfactor, "cycle": cfg.mgrit.cycle,
-        "levels": len(exact_levels(run)), "dtype": cfg.runtime.dtype, "device": str(run.device),
+        "levels": oneshot["levels"], "dtype": cfg.runtime.dtype, "device": str(run.device),
         "serial_grad_s": serial_s,
         "oneshot_grad_s": oneshot["seconds"], "ratio_oneshot": oneshot["seconds"] / serial_s,
         "oneshot_work_sweeps": oneshot["fwd_sweeps"] + oneshot["adj_sweeps"],
@@ -149,15 +151,6 @@ def bench(run: Run) -> dict | None:
                     "mpi": MPI.Get_library_version().splitlines()[0].strip(),
                     "python": platform.python_version()},
     }
-
-
-def exact_levels(run: Run) -> list:
-    from mgrit_nn.config import per_level
-    from mgrit_nn.mgrit.hierarchy import level_sizes
-
-    g = run.cfg.mgrit
-    return level_sizes(run.cfg.model.layers, per_level(g.cfactor, g.levels), g.levels,
-                       g.min_coarse)
 
 
 def _cpus() -> int:

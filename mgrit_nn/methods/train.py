@@ -21,6 +21,7 @@ from mgrit_nn.data import batches
 from mgrit_nn.io.checkpoint import ParamLayout
 from mgrit_nn.methods.base import StepInfo
 from mgrit_nn.methods.optim import LBFGS, make_optimizer, make_schedule
+from mgrit_nn.runtime import CollectiveError
 from mgrit_nn.setup_run import Run
 
 log = logging.getLogger("mgrit_nn.train")
@@ -100,6 +101,8 @@ class Trainer:
         info: StepInfo = self.method.gradient(x, y, mine, scale)
         self.sum_gradients()
         loss = self.run.data_msg.allreduce_sum(info.loss)
+        if not np.isfinite(loss):            # before the update: the weights stay usable
+            raise CollectiveError(f"training: the loss is {loss} at step {k}")
         lr = self.opt.param_groups[0]["lr"]
         if isinstance(self.opt, LBFGS):
             def closure() -> float:
@@ -116,10 +119,6 @@ class Trainer:
                "fwd_iters": info.fwd_iters, "fwd_residual": info.fwd_residual,
                "adj_iters": info.adj_iters, "adj_residual": info.adj_residual,
                "step_time_s": time.perf_counter() - t0}
-        if not np.isfinite(loss):
-            from mgrit_nn.runtime import CollectiveError
-
-            raise CollectiveError(f"training: the loss is {loss} at step {k}")
         return row, info
 
     # -- the loop ----------------------------------------------------------------------------

@@ -7,7 +7,7 @@ the solver needs from an application is here.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import torch
@@ -25,6 +25,10 @@ class Selection:
 
     slots: torch.Tensor   # int64, on the solver's device
     key: tuple
+    prev: torch.Tensor = field(init=False)   # slots - 1: the predecessors, made once
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "prev", self.slots - 1)
 
 
 class Propagator(Protocol):

@@ -94,7 +94,7 @@ def _phi(solver, l: int, sel: Selection, with_g: bool) -> torch.Tensor:
     """Phi~ into the selected slots from their predecessors' current values."""
     d = solver.data[l]
     solver.stats.steps += len(sel.slots)
-    out = solver.prop.step(l, sel, d.u.index_select(0, sel.slots - 1))
+    out = solver.prop.step(l, sel, d.u.index_select(0, sel.prev))
     if with_g and l > 0:
         out = out + d.g.index_select(0, sel.slots)
     return out

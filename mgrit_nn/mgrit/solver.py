@@ -163,10 +163,15 @@ class MGRIT:
             self.data[l].u.index_copy_(0, f_slots, self.data[l + 1].u.index_select(0, cs))
             f_relax(self, l)
 
+    def _start(self, shape: tuple[int, ...]) -> None:
+        """Storage for states of this shape, and the propagator's data for this solve."""
+        self._allocate(tuple(shape))
+        with self.stats.phase("prepare"):
+            self.prop.prepare(self.levels)
+
     def propagate(self, u0: torch.Tensor | None, shape: tuple[int, ...]) -> None:
         """Plain sequential time stepping on level 0, passed rank to rank (exact, no iteration)."""
-        self._allocate(tuple(shape))
-        self.prop.prepare(self.levels)
+        self._start(shape)
         if self.first:
             self.data[0].u[1].copy_(u0)
         sweep(self, 0, "all")
@@ -204,9 +209,7 @@ class MGRIT:
         """
         max_iter = self.opts.max_iter if max_iter is None else max_iter
         tol = self.opts.tol if tol is None else tol
-        self._allocate(tuple(shape))
-        with self.stats.phase("prepare"):
-            self.prop.prepare(self.levels)
+        self._start(shape)
         with self.stats.phase("init"):
             self._initial_guess(u0, tuple(shape), self.opts.init, warm)
         cycle = CYCLES[self.opts.cycle]

@@ -18,6 +18,7 @@ import torch
 from torch.func import vjp
 
 from mgrit_nn.mgrit import MGRIT, Chain, Level, MGRITOptions, Selection, SolveResult
+from mgrit_nn.model.layers import LayerTable
 from mgrit_nn.model.steps import euler_adjoint, linear_part
 
 
@@ -30,17 +31,15 @@ class AdjointPropagator:
     """
 
     def __init__(self, net) -> None:
-        from mgrit_nn.model.parallel import LayerTable
-
-        self.net, self._table_cls = net, LayerTable
-        self.table = None
+        self.net = net
+        self.table: LayerTable | None = None
         self._cache: dict = {}
 
     def prepare(self, levels: list[Level]) -> None:
         net = self.net
         if self.table is None or self.table.levels is not levels:
             N = net.cfg.layers
-            self.table = self._table_cls(net, levels, lambda lev, I: N - I * lev.stride)
+            self.table = LayerTable(net, levels, lambda lev, I: N - I * lev.stride)
             # primal state of the step into tau-point I: forward point N - I M_l (local)
             self.state_slot = [
                 torch.tensor([0] + [N - I * lev.stride - net.lo + 1 if I >= 1 else 0
@@ -85,11 +84,9 @@ def layer_gradients(net) -> tuple[torch.Tensor, torch.Tensor]:
         return torch.zeros_like(net.weight), torch.zeros_like(net.bias)
     net.solver.refresh_ghost(0)                      # u_{lo-1} may be needed (layer lo-1)
     u = net.solver.data[0].u[net.jlo - net.lo + 1: net.jhi - net.lo + 2]
-    # lam_{j+1} for j = jlo..jhi: tau = N-j-1 runs downwards; adjoint slot = tau - (N-hi) + 1
-    N = net.cfg.layers
-    lam_all = net.adjoint.data[0].u
-    first, last = N - net.jlo - 1 - (N - net.hi) + 1, N - net.jhi - 1 - (N - net.hi) + 1
-    lam = lam_all[last:first + 1].flip(0)
+    # lam_{j+1} for j = jlo..jhi sits at tau = N-j-1, adjoint slot tau - (N-hi) + 1 = hi - j:
+    # slots hi-jhi (= 1) .. hi-jlo, in reverse order of j
+    lam = net.adjoint.data[0].u[1:net.hi - net.jlo + 1].flip(0)
     K, b = net.weight.detach(), net.bias.detach()
     # d/dtheta [u + h sigma(K u + b)]^T lam = (d(K u + b)/dtheta)^T (h sigma'(z) * lam): only the
     # linear part goes through autograd, the activation's derivative is applied directly

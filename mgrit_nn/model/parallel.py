@@ -20,84 +20,9 @@ from mgrit_nn.config import ModelConfig, RegConfig
 from mgrit_nn.mgrit import MGRIT, Chain, Level, MGRITOptions, Selection, SolveResult
 from mgrit_nn.model.adjoint import adjoint_solver, layer_gradients, solve_adjoint
 from mgrit_nn.model.init import Shapes, init_classifier, init_layers, init_opening
-from mgrit_nn.model.regularization import regularization
+from mgrit_nn.model.layers import LayerTable
+from mgrit_nn.model.regularization import neighbour_layers, regularization
 from mgrit_nn.model.steps import ACTIVATIONS, euler_step_
-
-TAG_LAYERS = 64
-
-
-class LayerExchange:
-    """Fetches the weights of remote layers that coarse-level steps need.
-
-    The pattern (who needs which layers from whom) is fixed per hierarchy and
-    agreed once; each exchange then moves one flat buffer per rank pair.
-    """
-
-    def __init__(self, net: ParallelResNet, needed: list[int]) -> None:
-        self.net = net
-        owners: dict[int, list[int]] = {}
-        for j in needed:
-            owners.setdefault(net.chain.owner(j + 1), []).append(j)
-        self.recv_from = owners
-        comm = net.msg.comm
-        wanted = comm.alltoall([owners.get(r, []) for r in range(comm.Get_size())])
-        self.send_to = {r: js for r, js in enumerate(wanted) if js}
-        self.rows = {j: k for k, j in enumerate(j for js in owners.values() for j in js)}
-
-    def exchange(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Stacked (K, b) of the needed layers, rows in the order of ``self.rows``."""
-        net, msg = self.net, self.net.msg
-        K, b = net.weight.detach(), net.bias.detach()
-        wshape, bshape = net.shapes.layer
-        wn, bn = math.prod(wshape), math.prod(bshape)
-        recvs = []
-        for r, js in self.recv_from.items():
-            buf = torch.empty((len(js), wn + bn), dtype=net.dtype, device=net.device)
-            recvs.append((buf, msg.irecv(buf, r, TAG_LAYERS)))
-        sends = []
-        for r, js in self.send_to.items():
-            rows = torch.tensor([j - net.jlo for j in js], device=net.device)
-            flat = torch.cat([K.index_select(0, rows).flatten(1),
-                              b.index_select(0, rows).flatten(1)], 1)
-            sends.append(msg.isend(flat, r, TAG_LAYERS))
-        bufs = [rq.wait() for _, rq in recvs]
-        for s in sends:
-            s.wait()
-        if not bufs:
-            return K.new_zeros((0,) + wshape), b.new_zeros((0,) + bshape)
-        flat = torch.cat(bufs)
-        return flat[:, :wn].reshape((-1,) + wshape), flat[:, wn:].reshape((-1,) + bshape)
-
-
-class LayerTable:
-    """The weights this rank's steps use on every level: its own rows, then fetched ones.
-
-    ``layer_of(level, I)`` names the global layer whose weights the step into
-    level point ``I`` uses. Rows per level are planned once per hierarchy; each
-    ``refresh`` moves the current weights of the remote rows (one message per
-    rank pair).
-    """
-
-    def __init__(self, net: ParallelResNet, levels: list[Level], layer_of) -> None:
-        self.net, self.levels = net, levels
-        own = range(net.jlo, net.jhi + 1)
-        layers = [[layer_of(lev, I) if I >= 1 else None for I in lev.points()] for lev in levels]
-        needed = sorted({j for js in layers for j in js if j is not None and j not in own})
-        self.exchange = LayerExchange(net, needed)
-        self.rows = []
-        for js in layers:
-            rows = [0] + [0 if j is None else (j - net.jlo if j in own else
-                          len(own) + self.exchange.rows[j]) for j in js]
-            self.rows.append(torch.tensor(rows, dtype=torch.long, device=net.device))
-
-    def refresh(self) -> None:
-        K_remote, b_remote = self.exchange.exchange()
-        self.K = torch.cat([self.net.weight.detach(), K_remote])
-        self.b = torch.cat([self.net.bias.detach(), b_remote])
-
-    def gather(self, level: int, slots: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        rows = self.rows[level].index_select(0, slots)
-        return self.K.index_select(0, rows), self.b.index_select(0, rows)
 
 
 class ForwardPropagator:
@@ -154,6 +79,8 @@ class ParallelResNet(nn.Module):
         if self.last:
             w, b0 = init_classifier(m, s)
             self.cls_weight, self.cls_bias = param(w), param(b0)
+        # the time-smoothness term couples neighbouring ranks' layers: agree on that once
+        self.neighbour_layers = neighbour_layers(self) if self.reg and self.reg.ddt > 0 else None
         self.prop = ForwardPropagator(self)
         self.solver = MGRIT(self.chain, self.prop, msg, opts, device, dtype, "MGRIT forward")
         self.adjoint = adjoint_solver(self, adj_opts or opts)

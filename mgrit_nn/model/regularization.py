@@ -10,6 +10,13 @@ from __future__ import annotations
 import torch
 
 from mgrit_nn.config import RegConfig
+from mgrit_nn.model.layers import LayerExchange
+
+
+def neighbour_layers(net) -> LayerExchange:
+    """The exchange of the layers just outside this rank's (collective: every rank calls it)."""
+    wanted = [j for j in (net.jlo - 1, net.jhi + 1) if 0 <= j < net.cfg.layers]
+    return LayerExchange(net, wanted if net.jhi >= net.jlo else [])
 
 
 def _sq(*ts: torch.Tensor) -> torch.Tensor:
@@ -18,8 +25,6 @@ def _sq(*ts: torch.Tensor) -> torch.Tensor:
 
 def regularization(net, reg: RegConfig) -> tuple[float, list[torch.Tensor]]:
     """(global value, gradients of this rank's local_parameters); one reduction."""
-    from mgrit_nn.model.parallel import LayerExchange
-
     params = [p.detach().requires_grad_() for p in net.local_parameters()]
     K, b, *rest = params
     h = net.h
@@ -27,13 +32,9 @@ def regularization(net, reg: RegConfig) -> tuple[float, list[torch.Tensor]]:
         own = reg.theta * h / 2 * _sq(K, b)
         grad_only = torch.zeros((), dtype=K.dtype, device=K.device)
         if reg.ddt > 0 and len(K):
-            N = net.cfg.layers
-            if not hasattr(net, "_neighbour_layers"):
-                wanted = [j for j in (net.jlo - 1, net.jhi + 1) if 0 <= j < N]
-                net._neighbour_layers = (LayerExchange(net, wanted), wanted)
-            ex, wanted = net._neighbour_layers
+            ex = net.neighbour_layers
             Kn, bn = ex.exchange()
-            rows = {j: ex.rows[j] for j in wanted}
+            rows = ex.rows
             Ks, bs = [K], [b]
             if net.jlo - 1 in rows:
                 r = rows[net.jlo - 1]

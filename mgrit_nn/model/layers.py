@@ -1,0 +1,91 @@
+"""The weights a rank's steps need on every level: its own layers plus fetched remote ones.
+
+Coarse-level steps (forward: layer (I-1) M_l; adjoint: layer N - I M_l) and the
+time-smoothness regularization use layers held by other ranks. The pattern of who
+needs which layer from whom is agreed once; each exchange then moves one flat
+buffer per rank pair.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from mgrit_nn.mgrit import Level
+
+TAG_LAYERS = 64
+
+
+class LayerExchange:
+    """Fetches the weights of remote layers that coarse-level steps need.
+
+    The pattern (who needs which layers from whom) is fixed per hierarchy and
+    agreed once; each exchange then moves one flat buffer per rank pair.
+    """
+
+    def __init__(self, net, needed: list[int]) -> None:
+        self.net = net
+        owners: dict[int, list[int]] = {}
+        for j in needed:
+            owners.setdefault(net.chain.owner(j + 1), []).append(j)
+        self.recv_from = owners
+        comm = net.msg.comm
+        wanted = comm.alltoall([owners.get(r, []) for r in range(comm.Get_size())])
+        self.send_to = {r: js for r, js in enumerate(wanted) if js}
+        self.rows = {j: k for k, j in enumerate(j for js in owners.values() for j in js)}
+
+    def exchange(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Stacked (K, b) of the needed layers, rows in the order of ``self.rows``."""
+        net, msg = self.net, self.net.msg
+        K, b = net.weight.detach(), net.bias.detach()
+        wshape, bshape = net.shapes.layer
+        wn, bn = math.prod(wshape), math.prod(bshape)
+        recvs = []
+        for r, js in self.recv_from.items():
+            buf = torch.empty((len(js), wn + bn), dtype=net.dtype, device=net.device)
+            recvs.append((buf, msg.irecv(buf, r, TAG_LAYERS)))
+        sends = []
+        for r, js in self.send_to.items():
+            rows = torch.tensor([j - net.jlo for j in js], device=net.device)
+            flat = torch.cat([K.index_select(0, rows).flatten(1),
+                              b.index_select(0, rows).flatten(1)], 1)
+            sends.append(msg.isend(flat, r, TAG_LAYERS))
+        bufs = [rq.wait() for _, rq in recvs]
+        for s in sends:
+            s.wait()
+        if not bufs:
+            return K.new_zeros((0,) + wshape), b.new_zeros((0,) + bshape)
+        flat = torch.cat(bufs)
+        return flat[:, :wn].reshape((-1,) + wshape), flat[:, wn:].reshape((-1,) + bshape)
+
+
+class LayerTable:
+    """The weights this rank's steps use on every level: its own rows, then fetched ones.
+
+    ``layer_of(level, I)`` names the global layer whose weights the step into
+    level point ``I`` uses. Rows per level are planned once per hierarchy; each
+    ``refresh`` moves the current weights of the remote rows (one message per
+    rank pair).
+    """
+
+    def __init__(self, net, levels: list[Level], layer_of) -> None:
+        self.net, self.levels = net, levels
+        own = range(net.jlo, net.jhi + 1)
+        layers = [[layer_of(lev, I) if I >= 1 else None for I in lev.points()] for lev in levels]
+        needed = sorted({j for js in layers for j in js if j is not None and j not in own})
+        self.exchange = LayerExchange(net, needed)
+        self.rows = []
+        for js in layers:
+            rows = [0] + [0 if j is None else (j - net.jlo if j in own else
+                          len(own) + self.exchange.rows[j]) for j in js]
+            self.rows.append(torch.tensor(rows, dtype=torch.long, device=net.device))
+
+    def refresh(self) -> None:
+        K_remote, b_remote = self.exchange.exchange()
+        self.K = torch.cat([self.net.weight.detach(), K_remote])
+        self.b = torch.cat([self.net.bias.detach(), b_remote])
+
+    def gather(self, level: int, slots: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        rows = self.rows[level].index_select(0, slots)
+        return self.K.index_select(0, rows), self.b.index_select(0, rows)
