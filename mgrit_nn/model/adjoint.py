@@ -80,9 +80,9 @@ def solve_adjoint(net, lam_N: torch.Tensor | None, warm: torch.Tensor | None = N
 
 def layer_gradients(net) -> tuple[torch.Tensor, torch.Tensor]:
     """Gradients of this rank's stacked layer weights from the final adjoint (one sweep)."""
-    if net.jhi < net.jlo:
+    net.solver.refresh_ghost(0)       # collective with the neighbours: u_{lo-1} (layer lo-1)
+    if net.jhi < net.jlo:             # a rank owning only point 0 holds no layer
         return torch.zeros_like(net.weight), torch.zeros_like(net.bias)
-    net.solver.refresh_ghost(0)                      # u_{lo-1} may be needed (layer lo-1)
     u = net.solver.data[0].u[net.jlo - net.lo + 1: net.jhi - net.lo + 2]
     # lam_{j+1} for j = jlo..jhi sits at tau = N-j-1, adjoint slot tau - (N-hi) + 1 = hi - j:
     # slots hi-jhi (= 1) .. hi-jlo, in reverse order of j

@@ -36,6 +36,12 @@ def test_gradient_with_tikhonov_terms(N):
     assert err < 1e-10 and worst < 1e-8, (err, worst)
 
 
+def test_gradient_when_a_rank_holds_no_layer():
+    """N = 3 on 4 ranks: rank 0 owns only point 0 and no layer; it must still take part."""
+    err, worst, *_ = gradients(WORLD, model__layers=3, mgrit__levels=1, reg__ddt=0.01, **TIGHT)
+    assert err < 1e-10 and worst < 1e-8, (err, worst)
+
+
 @pytest.mark.parametrize("act", ["relu", "softplus"])
 def test_gradient_other_activations(act):
     err, worst, *_ = gradients(WORLD, model__layers=40, model__activation=act, **TIGHT)
