@@ -95,8 +95,9 @@ class DataConfig:
 
 @dataclass
 class TrainConfig:
-    method: Literal["serial", "mgrit", "oneshot"] = opt(
-        "oneshot", "serial (1 rank, autograd) | mgrit (exact) | oneshot (inexact, warm-started)")
+    method: Literal["serial", "mgrit", "oneshot", "penalty", "al", "parpas", "local_critic"] = opt(
+        "oneshot", "serial (1 rank, autograd) | mgrit (exact) | oneshot (inexact, warm-started) "
+        "| penalty | al (stage-parallel, Sun et al.) | parpas (Parpas & Muir) | local_critic")
     steps: int = opt(100, "optimization steps (one mini-batch each)")
     fwd_iters: int = opt(2, "oneshot: forward MGRIT iterations per step")
     adj_iters: int = opt(2, "oneshot: adjoint MGRIT iterations per step")

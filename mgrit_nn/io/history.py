@@ -4,6 +4,8 @@
     /steps/<column>            (steps,)  step, epoch, loss, train_accuracy, val_loss,
                                          val_accuracy, lr, grad_norm, fwd_iters,
                                          fwd_residual, adj_iters, adj_residual, step_time_s
+    /steps/<method column>     (steps,)  float columns a method adds (e.g. penalty/al:
+                                         violation, beta, local_loss), NaN before they appear
     /steps/fwd_residuals       (steps,)  variable-length: the full residual history of the step
     /steps/adj_residuals       (steps,)
     /timing/{compute,comm,wait} (steps, ranks) seconds per step and rank (NaN where a
@@ -72,6 +74,12 @@ class History:
         g = self.f["steps"]
         n = g["step"].shape[0]
         for c in COLUMNS:
+            g[c].resize(n + 1, axis=0)
+            g[c][n] = row.get(c, np.nan)
+        for c in row:                           # a method's own columns, created when first seen
+            if c not in g:
+                g.create_dataset(c, (n,), maxshape=(None,), dtype="f8", fillvalue=np.nan)
+        for c in set(g) - set(COLUMNS) - {"fwd_residuals", "adj_residuals"}:
             g[c].resize(n + 1, axis=0)
             g[c][n] = row.get(c, np.nan)
         for c, values in (("fwd_residuals", fwd), ("adj_residuals", adj)):

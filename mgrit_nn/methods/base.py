@@ -19,6 +19,7 @@ class StepInfo:
     adj_residual: float = 0.0
     fwd_residuals: list[float] = field(default_factory=list)
     adj_residuals: list[float] = field(default_factory=list)
+    extra: dict[str, float] = field(default_factory=dict)   # method-specific history columns
 
 
 def correct(logits: torch.Tensor | None, y: torch.Tensor) -> int:

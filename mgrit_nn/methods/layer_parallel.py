@@ -52,9 +52,10 @@ class WarmStore:
 
 
 class LayerParallelMethod:
-    def __init__(self, run: Run, exact: bool) -> None:
+    def __init__(self, run: Run, exact: bool | None = None) -> None:
         self.run, self.net = run, run.network()
         t = run.cfg.train
+        exact = t.method == "mgrit" if exact is None else exact
         self.fwd_kw = {} if exact else {"max_iter": t.fwd_iters}
         self.adj_kw = {} if exact else {"max_iter": t.adj_iters}
         warm = not exact and t.warm_start

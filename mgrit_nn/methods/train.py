@@ -27,15 +27,25 @@ from mgrit_nn.setup_run import Run
 log = logging.getLogger("mgrit_nn.train")
 
 
+METHODS = {   # train.method -> (module, class); imported only when used
+    "serial": ("mgrit_nn.methods.serial", "SerialMethod"),
+    "mgrit": ("mgrit_nn.methods.layer_parallel", "LayerParallelMethod"),
+    "oneshot": ("mgrit_nn.methods.layer_parallel", "LayerParallelMethod"),
+    "penalty": ("mgrit_nn.methods.penalty", "PenaltyMethod"),
+    "al": ("mgrit_nn.methods.penalty", "PenaltyMethod"),
+    "parpas": ("mgrit_nn.methods.parpas", "ParpasMethod"),
+    "local_critic": ("mgrit_nn.methods.local_critic", "LocalCriticMethod"),
+}
+
+
 def make_method(run: Run):
-    method = run.cfg.train.method
-    if method == "serial":
-        from mgrit_nn.methods.serial import SerialMethod
+    """The method object of ``train.method``. Beyond ``gradient``/``evaluate`` and the
+    checkpoint hooks, a method may define ``after_update(trainer, k, x, y, idx) -> dict``
+    (run after the optimizer step; its dict adds history columns)."""
+    import importlib
 
-        return SerialMethod(run)
-    from mgrit_nn.methods.layer_parallel import LayerParallelMethod
-
-    return LayerParallelMethod(run, exact=(method == "mgrit"))
+    module, name = METHODS[run.cfg.train.method]
+    return getattr(importlib.import_module(module), name)(run)
 
 
 def world_sum(comm: MPI.Comm, *values: float) -> list[float]:
@@ -112,13 +122,16 @@ class Trainer:
             self.opt.step()
         if self.schedule is not None:
             self.schedule.step()
+        extra = dict(info.extra)
+        if hasattr(self.method, "after_update"):
+            extra.update(self.method.after_update(self, k, x, y, mine))
         grad_sq = self.method.dot(sum(float((p.grad ** 2).sum()) for p in self.params))
         (correct,) = world_sum(self.run.world, info.correct)
         row = {"step": k, "epoch": self.epoch - 1, "loss": loss,
                "train_accuracy": correct / len(idx), "lr": lr, "grad_norm": grad_sq ** 0.5,
                "fwd_iters": info.fwd_iters, "fwd_residual": info.fwd_residual,
                "adj_iters": info.adj_iters, "adj_residual": info.adj_residual,
-               "step_time_s": time.perf_counter() - t0}
+               **extra, "step_time_s": time.perf_counter() - t0}
         return row, info
 
     # -- the loop ----------------------------------------------------------------------------
