@@ -57,6 +57,7 @@ class Messenger:
         self.size = comm.Get_size()
         self.cuda_aware = cuda_aware
         self.timers = Timers()
+        self.sent_bytes = 0          # point-to-point payload posted by this rank (isend)
 
     def _staged(self, t: torch.Tensor) -> bool:
         return t.is_cuda and not self.cuda_aware
@@ -75,6 +76,7 @@ class Messenger:
             t = host
         elif not t.is_contiguous():
             t = t.contiguous()
+        self.sent_bytes += t.numel() * t.element_size()
         t0 = time.perf_counter()
         req = self.comm.Isend(self._buffer(t), dest=dest, tag=tag)
         self.timers.add("comm", time.perf_counter() - t0)

@@ -37,7 +37,8 @@ class ModelConfig:
     width: int = opt(8, "state width w of the dense network")
     channels: int = opt(4, "state channels c of the conv network")
     activation: Literal["tanh", "relu", "softplus"] = opt("tanh", "activation sigma")
-    step: Literal["euler"] = opt("euler", "step scheme u + h*sigma(K u + b)")
+    step: Literal["euler", "verlet"] = opt(
+        "euler", "euler: u + h*sigma(K u + b) | verlet: Hamiltonian (y, z) pair (docs/mgrit.md)")
     init_std: float = opt(1.0, "std of residual weights, scaled by 1/sqrt(fan_in)")
     seed: int = opt(0, "seed of the weight initialization (rank-count independent)")
 
@@ -115,6 +116,39 @@ class TrainConfig:
 
 
 @dataclass
+class PenaltyConfig:
+    """``train.method: penalty | al`` (Sun et al., Algorithm 1; docs/training.md)."""
+
+    beta: float = opt(1.0, "penalty coefficient beta of the first phase")
+    beta_rise: float = opt(10.0, "beta is multiplied by this at every beta milestone")
+    beta_milestones: list[int] = opt([], "steps after which beta is multiplied by beta_rise")
+    tol: float | list[float] = opt(0.0, "tau_j: correct lambda while its mean squared violation "
+                                   "exceeds tau_j; one value or one per beta phase")
+    inner_max: int = opt(1, "cap on the lambda (and kappa) corrections per step")
+    lr_lambda: float = opt(0.1, "step size of the lambda correction (per-sample gradient)")
+    lr_kappa: float = opt(1.0, "al: multiplier step, times the classical 2 beta / n_state")
+    noise: float = opt(0.0, "std of Gaussian noise added to lambda_{K-1} in the last stage")
+    honest_every: int = opt(1, "serial forward pass for the logged loss every this many steps "
+                            "(0: never; loss is then the last stage's local loss)")
+    store: Literal["memory", "mmap"] = opt("memory", "lambda/kappa storage: memory or "
+                                           "memory-mapped .npy files (data sets beyond RAM)")
+    store_dir: str | None = opt(None, "mmap: directory of the per-rank files (default: temp)")
+
+
+@dataclass
+class CriticConfig:
+    """The local critic networks c_i of ``train.method: local_critic`` (one per layer group
+    except the last): [conv3x3 + ReLU] -> [average pooling] -> [dense + ReLU] -> class scores."""
+
+    kind: Literal["dense", "conv"] = opt("dense", "dense: pooling + dense layers only; "
+                                         "conv: a 3x3 convolution + ReLU first (conv networks)")
+    channels: int = opt(8, "conv critic: output channels of its 3x3 convolution")
+    pool: int = opt(0, "conv states: adaptive average pooling to pool x pool first (0: none)")
+    hidden: int = opt(32, "width of the hidden dense layer (ReLU); 0: one linear layer")
+    lr: float = opt(0.001, "Adam learning rate of the critics (the paper uses 1e-4)")
+
+
+@dataclass
 class CheckpointConfig:
     every: int = opt(0, "write OUT/checkpoints/step_XXXXXXXX.h5 every this many steps, 0: at end")
     keep: int = opt(3, "keep the newest this many checkpoints (0: keep all)")
@@ -147,6 +181,8 @@ class Config:
     reg: RegConfig = field(default_factory=RegConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    critic: CriticConfig = field(default_factory=CriticConfig)
+    penalty: PenaltyConfig = field(default_factory=PenaltyConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     bench: BenchConfig = field(default_factory=BenchConfig)
@@ -329,6 +365,42 @@ def validate(cfg: Config, ranks: int) -> None:
             f"(N+1 = {m.layers + 1} points, one or more per rank)",
         ),
     ]
+    pe = cfg.penalty
+    if t.method in ("penalty", "al"):
+        taus = pe.tol if isinstance(pe.tol, list) else [pe.tol]
+        checks += [
+            (pe.beta > 0, "penalty.beta", f"must be > 0, got {pe.beta}"),
+            (pe.beta_rise > 0, "penalty.beta_rise", f"must be > 0, got {pe.beta_rise}"),
+            (all(b >= 0 for b in pe.beta_milestones), "penalty.beta_milestones",
+             f"must be steps >= 0, got {pe.beta_milestones}"),
+            (len(taus) >= 1 and all(x >= 0 for x in taus), "penalty.tol",
+             f"must be >= 0, got {pe.tol}"),
+            (pe.inner_max >= 1, "penalty.inner_max", f"must be >= 1, got {pe.inner_max}"),
+            (pe.lr_lambda >= 0, "penalty.lr_lambda", f"must be >= 0, got {pe.lr_lambda}"),
+            (pe.lr_kappa >= 0, "penalty.lr_kappa", f"must be >= 0, got {pe.lr_kappa}"),
+            (pe.noise >= 0, "penalty.noise", f"must be >= 0, got {pe.noise}"),
+            (pe.honest_every >= 0, "penalty.honest_every",
+             f"must be >= 0, got {pe.honest_every}"),
+            (t.optimizer != "lbfgs", "train.optimizer",
+             f"{t.method} updates every stage on its own loss; use sgd or adam"),
+            (D == 1, "parallel.data_replicas", f"{t.method} supports one replica only (got {D})"),
+        ]
+    if t.method == "local_critic":
+        c = cfg.critic
+        checks += [
+            (t.optimizer != "lbfgs", "train.optimizer",
+             "local_critic updates each layer group from its own loss; lbfgs (a line search "
+             "on the global loss) does not apply: use adam or sgd"),
+            (D == 1, "parallel.data_replicas", f"local_critic runs one replica, got {D}"),
+            (c.kind != "conv" or m.kind == "conv", "critic.kind",
+             "a conv critic needs a conv network (model.kind: conv)"),
+            (c.pool == 0 or m.kind == "conv", "critic.pool",
+             "pooling needs a conv network (model.kind: conv); use 0"),
+            (c.pool >= 0, "critic.pool", f"must be >= 0, got {c.pool}"),
+            (c.hidden >= 0, "critic.hidden", f"must be >= 0, got {c.hidden}"),
+            (c.channels >= 1, "critic.channels", f"must be >= 1, got {c.channels}"),
+            (c.lr > 0, "critic.lr", f"must be > 0, got {c.lr}"),
+        ]
     for sec, g in (("mgrit", cfg.mgrit), ("adjoint", cfg.adjoint.resolved(cfg.mgrit))):
         checks += [
             (g.levels >= 1, f"{sec}.levels", f"must be >= 1, got {g.levels}"),

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from mpi4py import MPI
 
-from mgrit_nn.methods.base import StepInfo, correct
+from mgrit_nn.methods.base import PartitionedMethod, StepInfo, correct
 from mgrit_nn.setup_run import Run
 
 
@@ -51,9 +51,9 @@ class WarmStore:
         self.clock += 1
 
 
-class LayerParallelMethod:
+class LayerParallelMethod(PartitionedMethod):
     def __init__(self, run: Run, exact: bool | None = None) -> None:
-        self.run, self.net = run, run.network()
+        super().__init__(run)
         t = run.cfg.train
         exact = t.method == "mgrit" if exact is None else exact
         self.fwd_kw = {} if exact else {"max_iter": t.fwd_iters}
@@ -62,15 +62,6 @@ class LayerParallelMethod:
         n = len(run.data.x_train)
         self.fwd_store = WarmStore(n) if warm else None
         self.adj_store = WarmStore(n) if warm else None
-        from mgrit_nn.io.checkpoint import ParamLayout
-
-        self.run_layout = ParamLayout(run.shapes, run.cfg.model.layers)
-
-    def parameters(self) -> list[torch.Tensor]:
-        return self.net.local_parameters()
-
-    def dot(self, a: float) -> float:
-        return self.net.msg.allreduce_sum(a)       # each layer lives on one rank of the group
 
     def gradient(self, x, y, idx, scale: float = 1.0) -> StepInfo:
         net, fs, ads = self.net, self.fwd_store, self.adj_store
@@ -91,30 +82,6 @@ class LayerParallelMethod:
         """Loss of the exact forward pass (line search)."""
         self.net.propagate(x)
         return self.net.loss(y)[0] * scale
-
-    def evaluate(self, x, y) -> tuple[float, int]:
-        """(summed cross-entropy, correct) of the exact forward pass; counts on the last rank."""
-        self.net.propagate(x)
-        if not self.net.last:
-            return 0.0, 0
-        with torch.no_grad():
-            logits = self.net.classifier(self.net.final_state())
-            ce = torch.nn.functional.cross_entropy(logits, y, reduction="sum").item()
-        return ce, correct(logits, y)
-
-    # -- global flat vectors and warm states (checkpoints) ---------------------------------
-    def local_flat(self, tensors: list[torch.Tensor]) -> torch.Tensor:
-        return self.net.flat([t.detach() for t in tensors])
-
-    def gather_flat(self, local: torch.Tensor) -> torch.Tensor | None:
-        return self.net.gather_flat(local)
-
-    def local_from_global(self, flat: torch.Tensor) -> list[torch.Tensor]:
-        net = self.net
-        start = self.run_layout.offset(net.first, net.jlo)
-        n = self.local_flat(self.parameters()).numel()
-        share = flat[start:start + n].to(device=net.device, dtype=net.dtype)
-        return net.unflat(share)
 
     def warm_arrays(self) -> dict[str, np.ndarray]:
         """Global warm-start iterates by forward point index (on rank 0 of the world)."""

@@ -1,0 +1,283 @@
+"""``penalty`` and ``al``: stage-parallel training (Sun et al., Algorithm 1; design §7).
+
+The network is cut into K stages, one per rank of the layer partition. Stage k > 0
+starts from a free auxiliary state lambda_k per training sample (stage 0 from the
+data), runs its steps and updates its weights by backpropagation of its local loss
+
+    stage k < K-1:  (beta/#) |lambda_{k+1} - X^k_end|^2 + <kappa_{k+1}, X^k_end> / B
+    stage K-1:      cross-entropy of the classifier on X^{K-1}_end
+
+(# = B * state size, B the batch size). Every stage works at once: a stage needs
+only lambda_{k+1} and kappa_{k+1} of the batch from its right neighbour, and its
+right neighbour needs X^k_end to correct lambda_{k+1} -- two interface-sized
+messages per stage and step. The correction (the paper's eqs. (22), (23)) is a
+descent step on the relaxed Lagrangian in lambda_k, per sample:
+
+    lambda_k <- lambda_k - eta_lambda ((2 beta / n)(lambda_k - X^{k-1}_end) + B P_k - kappa_k)
+    kappa_k  <- kappa_k  - eta_kappa  (2 beta / n)(lambda_k - X^{k-1}_end)        (al only)
+
+with n the state size of one sample and P_k the gradient of stage k's local loss with
+respect to its input (B P_k: the sample's own share), repeated while the mean squared
+violation exceeds tau_j, at most ``penalty.inner_max`` times. ``penalty`` is ``al`` with
+kappa = 0. With K = 1 the only stage is the whole network and the method is serial
+training.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from mgrit_nn.methods.base import PartitionedMethod, StepInfo, correct
+from mgrit_nn.model.stage import Stage
+
+
+class SampleStore:
+    """One state per training sample (rows indexed by dataset index), in memory or in a
+    memory-mapped ``.npy`` file of this rank (for data sets whose states exceed RAM)."""
+
+    def __init__(self, n: int, shape: tuple[int, ...], dtype: torch.dtype,
+                 device: torch.device, path: Path | None = None) -> None:
+        self.device, self.dtype = device, dtype
+        if path is None:
+            self.rows = torch.zeros((n,) + shape, dtype=dtype, device=device)
+            self.mm = None
+        else:
+            np_dtype = torch.empty((), dtype=dtype).numpy().dtype
+            self.mm = np.lib.format.open_memmap(path, mode="w+", dtype=np_dtype,
+                                                shape=(n,) + shape)
+            self.rows = None
+
+    def get(self, idx: torch.Tensor) -> torch.Tensor:
+        if self.mm is None:
+            return self.rows[idx.to(self.device)]
+        return torch.from_numpy(self.mm[idx.numpy()]).to(self.device)
+
+    def put(self, idx: torch.Tensor, values: torch.Tensor) -> None:
+        if self.mm is None:
+            self.rows[idx.to(self.device)] = values
+        else:
+            self.mm[idx.numpy()] = values.detach().cpu().numpy()
+
+    def array(self) -> np.ndarray:
+        return self.rows.cpu().numpy() if self.mm is None else np.asarray(self.mm)
+
+    def load(self, values: np.ndarray) -> None:
+        if self.mm is None:
+            self.rows.copy_(torch.from_numpy(values))
+        else:
+            self.mm[...] = values
+
+
+def beta_tau(cfg, step: int) -> tuple[float, float]:
+    """beta_j and tau_j of phase j = number of beta milestones before ``step`` (1-based)."""
+    j = sum(1 for m in cfg.beta_milestones if step > m)
+    taus = cfg.tol if isinstance(cfg.tol, list) else [cfg.tol]
+    return cfg.beta * cfg.beta_rise ** j, float(taus[min(j, len(taus) - 1)])
+
+
+class PenaltyMethod(PartitionedMethod):
+    def __init__(self, run) -> None:
+        super().__init__(run)
+        self.cfg, self.al = run.cfg.penalty, run.cfg.train.method == "al"
+        self.stage = st = Stage(self.net)
+        self.n_state = math.prod(run.shapes.state)
+        self.t = 0                                   # gradient evaluations so far
+        self.busy = (0.0, 0.0)                       # wall-clock span of the last local work
+        self.noise = torch.Generator(device="cpu")
+        n = len(run.data.x_train)
+        self.lam = self.kap = None
+        if not st.first:
+            paths = [None, None]
+            if self.cfg.store == "mmap":
+                d = Path(self.cfg.store_dir or tempfile.gettempdir())
+                d.mkdir(parents=True, exist_ok=True)
+                tag = f"mgrit_nn_{run.world.Get_rank()}_{id(self)}"
+                paths = [d / f"{tag}_lambda.npy", d / f"{tag}_kappa.npy"]
+            args = (n, run.shapes.state, run.dtype, run.device)
+            self.lam = SampleStore(*args, paths[0])
+            if self.al:
+                self.kap = SampleStore(*args, paths[1])
+        self._initialize(run.data.x_train.to(run.device, run.dtype))
+
+    # -- the serial forward pass through the stages ----------------------------------------
+    @torch.no_grad()
+    def pipeline(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One exact forward pass of ``x`` through all stages in turn: (input, output) of
+        this rank's stage."""
+        st = self.stage
+        if st.first:
+            inp = x
+        else:
+            inp = torch.empty(st.state_shape(len(x)), dtype=x.dtype, device=x.device)
+            st.recv_left(inp).wait()
+        out = st.forward(inp)
+        send = st.send_right(out)
+        if send is not None:
+            send.wait()
+        return inp, out
+
+    def _initialize(self, x: torch.Tensor, chunk: int = 4096) -> None:
+        """lambda_k = the state the initial network reaches at interface k (feasible start)."""
+        for lo in range(0, len(x), chunk):
+            inp, _ = self.pipeline(x[lo:lo + chunk])
+            if self.lam is not None:
+                self.lam.put(torch.arange(lo, min(lo + chunk, len(x))), inp)
+
+    def honest_loss(self, x: torch.Tensor, y: torch.Tensor) -> tuple[float, torch.Tensor | None]:
+        """Cross-entropy of the full serial forward pass (the same value on every rank) and
+        its logits (last rank)."""
+        _, out = self.pipeline(x)
+        buf = torch.zeros(1, dtype=torch.float64)
+        logits = None
+        if self.stage.last:
+            with torch.no_grad():
+                logits = self.net.classifier(out)
+                buf[0] = F.cross_entropy(logits, y).item()
+        self.net.msg.bcast_tensor(buf, root=self.net.chain.ranks[-1])
+        return float(buf[0]), logits
+
+    # -- one step ------------------------------------------------------------------------
+    def gradient(self, x, y, idx, scale: float = 1.0) -> StepInfo:
+        st, net, c = self.stage, self.net, self.cfg
+        self.t += 1
+        beta, tau = beta_tau(c, self.t)
+        B, n = len(idx), self.n_state
+        shape = st.state_shape(B)
+        lam = kap = None
+        if not st.first:
+            lam = self.lam.get(idx)
+            kap = self.kap.get(idx) if self.al else None
+        # interface messages, posted before any work: lambda/kappa go left, X_end goes right
+        m = 2 if self.al else 1
+        from_right = torch.empty((m,) + shape, dtype=net.dtype, device=net.device)
+        from_left = torch.empty(shape, dtype=net.dtype, device=net.device)
+        recv_r, recv_l = st.recv_right(from_right), st.recv_left(from_left)
+        sends = [st.send_left(torch.stack([lam, kap]) if self.al else lam.unsqueeze(0))
+                 ] if lam is not None else []
+        t_busy = time.time()
+        params = net.local_parameters()
+        with torch.enable_grad():
+            if st.first:
+                inp = x
+            else:
+                inp = lam.clone().requires_grad_()
+            fwd_in = inp
+            if st.last and not st.first and c.noise > 0:
+                self.noise.manual_seed(net.cfg.seed * 1_000_003 + self.t)
+                fwd_in = inp + c.noise * torch.randn(inp.shape, generator=self.noise,
+                                                     dtype=inp.dtype).to(inp.device)
+            X = st.forward(fwd_in)
+            sends.append(st.send_right(X.detach()))
+            logits = None
+            if st.last:
+                logits = net.classifier(X)
+                local = F.cross_entropy(logits, y)
+            else:
+                recv_r.wait()
+                local = beta / (B * n) * ((from_right[0] - X) ** 2).sum()
+                if self.al:
+                    local = local + (from_right[1] * X).sum() / B
+            wrt = params + ([inp] if not st.first else [])
+            grads = torch.autograd.grad(local, wrt, allow_unused=True, materialize_grads=True)
+        pgrads = [g * scale for g in grads[:len(params)]]
+        reg = 0.0
+        if net.reg is not None:          # the reg.* terms belong to the weights' own stages
+            reg, rgrads = _regularization(net)
+            pgrads = [g + scale * r for g, r in zip(pgrads, rgrads, strict=True)]
+        for p, g in zip(params, pgrads, strict=True):
+            p.grad = g.detach()
+        self.busy = (t_busy, time.time())
+        violation = 0.0
+        if not st.first:
+            recv_l.wait()
+            violation = self._correct(idx, lam, kap, from_left, B * grads[-1], beta, tau)
+        for s in sends:
+            if s is not None:
+                s.wait()
+        msg = net.msg
+        local_sum = msg.allreduce_sum(float(local.detach()) * scale)
+        violation = msg.allreduce_sum(violation)
+        extra = {"violation": violation, "beta": beta, "local_loss": local_sum}
+        if c.honest_every and (self.t % c.honest_every == 0 or self.t == 1):
+            loss, logits = self.honest_loss(x, y)
+            extra["honest_loss"] = loss
+        else:            # the last stage's own loss, the same on every rank
+            buf = torch.tensor([float(local.detach()) if st.last else 0.0],
+                               dtype=torch.float64)
+            loss = float(msg.bcast_tensor(buf, root=net.chain.ranks[-1])[0])
+        return StepInfo((loss + reg) * scale, correct(logits, y), extra=extra)
+
+    @torch.no_grad()
+    def _correct(self, idx, lam, kap, x_prev, P, beta: float, tau: float) -> float:
+        """The lambda (and kappa) correction of this rank's interface; returns the mean
+        squared violation |lambda - X^{k-1}_end|^2 / # before it."""
+        c, n = self.cfg, self.n_state
+        diff = lam - x_prev
+        before = float((diff ** 2).mean())
+        psi, it = before, 0
+        while psi > tau and it < c.inner_max:
+            g = (2 * beta / n) * diff + P
+            if kap is not None:
+                g = g - kap
+            lam = lam - c.lr_lambda * g
+            diff = lam - x_prev
+            if kap is not None:
+                kap = kap - c.lr_kappa * (2 * beta / n) * diff
+            psi, it = float((diff ** 2).mean()), it + 1
+        self.lam.put(idx, lam)
+        if kap is not None:
+            self.kap.put(idx, kap)
+        return before
+
+    def loss(self, x, y, scale: float = 1.0) -> float:
+        raise NotImplementedError("penalty/al have no line search (config validation)")
+
+    # -- checkpoint: lambda, kappa by interface ------------------------------------------
+    def warm_arrays(self) -> dict[str, np.ndarray]:
+        out = {"penalty/t": np.array(self.t)}
+        interfaces = np.array(self.net.chain.starts[1:-1], dtype=np.int64)
+        for name, store in (("lambda", self.lam), ("kappa", self.kap)):
+            if name == "kappa" and not self.al:
+                continue
+            local = torch.from_numpy(store.array()).flatten() if store is not None \
+                else torch.zeros(0, dtype=self.net.dtype)
+            full = self.net.gather_flat(local)
+            if full is not None:
+                shape = (-1, len(self.run.data.x_train)) + tuple(self.run.shapes.state)
+                out[f"penalty/{name}"] = full.view(shape).numpy()
+        out["penalty/interfaces"] = interfaces
+        return out
+
+    def load_warm(self, f) -> None:
+        from mgrit_nn.io.checkpoint import CheckpointError
+
+        if "penalty" not in f:
+            return
+        lam = f["penalty/lambda"]
+        K = self.stage.K
+        if lam.shape[0] != K - 1 or lam.shape[1] != len(self.run.data.x_train):
+            raise CheckpointError(
+                f"checkpoint holds lambda for {lam.shape[0] + 1} stages and {lam.shape[1]} "
+                f"samples; this run has {K} stages and {len(self.run.data.x_train)}: resume "
+                f"{self.run.cfg.train.method} on the same number of ranks (or --init-from)")
+        if self.al and "penalty/kappa" not in f:
+            raise CheckpointError("checkpoint has no kappa (written by penalty, not al)")
+        self.t = int(f["penalty/t"][()])
+        k = self.stage.k
+        if k > 0:
+            self.lam.load(lam[k - 1])
+            if self.al:
+                self.kap.load(f["penalty/kappa"][k - 1])
+
+
+def _regularization(net):
+    from mgrit_nn.model.regularization import regularization
+
+    return regularization(net, net.reg)
