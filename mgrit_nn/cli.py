@@ -8,8 +8,6 @@ import logging
 import sys
 from pathlib import Path
 
-from mgrit_nn.runtime import EXIT_STOPPED, abort_on_error, node_ranks, world
-
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mgrit-nn", description=(
@@ -46,7 +44,78 @@ def _parser() -> argparse.ArgumentParser:
     f = sub.add_parser("info", help="a readable summary of a history or checkpoint file")
     f.add_argument("file", help="history.h5 or a checkpoint")
     sub.add_parser("schema", help="print every config key with its default and doc (Markdown)")
+    _analysis_parsers(sub)
     return p
+
+
+def _analysis_parsers(sub) -> None:
+    """Commands that are not MPI programs: job scripts, scaling studies, reports, plots."""
+    j = sub.add_parser("job", help="print a SLURM job script from a template in jobs/")
+    j.add_argument("template", help="cpu | gpu | array, or a template file")
+    j.add_argument("--var", action="append", default=[], metavar="NAME=VALUE",
+                   help="a template setting, e.g. ACCOUNT=proj (repeatable)")
+    s = sub.add_parser("scaling", help="strong or weak scaling study: derived configs and job "
+                       "scripts in one folder, run here (--local) or submitted (--submit)")
+    s.add_argument("config", help="YAML config file")
+    s.add_argument("--kind", required=True, choices=("strong", "weak"),
+                   help="strong: the config's N on every rank count; weak: N proportional to P")
+    s.add_argument("--ranks", required=True, help="rank counts, e.g. 1,2,4,8")
+    s.add_argument("--layers-per-rank", type=int, default=None,
+                   help="weak: N = this x P (default: the config's N / the smallest P)")
+    s.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override a config value in every run (repeatable)")
+    s.add_argument("--steps", type=int, default=None, help="train.steps of every run")
+    s.add_argument("--out", default=None,
+                   help="study folder (default: studies/<config name>_<kind>)")
+    s.add_argument("--force", action="store_true",
+                   help="start an existing study again (deletes its ranks_* folders)")
+    s.add_argument("--template", default="cpu", help="job template: cpu | gpu | a file")
+    s.add_argument("--var", action="append", default=[], metavar="NAME=VALUE",
+                   help="job template setting, e.g. ACCOUNT=proj, TIME=00:30:00 (repeatable)")
+    s.add_argument("--ranks-per-node", type=int, default=None,
+                   help="ranks (GPUs) per node of the jobs (default: SLURM places them)")
+    w = s.add_mutually_exclusive_group()
+    w.add_argument("--local", action="store_true",
+                   help="run every rank count here, one after another, with mpiexec")
+    w.add_argument("--submit", action="store_true", help="sbatch every job")
+    s.add_argument("--launcher", default=None,
+                   help="--local: MPI launcher, e.g. 'mpirun --oversubscribe -n {n}' "
+                   "(default: the mpiexec next to this Python, else on PATH)")
+    s.add_argument("--timeout", type=float, default=None,
+                   help="--local: stop a command after this many seconds (default: none)")
+    r = sub.add_parser("report", help="plots and a Markdown table of a scaling study or of "
+                       "a folder of training runs")
+    r.add_argument("folder", help="a study folder or a folder holding run folders")
+    r.add_argument("--out", default=None, help="where to write (default: the folder itself)")
+    pl = sub.add_parser("plot", help="plots of one training run")
+    pl.add_argument("history", help="a history.h5")
+    pl.add_argument("--out", default=None, help="where to write (default: next to the file)")
+
+
+def _analysis(args) -> int:
+    if args.command == "scaling":
+        from mgrit_nn.scaling import main as scaling
+
+        return scaling(args)
+    if args.command == "job":
+        from mgrit_nn.jobs import TemplateError, parse_vars, render_kind
+
+        try:
+            print(render_kind(args.template, parse_vars(args.var)), end="")
+        except TemplateError as exc:
+            print(f"mgrit-nn job: {exc}", file=sys.stderr)
+            return 2
+        return 0
+    from mgrit_nn.analysis import AnalysisError, plot_history, report
+
+    try:
+        written = report(args.folder, args.out) if args.command == "report" \
+            else plot_history(args.history, args.out)
+    except (AnalysisError, OSError) as exc:
+        print(f"mgrit-nn {args.command}: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps({"written": [str(w) for w in written]}))
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -65,6 +134,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"mgrit-nn: {args.file}: {exc}", file=sys.stderr)
             return 2
         return 0
+    if args.command in ("job", "scaling", "report", "plot"):
+        return _analysis(args)
+    from mgrit_nn.runtime import EXIT_STOPPED, abort_on_error, node_ranks, world
+
     comm = world()
     logging.basicConfig(level=logging.WARNING if getattr(args, "quiet", False) else logging.INFO,
                         format=f"%(asctime)s rank {comm.Get_rank()} %(name)s: %(message)s")
