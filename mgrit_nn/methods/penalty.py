@@ -11,16 +11,23 @@ data), runs its steps and updates its weights by backpropagation of its local lo
 only lambda_{k+1} and kappa_{k+1} of the batch from its right neighbour, and its
 right neighbour needs X^k_end to correct lambda_{k+1} -- two interface-sized
 messages per stage and step. The correction (the paper's eqs. (22), (23)) is a
-descent step on the relaxed Lagrangian in lambda_k, per sample:
+descent step on the relaxed Lagrangian in lambda_k, per sample, with a = 2 beta / n:
 
-    lambda_k <- lambda_k - eta_lambda ((2 beta / n)(lambda_k - X^{k-1}_end) + B P_k - kappa_k)
-    kappa_k  <- kappa_k  - eta_kappa  (2 beta / n)(lambda_k - X^{k-1}_end)        (al only)
+    lambda_k <- lambda_k - eta_lambda / (1 + eta_lambda c) (a (lambda_k - X^{k-1}_end)
+                                                            + B P_k - kappa_k)
+    kappa_k  <- kappa_k  - eta_kappa a (lambda_k - X^{k-1}_end)                  (al only)
 
 with n the state size of one sample and P_k the gradient of stage k's local loss with
-respect to its input (B P_k: the sample's own share), repeated while the mean squared
-violation exceeds tau_j, at most ``penalty.inner_max`` times. ``penalty`` is ``al`` with
-kappa = 0. With K = 1 the only stage is the whole network and the method is serial
-training.
+respect to its input (B P_k: the sample's own share). The factor 1 / (1 + eta_lambda c)
+keeps the step stable as beta rises: c = 2a (c = a on the last stage) is the curvature
+of the two penalty terms lambda_k enters, taking the stage's Jacobian as the identity;
+for eta_lambda * c << 1 the step is the paper's explicit one (its penalty-term scaling
+by # instead of n would make lambda all but frozen for per-sample variables).
+The multiplier step uses the new lambda_k. The correction is applied once and repeated
+while the mean squared violation exceeds tau_j, at most ``penalty.inner_max`` times (read
+literally, the paper's while-loop never corrects a feasible start: lambda would stay
+put). ``penalty`` is ``al`` with kappa = 0. With K = 1 the only stage is the whole
+network and the method is serial training.
 """
 
 from __future__ import annotations
@@ -219,17 +226,17 @@ class PenaltyMethod(PartitionedMethod):
         """The lambda (and kappa) correction of this rank's interface; returns the mean
         squared violation |lambda - X^{k-1}_end|^2 / # before it."""
         c, n = self.cfg, self.n_state
+        a = 2 * beta / n
+        curv = a if self.stage.last else 2 * a    # both penalty terms, stage Jacobian ~ I
         diff = lam - x_prev
         before = float((diff ** 2).mean())
         psi, it = before, 0
-        while psi > tau and it < c.inner_max:
-            g = (2 * beta / n) * diff + P
-            if kap is not None:
-                g = g - kap
-            lam = lam - c.lr_lambda * g
+        while it == 0 or (psi > tau and it < c.inner_max):   # at least one correction
+            g = P if kap is None else P - kap
+            lam = lam - c.lr_lambda * (a * diff + g) / (1 + c.lr_lambda * curv)
             diff = lam - x_prev
             if kap is not None:
-                kap = kap - c.lr_kappa * (2 * beta / n) * diff
+                kap = kap - c.lr_kappa * a * diff
             psi, it = float((diff ** 2).mean()), it + 1
         self.lam.put(idx, lam)
         if kap is not None:
