@@ -40,7 +40,7 @@ def write_run(folder: Path, method: str, ranks: int, steps: int = 20, layers: in
     cfg = Config()
     cfg.train.method, cfg.model.layers = method, layers
     h = History(folder / "history.h5", cfg.to_yaml(), ranks, method)
-    lp = method not in ("serial", "penalty", "al")
+    lp = method in ("mgrit", "oneshot")
     for k in range(1, steps + 1):
         row = {"step": k, "epoch": 0, "loss": 2.0 * 0.9 ** k, "train_accuracy": 1 - 0.8 * 0.9 ** k,
                "lr": 0.01, "grad_norm": 1.0 / k, "step_time_s": step_time * (3 if k == 1 else 1)}
@@ -82,22 +82,27 @@ def test_report_of_several_methods(tmp_path):
                                                       "local_loss": lambda k: 1.0 / k})
     write_run(runs / "parpas", "parpas", 4, extra={"regression_mse": lambda k: 1.0 / k},
               result=False)
+    write_run(runs / "critic", "local_critic", 3, extra={          # one column per group
+        f"{name}_{j}": (lambda k, j=j: (j + 1.0) / k) for name in ("local_loss", "critic_loss")
+        for j in range(2)})
     written = {p.name for p in report(runs)}
     assert written == {"training.png", "residuals.png", "violation.png", "method_columns.png",
                        "report.md"}
     assert png_size(runs / "training.png") == (1344, 528)
-    assert png_size(runs / "violation.png") == (3 * 600, 528)          # three columns
-    assert png_size(runs / "method_columns.png") == (600, 528)
+    assert png_size(runs / "violation.png") == (3 * 600, 528)          # three panels
+    # critic_loss_0/1 share a panel, local_loss_0/1 too (not the penalty panel), regression_mse
+    assert png_size(runs / "method_columns.png") == (3 * 600, 528)
     md = (runs / "report.md").read_text()
     rows = [ln for ln in md.splitlines() if ln.startswith("| `")]
-    assert len(rows) == 4
+    assert len(rows) == 5
     by_run = {r.split("|")[1].strip(): r for r in rows}
     assert "| oneshot | 4 | 32 | 20 |" in by_run["`oneshot`"]
     assert "2.0 + 2.0" in by_run["`oneshot`"] and "| 0.88 |" in by_run["`oneshot`"]
     assert by_run["`penalty`"].rstrip(" |").endswith("9.54e-07")      # final violation 0.5^20
     assert "| – | – | – |" in by_run["`parpas`"]                       # not finished: no result
-    assert [r.label for r in find_runs(runs)] == ["oneshot, 4 ranks", "parpas, 4 ranks",
-                                                  "penalty, 4 ranks", "serial, 1 rank"]
+    assert [r.label for r in find_runs(runs)] == ["local_critic, 3 ranks", "oneshot, 4 ranks",
+                                                  "parpas, 4 ranks", "penalty, 4 ranks",
+                                                  "serial, 1 rank"]
 
 
 def test_plot_one_history(tmp_path):

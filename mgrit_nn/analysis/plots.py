@@ -229,27 +229,41 @@ PENALTY_COLUMNS = {"violation": "constraint violation", "beta": "penalty paramet
                    "local_loss": "local (stage) loss"}
 
 
-def plot_columns(runs: list[RunData], columns: dict[str, str], title: str,
-                 path: Path) -> Path | None:
-    """One panel per method column present in any run (log y where all values are > 0)."""
-    present = [c for c in columns if any(c in r.steps for r in runs)]
+def _indexed(col: str, panel: str) -> int | None:
+    """j if ``col`` is ``panel_j`` (a per-group column such as critic_loss_0), else None."""
+    head, _, tail = col.rpartition("_")
+    return int(tail) if head == panel and tail.isdigit() else None
+
+
+def plot_columns(runs: list[RunData], columns: dict[str, str], title: str, path: Path,
+                 indexed: bool = False) -> Path | None:
+    """One panel per method column present in any run; with ``indexed``, columns
+    ``name_0, name_1, ...`` (one per layer group) share the panel ``name``."""
+    def matches(col: str, panel: str) -> bool:
+        return col == panel or (indexed and _indexed(col, panel) is not None)
+    present = [c for c in columns if any(matches(k, c) for r in runs for k in r.steps)]
     if not present:
         return None
     fig, axes = _figure(len(present), width=5.0)
-    for ax, col in zip(axes, present, strict=True):
+    for ax, panel in zip(axes, present, strict=True):
+        shown = []
         for i, r in enumerate(runs):
-            if col not in r.steps:
-                continue
-            v = r.steps[col]
-            ok = np.isfinite(v)
-            ax.plot(r.steps["step"][ok], v[ok], label=r.label, **_style(i))
-        if col == "violation" or col == "beta":
+            cols = sorted((k for k in r.steps if matches(k, panel)),
+                          key=lambda k: -1 if k == panel else _indexed(k, panel))
+            for j, col in enumerate(cols):
+                v = r.steps[col]
+                ok = np.isfinite(v)
+                label = r.label if col == panel else f"{r.label}, group {_indexed(col, panel)}"
+                ax.plot(r.steps["step"][ok], v[ok], label=label, color=f"C{i % 10}",
+                        linestyle=STYLES[j % len(STYLES)])
+                shown.append(v)
+        if panel in ("violation", "beta"):
             ax.set_yscale("log")       # both change by orders of magnitude
         else:
-            _log_if_wide(ax, [r.steps[col] for r in runs if col in r.steps])
+            _log_if_wide(ax, shown)
         _step_axis(ax)
-        ax.set_ylabel(columns[col])
-        ax.set_title(col)
+        ax.set_ylabel(columns[panel])
+        ax.set_title(panel)
         ax.legend(fontsize="small")
     fig.suptitle(title)
     return _save(fig, path)

@@ -30,7 +30,9 @@ from mgrit_nn.analysis.load import (
 
 GRADIENTS = {"oneshot_grad_s": "one-shot gradient", "mgrit_grad_s": "exact MGRIT gradient"}
 SPANS = {"oneshot_grad_s": "span_speedup_oneshot", "mgrit_grad_s": "span_speedup_mgrit"}
-OTHER_TITLES = {"regression_mse": "co-state regression MSE", "critic_loss": "local critic loss"}
+OTHER_TITLES = {"regression_mse": "co-state regression MSE", "critic_loss": "local critic loss",
+                "local_loss": "layer group's local loss",
+                "honest_loss": "loss of the exact forward pass"}
 
 
 def _fmt(x, digits: int = 3) -> str:
@@ -237,16 +239,19 @@ def _iters(r: RunData) -> str:
 
 # -- runs ----------------------------------------------------------------------------------------
 def _run_plots(runs: list[RunData], title: str, out: Path) -> list[Path | None]:
-    extra = sorted({c for r in runs for c in r.method_columns} - set(plots.PENALTY_COLUMNS))
-    others = {c: OTHER_TITLES.get(c, c) for c in extra}
+    penalty = [r for r in runs if set(r.method_columns) & set(plots.PENALTY_COLUMNS)]
+    rest = {c for r in runs for c in r.method_columns} - set(plots.PENALTY_COLUMNS)
+    panels = sorted({c.rpartition("_")[0] if c.rpartition("_")[2].isdigit() else c
+                     for c in rest})                     # critic_loss_0, _1: one panel
+    others = {c: OTHER_TITLES.get(c, c) for c in panels}
     return [plots.plot_training(runs, title, out / "training.png"),
             plots.plot_residuals(runs, f"{title}: MGRIT residuals", out / "residuals.png"),
             plots.plot_convergence(runs, f"{title}: MGRIT convergence",
                                    out / "mgrit_convergence.png"),
-            plots.plot_columns(runs, plots.PENALTY_COLUMNS, f"{title}: penalty / AL",
+            plots.plot_columns(penalty, plots.PENALTY_COLUMNS, f"{title}: penalty / AL",
                                out / "violation.png"),
             plots.plot_columns(runs, others, f"{title}: method diagnostics",
-                               out / "method_columns.png")]
+                               out / "method_columns.png", indexed=True)]
 
 
 def runs_report(folder: Path, runs: list[RunData], out: Path) -> list[Path]:
