@@ -136,7 +136,7 @@ def plot_timing(groups: list[str], parts: dict[str, list[float]], xlabel: str, t
         bottom += v
     ax.set_xticks(x, groups)
     ax.set_xlabel(xlabel)
-    ax.set_ylabel("seconds per training step (mean)")
+    ax.set_ylabel("seconds per training step\n(mean over the steps after the first)")
     ax.set_title(title)
     ax.legend(fontsize="small")
     ax.grid(True, axis="y", alpha=0.3)

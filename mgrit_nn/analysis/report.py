@@ -145,8 +145,8 @@ def study_report(study: Study, out: Path) -> list[Path]:
         parts = {c: [float(np.nanmean(_after_first(p.run.timing[c]))) for p in timed]
                  for c in ("compute", "comm", "wait")}
         written.append(plots.plot_timing([str(p.ranks) for p in timed], parts, "MPI ranks P",
-                                         f"{title}: time per step (mean over ranks and steps "
-                                         "after the first)", out / "timing.png"))
+                                         f"{title}: time per step, mean over ranks",
+                                         out / "timing.png"))
     written.append(_write_study_md(study, grads, train, out, title,
                                    [w for w in written if w is not None]))
     return [w for w in written if w is not None]
@@ -306,13 +306,12 @@ def plot_history(path: str | Path, out: str | Path | None = None) -> list[Path]:
     if not run.n_steps:
         raise AnalysisError(f"{path}: the history has no steps yet")
     out_dir = Path(out) if out else run.folder
-    title = f"{run.folder.name}: {run.label}, N = {run.layers}"
+    title = f"{run.label}, N = {run.layers}"
     written = [w for w in _run_plots([run], title, out_dir) if w is not None]
     if run.timing:
         ranks = run.timing["compute"].shape[1]
         parts = {c: [float(np.nanmean(_after_first(run.timing[c])[:, k])) for k in range(ranks)]
                  for c in ("compute", "comm", "wait")}
         written.append(plots.plot_timing([str(k) for k in range(ranks)], parts, "rank",
-                                         f"{title}: time per step (mean over steps after the "
-                                         "first)", out_dir / "timing.png"))
+                                         f"{title}: time per step", out_dir / "timing.png"))
     return written
