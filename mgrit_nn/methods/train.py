@@ -41,7 +41,10 @@ METHODS = {   # train.method -> (module, class); imported only when used
 def make_method(run: Run):
     """The method object of ``train.method``. Beyond ``gradient``/``evaluate`` and the
     checkpoint hooks, a method may define ``after_update(trainer, k, x, y, idx) -> dict``
-    (run after the optimizer step; its dict adds history columns)."""
+    (run after the optimizer step; its dict adds history columns), ``attach(trainer)``
+    (called once the optimizer exists) and ``report(trainer) -> dict`` (after training, on
+    every rank; adds keys to the result). A parameter whose ``.grad`` a method leaves None
+    is not updated in that step (torch's SGD and Adam skip it)."""
     import importlib
 
     module, name = METHODS[run.cfg.train.method]
@@ -70,6 +73,8 @@ class Trainer:
         self.epoch, self.queue = 0, []
         self.history: list[dict] = []
         self.layout = ParamLayout(run.shapes, self.cfg.model.layers)
+        if hasattr(self.method, "attach"):
+            self.method.attach(self)
 
     # -- pieces of one step ------------------------------------------------------------------
     def next_batch(self) -> torch.Tensor:
@@ -125,7 +130,8 @@ class Trainer:
         extra = dict(info.extra)
         if hasattr(self.method, "after_update"):
             extra.update(self.method.after_update(self, k, x, y, mine))
-        grad_sq = self.method.dot(sum(float((p.grad ** 2).sum()) for p in self.params))
+        grad_sq = self.method.dot(sum(float((p.grad ** 2).sum()) for p in self.params
+                                      if p.grad is not None))
         (correct,) = world_sum(self.run.world, info.correct)
         row = {"step": k, "epoch": self.epoch - 1, "loss": loss,
                "train_accuracy": correct / len(idx), "lr": lr, "grad_norm": grad_sq ** 0.5,
@@ -176,7 +182,7 @@ class Trainer:
         val_loss, val_acc = self.evaluate(self.xv, self.yv)
         its = [r["fwd_iters"] for r in self.history]
         adj = [r["adj_iters"] for r in self.history]
-        return {
+        result = {
             "method": t.method, "optimizer": t.optimizer,
             "ranks": self.run.world.Get_size(), "layer_ranks": self.run.msg.size,
             "data_replicas": self.replicas, "layers": self.cfg.model.layers,
@@ -189,6 +195,9 @@ class Trainer:
             "adj_iters_per_step": float(np.mean(adj)) if adj else 0.0,
             "wall_time_s": wall,
         }
+        if hasattr(self.method, "report"):
+            result.update(self.method.report(self))
+        return result
 
     @staticmethod
     def _progress(bar, row: dict) -> None:
