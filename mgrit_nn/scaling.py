@@ -316,5 +316,8 @@ def main(args) -> int:
     except ConfigError as exc:
         say(f"mgrit-nn scaling: config error: {exc}")
         return 2
+    except KeyboardInterrupt:
+        say("mgrit-nn scaling: interrupted; the running command was stopped")
+        return 130
     print(json.dumps(result), flush=True)
     return code

@@ -60,7 +60,8 @@ def load_run(path: str | Path) -> RunData:
     if not h5.is_file():
         raise AnalysisError(f"{h5}: no such file")
     try:
-        with h5py.File(h5, "r") as f:
+        # no file lock: a report may read the history of a run that is still writing it
+        with h5py.File(h5, "r", locking=False) as f:
             if "steps" not in f:
                 raise AnalysisError(f"{h5}: not an mgrit_nn history file (no /steps)")
             g = f["steps"]
