@@ -17,6 +17,7 @@ from matplotlib.ticker import FuncFormatter, MaxNLocator, NullLocator
 from mgrit_nn.analysis.load import RunData
 
 STYLES = ("-", "--", "-.", ":")
+MARKERS = ("o", "s", "^", "D", "v")      # curves that coincide stay visible
 DPI = 120
 
 
@@ -60,6 +61,17 @@ def _step_axis(ax) -> None:
     ax.grid(True, alpha=0.3)
 
 
+def _legend_below(fig: Figure, ax) -> None:
+    """The legend under the axes: scaling plots have lines in every corner."""
+    n = len(ax.get_legend_handles_labels()[1])
+    fig.legend(loc="outside lower center", ncols=min(3, n), fontsize="small", frameon=False)
+
+
+def _measured(i: int) -> dict:
+    """A measured curve: colour and an open marker of its own."""
+    return {"color": f"C{i}", "marker": MARKERS[i % len(MARKERS)], "markerfacecolor": "none"}
+
+
 def _style(i: int) -> dict:
     return {"color": f"C{i % 10}", "linestyle": STYLES[(i // 10 + i) % len(STYLES)]}
 
@@ -72,7 +84,7 @@ def plot_runtime(curves: dict[str, tuple[list[int], list[float]]],
     fig, (ax,) = _figure()
     ranks = sorted({p for ps, _ in curves.values() for p in ps})
     for i, (name, (ps, ts)) in enumerate(curves.items()):
-        ax.plot(ps, ts, marker="o", color=f"C{i}", label=name)
+        ax.plot(ps, ts, label=name, **_measured(i))
     if ideal is not None:
         ax.plot(*ideal, color="0.4", linestyle="--", linewidth=1, label="ideal (one-shot)")
     if model is not None:
@@ -81,7 +93,7 @@ def plot_runtime(curves: dict[str, tuple[list[int], list[float]]],
     _rank_axis(ax, ranks)
     ax.set_ylabel("time [s]")
     ax.set_title(title)
-    ax.legend(fontsize="small")
+    _legend_below(fig, ax)
     return _save(fig, path)
 
 
@@ -92,7 +104,7 @@ def plot_speedup(curves: dict[str, tuple[list[int], list[float]]],
     fig, (ax,) = _figure()
     ranks = sorted({p for ps, _ in curves.values() for p in ps})
     for i, (name, (ps, s)) in enumerate(curves.items()):
-        ax.plot(ps, s, marker="o", color=f"C{i}", label=name)
+        ax.plot(ps, s, label=name, **_measured(i))
     for i, (name, (ps, s)) in enumerate(models.items()):
         ax.plot(ps, s, color=f"C{i}", linestyle=":", linewidth=1.5, label=name)
     ax.plot(ranks, [p / p_ref for p in ranks], color="0.4", linestyle="--", linewidth=1,
@@ -102,7 +114,7 @@ def plot_speedup(curves: dict[str, tuple[list[int], list[float]]],
     _rank_axis(ax, ranks)
     ax.set_ylabel(f"speed-up over {p_ref} rank{'s' if p_ref != 1 else ''}")
     ax.set_title(title)
-    ax.legend(fontsize="small")
+    _legend_below(fig, ax)
     return _save(fig, path)
 
 
@@ -113,14 +125,14 @@ def plot_efficiency(curves: dict[str, tuple[list[int], list[float]]], title: str
     ranks = sorted({p for ps, _ in curves.values() for p in ps})
     top = 1.0
     for i, (name, (ps, e)) in enumerate(curves.items()):
-        ax.plot(ps, e, marker="o", color=f"C{i}", label=name)
+        ax.plot(ps, e, label=name, **_measured(i))
         top = max(top, *[v for v in e if np.isfinite(v)], 0.0)
     ax.axhline(1.0, color="0.4", linestyle="--", linewidth=1, label="ideal")
     _rank_axis(ax, ranks)
     ax.set_ylim(0, top * 1.1)
     ax.set_ylabel("parallel efficiency")
     ax.set_title(title)
-    ax.legend(fontsize="small")
+    _legend_below(fig, ax)
     return _save(fig, path)
 
 

@@ -114,7 +114,7 @@ def study_report(study: Study, out: Path) -> list[Path]:
     serial = [(p.ranks, p.bench["serial_grad_s"]) for p in pts
               if p.bench and p.bench.get("serial_grad_s")]
     if serial:
-        curves_t["serial autograd gradient (1 rank)"] = ([s[0] for s in serial],
+        curves_t["serial autograd gradient (rank 0 alone)"] = ([s[0] for s in serial],
                                                          [s[1] for s in serial])
     if curves_t:
         ideal = model_t = None
