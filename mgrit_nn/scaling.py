@@ -285,6 +285,9 @@ def main(args) -> int:
 
     def say(text: str) -> None:
         print(text, file=sys.stderr, flush=True)
+    def stop(signum, frame):            # kill or SLURM: stop the running command's ranks too
+        raise KeyboardInterrupt
+    signal.signal(signal.SIGTERM, stop)
     try:
         ranks = parse_ranks(args.ranks)
         study = Path(args.out or Path("studies") / f"{Path(args.config).stem}_{args.kind}")

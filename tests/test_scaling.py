@@ -163,3 +163,29 @@ def test_local_strong_study_then_report(tmp_path):
     assert r.returncode == 0, r.stderr
     md = (tmp_path / "again" / "report.md").read_text()
     assert "| 2 | 8 | no bench.json; no history.h5 |" in md
+
+
+def test_terminating_the_driver_stops_the_running_ranks(tmp_path):
+    """kill (or SLURM) on mgrit-nn scaling must not leave its mpiexec and ranks behind."""
+    import signal
+
+    fake = tmp_path / "fake.sh"
+    fake.write_text("#!/usr/bin/env bash\necho $$ > \"$1\"\nsleep 60\n")
+    pid_file = tmp_path / "launcher.pid"
+    proc = subprocess.Popen([sys.executable, "-m", "mgrit_nn", "scaling", PEAKS, "--kind",
+                             "strong", "--ranks", "1", "--local", "--out", str(tmp_path / "s"),
+                             "--launcher", f"bash {fake} {pid_file}", *TINY], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 60
+        while not pid_file.exists() and time.time() < deadline:
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130 and "interrupted" in err and "Traceback" not in err
+    launcher = int(pid_file.read_text())
+    with pytest.raises(ProcessLookupError):
+        os.kill(launcher, 0)
