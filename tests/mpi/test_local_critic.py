@@ -142,7 +142,7 @@ class Simulation:
 @pytest.mark.parametrize("opt", ["adam", "sgd"])
 def test_one_group_is_serial_training(opt):
     """K = 1: the only group trains on the true loss: the serial iterates to round-off."""
-    kw = dict(train__optimizer=opt, train__weight_decay=0.001)
+    kw = dict(train__optimizer=opt, train__weight_decay=0.001, reg__theta=0.01, reg__ddt=0.01)
     lc, lc_hist = trained(MPI.COMM_SELF, **kw)
     se, se_hist = trained(MPI.COMM_SELF, **{**kw, "train__method": "serial"})
     loss_err = max(abs(a["loss"] - b["loss"]) / b["loss"]
