@@ -38,7 +38,7 @@ class ModelConfig:
     channels: int = opt(4, "state channels c of the conv network")
     activation: Literal["tanh", "relu", "softplus"] = opt("tanh", "activation sigma")
     step: Literal["euler", "verlet"] = opt(
-        "euler", "euler: u + h*sigma(K u + b) | verlet: Hamiltonian (y, z) pair (docs/mgrit.md)")
+        "euler", "euler: u + h*sigma(K u + b); verlet: Hamiltonian (y, z) pair (docs/mgrit.md)")
     init_std: float = opt(1.0, "std of residual weights, scaled by 1/sqrt(fan_in)")
     seed: int = opt(0, "seed of the weight initialization (rank-count independent)")
 

@@ -15,19 +15,18 @@ iteration: ``grad theta_j = (dPhi/dtheta (u_j; theta_j))^T lam_{j+1}``.
 from __future__ import annotations
 
 import torch
-from torch.func import vjp
 
 from mgrit_nn.mgrit import MGRIT, Chain, Level, MGRITOptions, Selection, SolveResult
 from mgrit_nn.model.layers import LayerTable
-from mgrit_nn.model.steps import euler_adjoint, linear_part
 
 
 class AdjointPropagator:
-    """Transposed linearized Euler steps.
+    """Transposed linearized steps of the network's scheme.
 
-    ``prepare`` linearizes once per solve: for every level, one batched evaluation of
-    ``D = sigma'(K u + b)`` at the primal states of all local steps. A step is then
-    ``lam + H K^T (D * lam)``: no autograd and no forward recomputation per step.
+    ``prepare`` linearizes once per solve: for every level, one batched evaluation of the
+    scheme's linearization ``D`` at the primal states of all local steps with that level's
+    spacing (Euler: ``D = sigma'(K u + b)``, a step is then ``lam + H K^T (D * lam)``;
+    Verlet: both half-steps' ``sigma'``). No autograd and no forward recomputation per step.
     """
 
     def __init__(self, net) -> None:
@@ -52,7 +51,8 @@ class AdjointPropagator:
             slots = torch.arange(lev.n_local + 1, device=net.device)
             K, b = self.table.gather(l, slots)
             u = primal.index_select(0, self.state_slot[l])
-            self.D.append(net.act.deriv(linear_part(net.shapes.kind, u, K, b)))
+            self.D.append(net.scheme.linearize(net.shapes.kind, net.act, u, K, b,
+                                               net.h * lev.stride))
         self._cache = {}
 
     def step(self, level: int, sel: Selection, lam: torch.Tensor) -> torch.Tensor:
@@ -60,8 +60,8 @@ class AdjointPropagator:
         if K is None:
             K = self._cache[sel.key] = self.table.gather(level, sel.slots)[0]
         H = self.net.h * self.table.levels[level].stride
-        return euler_adjoint(self.net.shapes.kind, lam, self.D[level].index_select(0, sel.slots),
-                             K, H)
+        return self.net.scheme.adjoint(self.net.shapes.kind, lam,
+                                       self.D[level].index_select(0, sel.slots), K, H)
 
 
 def adjoint_solver(net, opts: MGRITOptions) -> MGRIT:
@@ -88,9 +88,4 @@ def layer_gradients(net) -> tuple[torch.Tensor, torch.Tensor]:
     # slots hi-jhi (= 1) .. hi-jlo, in reverse order of j
     lam = net.adjoint.data[0].u[1:net.hi - net.jlo + 1].flip(0)
     K, b = net.weight.detach(), net.bias.detach()
-    # d/dtheta [u + h sigma(K u + b)]^T lam = (d(K u + b)/dtheta)^T (h sigma'(z) * lam): only the
-    # linear part goes through autograd, the activation's derivative is applied directly
-    with torch.enable_grad():
-        z, fn = vjp(lambda K_, b_: linear_part(net.shapes.kind, u, K_, b_), K, b)
-    gK, gb = fn(net.act.deriv(z.detach()).mul_(lam).mul_(net.h))
-    return gK, gb
+    return net.scheme.param_grad(net.shapes.kind, net.act, u, lam, K, b, net.h)

@@ -13,31 +13,35 @@ from dataclasses import dataclass
 import torch
 
 from mgrit_nn.config import ConfigError, ModelConfig
+from mgrit_nn.model.steps import SCHEMES
 
 
 @dataclass(frozen=True)
 class Shapes:
     kind: str
     input_shape: tuple[int, ...]
-    state: tuple[int, ...]            # one sample's state: (w,) or (c, H, W)
-    opening: tuple[tuple[int, ...], tuple[int, ...]]
+    state: tuple[int, ...]            # one sample's state: (w,) or (c, H, W); verlet: (2, w)
+    opening: tuple[tuple[int, ...], tuple[int, ...]]          # or (2c, H, W), y then z
     layer: tuple[tuple[int, ...], tuple[int, ...]]
     classifier: tuple[tuple[int, ...], tuple[int, ...]]
+    step: str = "euler"               # model.step: the step scheme (model/steps.py SCHEMES)
 
 
 def shapes(m: ModelConfig, input_shape: tuple[int, ...], n_classes: int) -> Shapes:
+    scheme = SCHEMES[m.step]
     if m.kind == "dense":
         d_in = math.prod(input_shape)
         w = m.width
-        return Shapes("dense", tuple(input_shape), (w,), ((w, d_in), (w,)), ((w, w), (w,)),
-                      ((n_classes, w), (n_classes,)))
+        return Shapes("dense", tuple(input_shape), scheme.state_shape("dense", (w,)),
+                      ((w, d_in), (w,)), ((w, w), (w,)), ((n_classes, w), (n_classes,)), m.step)
     if len(input_shape) != 3:
         raise ConfigError(f"model.kind: conv needs an image data set (C, H, W inputs); "
                           f"this data set has inputs of shape {tuple(input_shape)}")
     c_in, H, W = input_shape
     c = m.channels
-    return Shapes("conv", tuple(input_shape), (c, H, W), ((c, c_in, 3, 3), (c,)),
-                  ((c, c, 3, 3), (c,)), ((n_classes, c * H * W), (n_classes,)))
+    return Shapes("conv", tuple(input_shape), scheme.state_shape("conv", (c, H, W)),
+                  ((c, c_in, 3, 3), (c,)), ((c, c, 3, 3), (c,)),
+                  ((n_classes, c * H * W), (n_classes,)), m.step)
 
 
 def _draw(seed: int, code: int, wshape, bshape, std: float):

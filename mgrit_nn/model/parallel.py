@@ -22,11 +22,11 @@ from mgrit_nn.model.adjoint import adjoint_solver, layer_gradients, solve_adjoin
 from mgrit_nn.model.init import Shapes, init_classifier, init_layers, init_opening
 from mgrit_nn.model.layers import LayerTable
 from mgrit_nn.model.regularization import neighbour_layers, regularization
-from mgrit_nn.model.steps import ACTIVATIONS, euler_step_
+from mgrit_nn.model.steps import ACTIVATIONS, SCHEMES
 
 
 class ForwardPropagator:
-    """Euler steps of the network on every level, batched over selections.
+    """The network's steps (its ``model.step`` scheme) on every level, batched over selections.
 
     The step into level point ``I`` uses the weights of fine layer ``(I-1) M_l``
     (injection) and the spacing ``H_l = h M_l`` (design §4).
@@ -49,7 +49,7 @@ class ForwardPropagator:
             Kb = self._cache[sel.key] = self.table.gather(level, sel.slots)
         net = self.net
         H = net.h * self.table.levels[level].stride
-        return euler_step_(net.shapes.kind, net.act, u, Kb[0], Kb[1], H)
+        return net.scheme.step_(net.shapes.kind, net.act, u, Kb[0], Kb[1], H)
 
 
 class ParallelResNet(nn.Module):
@@ -63,6 +63,7 @@ class ParallelResNet(nn.Module):
         self.reg = reg if reg is not None and any(dataclasses.astuple(reg)) else None
         self.device, self.dtype = device, dtype
         self.h, self.act = m.T / m.layers, ACTIVATIONS[m.activation]
+        self.scheme = SCHEMES[m.step]
         self.chain = Chain.block(m.layers, msg.size)
         lo, hi = self.chain.local_range(msg.rank)
         self.lo, self.hi = lo, hi
@@ -151,11 +152,17 @@ class ParallelResNet(nn.Module):
         return MGRITLoss.apply(self, x, y, *self.local_parameters())
 
     def opening(self, x: torch.Tensor) -> torch.Tensor:
-        if self.shapes.kind == "dense":
-            return self.act(F.linear(x.flatten(1), self.open_weight, self.open_bias))
-        return self.act(F.conv2d(x, self.open_weight, self.open_bias, padding=1))
+        """The state u_0 (for verlet: ``(sigma(W_in x + b_in), 0)``)."""
+        kind = self.shapes.kind
+        if kind == "dense":
+            u0 = self.act(F.linear(x.flatten(1), self.open_weight, self.open_bias))
+        else:
+            u0 = self.act(F.conv2d(x, self.open_weight, self.open_bias, padding=1))
+        return self.scheme.embed(kind, u0)
 
     def classifier(self, uN: torch.Tensor) -> torch.Tensor:
+        """Logits of the final states (for verlet: of their y part)."""
+        uN = self.scheme.readout(self.shapes.kind, uN)
         return F.linear(uN.flatten(1), self.cls_weight, self.cls_bias)
 
     def solve_forward(self, x: torch.Tensor, warm: torch.Tensor | None = None,

@@ -23,9 +23,12 @@ def _set(module: nn.Module, w: torch.Tensor, b: torch.Tensor) -> nn.Module:
 
 
 class SerialResNet(nn.Module):
+    """``model.step: euler`` or ``verlet``, written out layer by layer with nn.Linear/Conv2d."""
+
     def __init__(self, m: ModelConfig, s: Shapes, dtype=torch.float64, device="cpu") -> None:
         super().__init__()
         self.kind, self.h, self.act = s.kind, m.T / m.layers, ACTIVATIONS[m.activation]
+        self.verlet = m.step == "verlet"
         if s.kind == "dense":
             def block(wshape):
                 return nn.Linear(wshape[1], wshape[0], dtype=torch.float64)
@@ -41,18 +44,42 @@ class SerialResNet(nn.Module):
         self.to(dtype=dtype, device=device)   # weights drawn in float64, then cast
 
     def states(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """u_0 .. u_N."""
+        """u_0 .. u_N (verlet: y and z stacked as in the layer-parallel network)."""
         if self.kind == "dense":
             x = x.flatten(1)
         u = self.act(self.opening(x))
+        if self.verlet:
+            return self._verlet(u)
         out = [u]
         for layer in self.layers:
             u = u + self.h * self.act(layer(u))
             out.append(u)
         return out
 
+    def _verlet(self, y: torch.Tensor) -> list[torch.Tensor]:
+        """z_{i+1} = z_i - h sigma(K_i^T y_i + b_i),  y_{i+1} = y_i + h sigma(K_i z_{i+1} + b_i)."""
+        z = torch.zeros_like(y)
+        dim = 1                                   # dense (B, 2, w); conv (B, 2c, H, W)
+        pair = torch.stack if self.kind == "dense" else torch.cat
+        out = [pair((y, z), dim)]
+        for layer in self.layers:
+            if self.kind == "dense":
+                kty = F.linear(y, layer.weight.t(), layer.bias)
+            else:
+                kty = F.conv_transpose2d(y, layer.weight, layer.bias, padding=1)
+            z = z - self.h * self.act(kty)
+            y = y + self.h * self.act(layer(z))
+            out.append(pair((y, z), dim))
+        return out
+
+    def head(self, uN: torch.Tensor) -> torch.Tensor:
+        """Logits of the final states u_N (verlet: the classifier sees y_N)."""
+        if self.verlet:
+            uN = uN[:, 0] if self.kind == "dense" else uN[:, :uN.shape[1] // 2]
+        return self.classifier(uN.flatten(1))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.states(x)[-1].flatten(1))
+        return self.head(self.states(x)[-1])
 
     def regularization(self, reg: RegConfig) -> torch.Tensor:
         """The ``reg.*`` Tikhonov terms, written out layer by layer."""

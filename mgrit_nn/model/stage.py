@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import torch
 
-from mgrit_nn.model.steps import euler_step
-
 TAG_RIGHT, TAG_LEFT = 301, 302
 
 
@@ -45,8 +43,8 @@ class Stage:
         u = net.opening(inp) if self.first else inp
         out = [u] if states else None
         for j in range(self.n_steps):
-            u = euler_step(net.shapes.kind, net.act, u.unsqueeze(0), net.weight[j:j + 1],
-                           net.bias[j:j + 1], net.h)[0]
+            u = net.scheme.step(net.shapes.kind, net.act, u.unsqueeze(0), net.weight[j:j + 1],
+                                net.bias[j:j + 1], net.h)[0]
             if states:
                 out.append(u)
         return out if states else u

@@ -2,13 +2,20 @@
 
 ``u`` has a leading "layer" dimension n: ``u[k]`` is stepped with weights
 ``K[k], b[k]``. One call applies n independent steps as one tensor operation.
+
+A *step scheme* (:data:`SCHEMES`, ``model.step``) bundles everything the rest of the
+code needs to know about a step: the state layout, the opening and classifier ends,
+the differentiable step (serial pieces, stages), the no-grad batched step (MGRIT
+forward), and for the adjoint its linearization, transposed step and parameter
+gradient. The MGRIT core never sees a scheme, only states as tensors.
 """
+
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch.func import vmap
+from torch.func import vjp, vmap
 
 
 class Activation:
@@ -41,8 +48,18 @@ def _conv_t(v: torch.Tensor, K: torch.Tensor) -> torch.Tensor:
     return F.conv_transpose2d(v, K, padding=1)
 
 
+def _conv_nb(u: torch.Tensor, K: torch.Tensor) -> torch.Tensor:
+    return F.conv2d(u, K, None, padding=1)
+
+
+def _conv_tb(v: torch.Tensor, K: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return F.conv_transpose2d(v, K, b, padding=1)
+
+
 _batched_conv = vmap(_conv)
 _batched_conv_t = vmap(_conv_t)
+_batched_conv_nb = vmap(_conv_nb)
+_batched_conv_tb = vmap(_conv_tb)
 
 
 def linear_part(kind: str, u: torch.Tensor, K: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -57,6 +74,21 @@ def linear_transpose(kind: str, v: torch.Tensor, K: torch.Tensor) -> torch.Tenso
     if kind == "dense":
         return torch.bmm(v, K)
     return _batched_conv_t(v, K)
+
+
+def linear_nobias(kind: str, v: torch.Tensor, K: torch.Tensor) -> torch.Tensor:
+    """``K_k v_k`` for every k (the linear part without its bias)."""
+    if kind == "dense":
+        return torch.bmm(v, K.transpose(1, 2))
+    return _batched_conv_nb(v, K)
+
+
+def linear_transpose_bias(kind: str, v: torch.Tensor, K: torch.Tensor,
+                          b: torch.Tensor) -> torch.Tensor:
+    """``K_k^T v_k + b_k`` for every k (the Verlet z-update's argument)."""
+    if kind == "dense":
+        return torch.baddbmm(b.unsqueeze(1), v, K)
+    return _batched_conv_tb(v, K, b)
 
 
 def euler_step(kind: str, act, u: torch.Tensor, K: torch.Tensor, b: torch.Tensor,
@@ -77,3 +109,137 @@ def euler_adjoint(kind: str, lam: torch.Tensor, D: torch.Tensor, K: torch.Tensor
     """``(dPhi/du)^T lam = lam + h K^T (sigma'(z) * lam)``, given ``D = sigma'(z)``."""
     w = linear_transpose(kind, D * lam, K)
     return w.mul_(h).add_(lam)
+
+
+# -- step schemes ------------------------------------------------------------------------------
+class EulerScheme:
+    """``u' = u + h sigma(K u + b)``: state = the network state, shape (w,) or (c, H, W)."""
+
+    name = "euler"
+
+    def state_shape(self, kind: str, base: tuple[int, ...]) -> tuple[int, ...]:
+        return base
+
+    def embed(self, kind: str, u0: torch.Tensor) -> torch.Tensor:
+        """The state at point 0 from the opening layer's output."""
+        return u0
+
+    def readout(self, kind: str, u: torch.Tensor) -> torch.Tensor:
+        """The part of the state the classifier sees."""
+        return u
+
+    def step(self, kind, act, u, K, b, h):
+        return euler_step(kind, act, u, K, b, h)
+
+    def step_(self, kind, act, u, K, b, h):
+        return euler_step_(kind, act, u, K, b, h)
+
+    def linearize(self, kind, act, u, K, b, h) -> torch.Tensor:
+        """What the transposed step needs at the primal state ``u``: ``sigma'(K u + b)``."""
+        return act.deriv(linear_part(kind, u, K, b))
+
+    def adjoint(self, kind, lam, D, K, h):
+        return euler_adjoint(kind, lam, D, K, h)
+
+    def param_grad(self, kind, act, u, lam, K, b, h):
+        """``(dPhi/d(K, b) (u))^T lam`` for every stacked step (``lam`` at the step's end)."""
+        # only the linear part goes through autograd; sigma' is applied directly
+        with torch.enable_grad():
+            z, fn = vjp(lambda K_, b_: linear_part(kind, u, K_, b_), K, b)
+        return fn(act.deriv(z.detach()).mul_(lam).mul_(h))
+
+
+def halves(kind: str, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Views (y, z) of two-part states: dense (..., 2, w), conv (..., 2c, H, W)."""
+    if kind == "dense":
+        return u.select(-2, 0), u.select(-2, 1)
+    c = u.shape[-3] // 2
+    return u.narrow(-3, 0, c), u.narrow(-3, c, c)
+
+
+def join(kind: str, y: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """The two-part state of (y, z) (inverse of :func:`halves`)."""
+    return torch.stack((y, z), -2) if kind == "dense" else torch.cat((y, z), -3)
+
+
+class VerletScheme:
+    """Haber-Ruthotto's Hamiltonian network (design §2), the state ``u = (y, z)``:
+
+        z' = z - h sigma(K^T y + b),    y' = y + h sigma(K z' + b)
+
+    Dense states are (2, w) (``u[0] = y``, ``u[1] = z``); conv states are (2c, H, W),
+    y the first c channels, z the last c. ``K^T`` is the transposed matrix, for conv the
+    transposed convolution. Opening ``y_0 = sigma(W_in x + b_in)``, ``z_0 = 0``; the
+    classifier sees ``y_N``.
+
+    The transposed linearized step (hand-derived; the tests check it against autograd):
+    with ``a = K^T y + b``, ``D1 = sigma'(a)``, ``c = K z' + b``, ``D2 = sigma'(c)`` and the
+    adjoints ``(ly', lz')`` at the step's end,
+
+        mu = lz' + h K^T (D2 * ly')          (the adjoint of z', = lz)
+        ly = ly' - h K (D1 * mu)
+    """
+
+    name = "verlet"
+
+    def state_shape(self, kind: str, base: tuple[int, ...]) -> tuple[int, ...]:
+        return (2,) + base if kind == "dense" else (2 * base[0],) + base[1:]
+
+    def embed(self, kind: str, u0: torch.Tensor) -> torch.Tensor:
+        return join(kind, u0, torch.zeros_like(u0))
+
+    def readout(self, kind: str, u: torch.Tensor) -> torch.Tensor:
+        return halves(kind, u)[0]
+
+    def step(self, kind, act, u, K, b, h):
+        y, z = halves(kind, u)
+        z1 = z - h * act(linear_transpose_bias(kind, y, K, b))
+        y1 = y + h * act(linear_part(kind, z1, K, b))
+        return join(kind, y1, z1)
+
+    def step_(self, kind, act, u, K, b, h):
+        y, z = halves(kind, u)
+        out = torch.empty_like(u)
+        y1, z1 = halves(kind, out)
+        torch.add(z, act.fn_(linear_transpose_bias(kind, y, K, b)), alpha=-h, out=z1)
+        torch.add(y, act.fn_(linear_part(kind, z1, K, b)), alpha=h, out=y1)
+        return out
+
+    def linearize(self, kind, act, u, K, b, h) -> torch.Tensor:
+        """``(D1, D2)`` stacked like a state, at the primal state ``u`` with spacing ``h``."""
+        y, z = halves(kind, u)
+        out = torch.empty_like(u)
+        D1, D2 = halves(kind, out)
+        a = linear_transpose_bias(kind, y, K, b)
+        D1.copy_(act.deriv(a))
+        z1 = act.fn_(a).mul_(-h).add_(z)
+        D2.copy_(act.deriv(linear_part(kind, z1, K, b)))
+        return out
+
+    def adjoint(self, kind, lam, D, K, h):
+        ly, lz = halves(kind, lam)
+        D1, D2 = halves(kind, D)
+        out = torch.empty_like(lam)
+        ny, mu = halves(kind, out)
+        torch.add(lz, linear_transpose(kind, D2 * ly, K), alpha=h, out=mu)
+        torch.add(ly, linear_nobias(kind, D1 * mu, K), alpha=-h, out=ny)
+        return out
+
+    def param_grad(self, kind, act, u, lam, K, b, h):
+        y, z = halves(kind, u)
+        ly, lz = halves(kind, lam)
+        with torch.enable_grad():
+            a, fa = vjp(lambda K_, b_: linear_transpose_bias(kind, y, K_, b_), K, b)
+        a = a.detach()
+        z1 = act(a).mul_(-h).add_(z)
+        with torch.enable_grad():
+            c, fc = vjp(lambda K_, b_: linear_part(kind, z1, K_, b_), K, b)
+        g2 = act.deriv(c.detach()).mul_(ly).mul_(h)          # adjoint of c
+        mu = linear_transpose(kind, g2, K).add_(lz)          # adjoint of z'
+        g1 = act.deriv(a).mul_(mu).mul_(-h)                  # adjoint of a
+        gK1, gb1 = fa(g1)
+        gK2, gb2 = fc(g2)
+        return gK1 + gK2, gb1 + gb2
+
+
+SCHEMES = {"euler": EulerScheme(), "verlet": VerletScheme()}

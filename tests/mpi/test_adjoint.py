@@ -14,6 +14,7 @@ pytestmark = pytest.mark.mpi
 DENSE = dict(data__name="peaks")
 CONV = dict(data__name="digits", model__kind="conv", model__channels=2, data__n_train=12)
 TIGHT = dict(mgrit__tol=1e-12, mgrit__max_iter=80)
+VERLET = dict(model__step="verlet")
 
 
 @pytest.mark.parametrize("net", [DENSE, CONV], ids=["dense", "conv"])
@@ -28,11 +29,25 @@ def test_gradient_equals_serial_autograd(net, N, levels, relax):
     assert worst < 1e-8, worst
 
 
+@pytest.mark.parametrize("net,N,levels,relax", [
+    (DENSE, 64, 1, "FCF"), (DENSE, 63, 2, "F"), (DENSE, 257, 4, "FCF"),
+    (CONV, 64, 1, "FCF"), (CONV, 64, 3, "FCF"),
+], ids=["dense-64-1", "dense-63-2", "dense-257-4", "conv-64-1", "conv-64-3"])
+def test_verlet_gradient_equals_serial_autograd(net, N, levels, relax):
+    """Hand-derived transposed Verlet steps on every level, parameter gradients on level 0."""
+    err, worst, fwd, adj, *_ = gradients(WORLD, model__layers=N, mgrit__levels=levels,
+                                         mgrit__relax=relax, **TIGHT, **VERLET, **net)
+    assert fwd.residuals[-1] <= 1e-12 and adj.residuals[-1] <= 1e-12
+    assert err < 1e-10, err
+    assert worst < 1e-8, worst
+
+
+@pytest.mark.parametrize("step", ["euler", "verlet"])
 @pytest.mark.parametrize("N", [7, 63])
-def test_gradient_with_tikhonov_terms(N):
+def test_gradient_with_tikhonov_terms(N, step):
     err, worst, *_ = gradients(WORLD, model__layers=N, reg__theta=0.1, reg__ddt=0.01,
                                reg__classifier=0.1, reg__opening=0.2, mgrit__min_coarse=1,
-                               **TIGHT)
+                               model__step=step, **TIGHT)
     assert err < 1e-10 and worst < 1e-8, (err, worst)
 
 
@@ -42,9 +57,11 @@ def test_gradient_when_a_rank_holds_no_layer():
     assert err < 1e-10 and worst < 1e-8, (err, worst)
 
 
+@pytest.mark.parametrize("step", ["euler", "verlet"])
 @pytest.mark.parametrize("act", ["relu", "softplus"])
-def test_gradient_other_activations(act):
-    err, worst, *_ = gradients(WORLD, model__layers=40, model__activation=act, **TIGHT)
+def test_gradient_other_activations(act, step):
+    err, worst, *_ = gradients(WORLD, model__layers=40, model__activation=act, model__step=step,
+                               **TIGHT)
     assert err < 1e-10 and worst < 1e-8, (err, worst)
 
 
@@ -55,10 +72,11 @@ def test_adjoint_options_are_separate():
     assert err < 1e-10
 
 
-def test_finite_difference_directional_derivative():
+@pytest.mark.parametrize("step", ["euler", "verlet"])
+def test_finite_difference_directional_derivative(step):
     """Central differences of the MGRIT loss along a random direction vs. <g, d>."""
     run = setup(None, sets(data__n_train=16, data__n_val=0, model__width=4, model__layers=48,
-                           **TIGHT), WORLD)
+                           model__step=step, **TIGHT), WORLD)
     net = run.network()
     x, y = run.data.x_train.to(run.dtype), run.data.y_train
     loss = net(x, y)
@@ -86,7 +104,9 @@ def test_finite_difference_directional_derivative():
     dict(model__layers=63, mgrit__relax="FCF"),
     dict(model__layers=40, mgrit__relax="F", mgrit__cycle="F", mgrit__cfactor="[2, 4]"),
     dict(model__layers=33, **CONV),
-])
+    dict(model__layers=63, mgrit__relax="FCF", **VERLET),
+    dict(model__layers=33, **CONV, **VERLET),
+], ids=["63", "40F", "conv", "verlet", "verlet-conv"])
 def test_adjoint_residual_history_does_not_depend_on_ranks(kw):
     args = dict(mgrit__max_iter=5, mgrit__tol=0.0, **kw)
     _, _, _, dist, _, net = gradients(WORLD, **args)

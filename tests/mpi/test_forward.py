@@ -11,12 +11,14 @@ pytestmark = pytest.mark.mpi
 
 DENSE = dict(data__name="peaks")
 CONV = dict(data__name="digits", model__kind="conv", model__channels=2)
+VERLET = dict(model__step="verlet")
 
 
+@pytest.mark.parametrize("step", ["euler", "verlet"])
 @pytest.mark.parametrize("net", [DENSE, CONV], ids=["dense", "conv"])
 @pytest.mark.parametrize("N", [63, 64, 257])
-def test_one_level_is_serial_time_stepping(net, N):
-    res, uN, run, _ = forward(WORLD, model__layers=N, mgrit__levels=1, **net)
+def test_one_level_is_serial_time_stepping(net, N, step):
+    res, uN, run, _ = forward(WORLD, model__layers=N, mgrit__levels=1, model__step=step, **net)
     assert res.iters == 1
     assert res.residuals[0] < 1e-12
     assert rel(uN, serial_uN(run)) < 1e-10
@@ -33,13 +35,29 @@ def test_multilevel_to_tolerance_reproduces_serial(net, N, levels, relax, cycle)
     assert rel(uN, serial_uN(run)) < 1e-10
 
 
+@pytest.mark.parametrize("net,N,levels,relax,cycle", [
+    (DENSE, 63, 2, "F", "V"), (DENSE, 64, 3, "FCF", "V"), (DENSE, 257, 10, "FCF", "F"),
+    (CONV, 63, 2, "F", "V"), (CONV, 64, 3, "FCF", "V"),
+], ids=["dense-63", "dense-64", "dense-257", "conv-63", "conv-64"])
+def test_verlet_multilevel_to_tolerance_reproduces_serial(net, N, levels, relax, cycle):
+    """The two-part Verlet state through the unchanged MGRIT core (coarse levels: H_l)."""
+    res, uN, run, _ = forward(WORLD, model__layers=N, mgrit__levels=levels, mgrit__relax=relax,
+                              mgrit__cycle=cycle, mgrit__tol=1e-12, mgrit__max_iter=60,
+                              **VERLET, **net)
+    assert uN.shape[1:] == run.shapes.state
+    assert res.residuals[-1] <= 1e-12
+    assert rel(uN, serial_uN(run)) < 1e-10
+
+
 @pytest.mark.parametrize("kw", [
     dict(model__layers=63, mgrit__relax="FCF"),
     dict(model__layers=64, mgrit__relax="F", mgrit__cycle="F", mgrit__init="copy"),
     dict(model__layers=257, mgrit__relax="FCFCF", mgrit__init="coarse"),
     dict(model__layers=40, mgrit__cfactor="[2, 4, 2]", mgrit__relax="[F, FCF]"),
     dict(model__layers=33, **CONV),
-])
+    dict(model__layers=63, mgrit__init="coarse", **VERLET),
+    dict(model__layers=33, **CONV, **VERLET),
+], ids=["63", "64F", "257", "40", "conv", "verlet", "verlet-conv"])
 def test_residual_history_does_not_depend_on_ranks(kw):
     """The run on all ranks of WORLD against the same run on this rank alone (P = 1)."""
     args = dict(mgrit__max_iter=6, mgrit__tol=0.0, **kw)
@@ -92,3 +110,28 @@ def test_work_counter_counts_every_step_once():
     total = run.msg.allreduce_sum(float(net.solver.stats.steps))
     assert total == 64 + 16
     assert {"prepare", "init", "coarse", "residual"} <= set(net.solver.stats.seconds)
+
+
+@pytest.mark.parametrize("step", ["euler", "verlet"])
+def test_stage_pipeline_is_serial_forward(step):
+    """Stage.forward on every rank in turn (interface messages) reproduces u_N."""
+    from mgrit_nn.model.stage import Stage
+
+    _, uN_ref, run, net = forward(WORLD, model__layers=13, mgrit__levels=1, model__step=step)
+    st = Stage(net)
+    x = run.data.x_train.to(run.dtype)
+    with torch.no_grad():
+        if st.first:
+            inp = x
+        else:
+            inp = torch.empty(st.state_shape(len(x)), dtype=run.dtype)
+            st.recv_left(inp).wait()
+        out = st.forward(inp)
+        send = st.send_right(out)
+        if send is not None:
+            send.wait()
+    uN = torch.empty_like(uN_ref)
+    if st.last:
+        uN.copy_(out)
+    run.msg.bcast_tensor(uN, root=net.chain.ranks[-1])
+    assert rel(uN, uN_ref) < 1e-13

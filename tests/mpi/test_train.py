@@ -21,12 +21,13 @@ def curve(comm, **kw) -> tuple[list[float], dict]:
     return [r["loss"] for r in trainer.history], result
 
 
-@pytest.mark.parametrize("opt", ["adam", "sgd"])
-def test_mgrit_follows_serial_loss_curve(opt):
+@pytest.mark.parametrize("opt,step", [("adam", "euler"), ("sgd", "euler"), ("adam", "verlet")])
+def test_mgrit_follows_serial_loss_curve(opt, step):
     """Exact gradients give the serial iterates: loss curves equal to 1e-8 for 20 steps."""
-    serial, _ = curve(MPI.COMM_SELF, train__method="serial", train__optimizer=opt)
+    serial, _ = curve(MPI.COMM_SELF, train__method="serial", train__optimizer=opt,
+                      model__step=step)
     exact, _ = curve(WORLD, train__method="mgrit", train__optimizer=opt, mgrit__tol=1e-13,
-                     mgrit__max_iter=60)
+                     mgrit__max_iter=60, model__step=step)
     assert len(exact) == len(serial) == 20
     for a, b in zip(exact, serial, strict=True):
         assert abs(a - b) <= 1e-8 * abs(b), (a, b)
@@ -38,6 +39,7 @@ def test_mgrit_follows_serial_loss_curve(opt):
          train__schedule="step", train__milestones="[10]"),
     dict(train__optimizer="adam", train__schedule="cosine", mgrit__relax="F",
          train__warm_start=False),
+    dict(train__optimizer="adam", model__step="verlet"),
 ])
 def test_oneshot_loss_decreases(kw):
     losses, result = curve(WORLD, train__method="oneshot", **kw)
