@@ -38,7 +38,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from mgrit_nn.methods.base import StepInfo, correct
+from mgrit_nn.methods.base import PartitionedMethod, StepInfo, correct
 from mgrit_nn.methods.optim import load_optimizer_state, optimizer_state
 from mgrit_nn.model.critic import build_critic, n_params
 from mgrit_nn.model.regularization import regularization
@@ -75,11 +75,9 @@ def fresh_state(opt: torch.optim.Optimizer, params: list[torch.Tensor]) -> None:
             state["momentum_buffer"] = torch.zeros_like(p)
 
 
-class LocalCriticMethod:
+class LocalCriticMethod(PartitionedMethod):
     def __init__(self, run: Run) -> None:
-        from mgrit_nn.io.checkpoint import ParamLayout
-
-        self.run, self.net = run, run.network()
+        super().__init__(run)
         self.msg = self.net.msg
         self.stage = st = Stage(self.net)
         self.i, self.K = st.k, st.K
@@ -88,7 +86,6 @@ class LocalCriticMethod:
                                                         self.i, run.dtype, run.device)
         self.critic_opt = None if st.last else torch.optim.Adam(self.critic.parameters(),
                                                                 lr=c.lr)
-        self.layout = ParamLayout(run.shapes, run.cfg.model.layers)
         self.batches: deque[Batch] = deque(maxlen=self.K)
         self.tick = 0                 # gradient calls so far (= the trainer's step)
         self.h_next = None            # input of the next step: a posted receive or a tensor
@@ -100,14 +97,8 @@ class LocalCriticMethod:
         self.trainer = trainer
         fresh_state(trainer.opt, self.parameters())
 
-    def parameters(self) -> list[torch.Tensor]:
-        return self.net.local_parameters()
-
     def critic_parameters(self) -> list[torch.Tensor]:
         return [] if self.critic is None else list(self.critic.parameters())
-
-    def dot(self, a: float) -> float:
-        return self.msg.allreduce_sum(a)          # each layer lives on one rank of the group
 
     # -- one step --------------------------------------------------------------------------
     def _batch(self, ahead: int = 0) -> Batch | None:
@@ -267,18 +258,6 @@ class LocalCriticMethod:
         return {"submodels": rows, "submodels_set": name}
 
     # -- checkpoints: main network by global layer index, per-group state under local_critic/
-    def local_flat(self, tensors: list[torch.Tensor]) -> torch.Tensor:
-        return self.net.flat([t.detach() for t in tensors])
-
-    def gather_flat(self, local: torch.Tensor) -> torch.Tensor | None:
-        return self.net.gather_flat(local)
-
-    def local_from_global(self, flat: torch.Tensor) -> list[torch.Tensor]:
-        net = self.net
-        start = self.layout.offset(net.first, net.jlo)
-        n = self.local_flat(self.parameters()).numel()
-        return net.unflat(flat[start:start + n].to(device=net.device, dtype=net.dtype))
-
     def _group_arrays(self) -> dict[str, np.ndarray]:
         """This rank's state beyond the main network's weights and optimizer tensors."""
         def host(t: torch.Tensor) -> np.ndarray:

@@ -200,7 +200,7 @@ def fill_up_and_resume(K: int, out: Path) -> None:
     m = trainer.method
     idle = m.i > short - 1                 # group i first works at step i + 1
     mine = m.local_flat(trainer.params)
-    start = m.layout.offset(m.net.first, m.net.jlo)
+    start = m.run_layout.offset(m.net.first, m.net.jlo)
     same = bool(torch.equal(mine, init[start:start + mine.numel()]))
     assert WORLD.allreduce(int(idle and not same)) == 0
     assert WORLD.allreduce(int(not idle and same)) == 0
