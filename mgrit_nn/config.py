@@ -149,6 +149,25 @@ class CriticConfig:
 
 
 @dataclass
+class ParpasConfig:
+    """``train.method: parpas`` (Parpas & Muir, Algorithm 4; docs/training.md)."""
+
+    coarsen: int = opt(2, "global prediction: the coarse network keeps every coarsen-th layer "
+                       "(step coarsen*h); model.layers must be a multiple")
+    coarse_iters: int = opt(100, "global prediction: serial training iterations of the coarse "
+                            "network; 0: the single-level variant (no prediction phase)")
+    coarse_lr: float | None = opt(None, "learning rate of the coarse training (null: train.lr)")
+    ridge: float = opt(1e-6, "regression: ridge weight on A, per observed pair (fit: "
+                       "(G/n + ridge I) [A B]^T = X^T P / n)")
+    window: int = opt(0, "regression: fit on the pairs of the last this many observations "
+                      "(coarse iterations and steps); 0: all pairs so far")
+    per_class: bool = opt(True, "regression: one fit (A, B) per class label of the samples "
+                          "(the co-state depends on the label); false: one fit for all")
+    exact_loss: bool = opt(True, "log the loss of an exact forward sweep of the full network "
+                           "(one serial sweep per step); false: the last sub-system's loss")
+
+
+@dataclass
 class CheckpointConfig:
     every: int = opt(0, "write OUT/checkpoints/step_XXXXXXXX.h5 every this many steps, 0: at end")
     keep: int = opt(3, "keep the newest this many checkpoints (0: keep all)")
@@ -171,6 +190,8 @@ class RuntimeConfig:
     dtype: Literal["float32", "float64"] = opt("float64", "dtype of states, weights and messages")
     device: Literal["auto", "cpu", "cuda"] = opt("auto", "auto: node-local rank's GPU, else CPU")
     threads: int = opt(0, "torch threads per rank; 0: cores / ranks on the node")
+    cuda_aware: bool | None = opt(None, "MPI sends GPU memory directly; null: ask the MPI "
+                                  "library (else staged through pinned host buffers)")
 
 
 @dataclass
@@ -183,6 +204,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     critic: CriticConfig = field(default_factory=CriticConfig)
     penalty: PenaltyConfig = field(default_factory=PenaltyConfig)
+    parpas: ParpasConfig = field(default_factory=ParpasConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     bench: BenchConfig = field(default_factory=BenchConfig)
@@ -400,6 +422,23 @@ def validate(cfg: Config, ranks: int) -> None:
             (c.hidden >= 0, "critic.hidden", f"must be >= 0, got {c.hidden}"),
             (c.channels >= 1, "critic.channels", f"must be >= 1, got {c.channels}"),
             (c.lr > 0, "critic.lr", f"must be > 0, got {c.lr}"),
+        ]
+    if t.method == "parpas":
+        pp = cfg.parpas
+        checks += [
+            (pp.coarsen >= 2, "parpas.coarsen", f"must be >= 2, got {pp.coarsen}"),
+            (pp.coarse_iters >= 0, "parpas.coarse_iters", f"must be >= 0, got {pp.coarse_iters}"),
+            (pp.coarse_iters == 0 or m.layers % pp.coarsen == 0, "parpas.coarsen",
+             f"model.layers = {m.layers} is not a multiple of {pp.coarsen}: the coarse network "
+             "needs whole groups of layers (or parpas.coarse_iters: 0)"),
+            (pp.coarse_lr is None or pp.coarse_lr > 0, "parpas.coarse_lr",
+             f"must be > 0 (or null), got {pp.coarse_lr}"),
+            (pp.ridge >= 0, "parpas.ridge", f"must be >= 0, got {pp.ridge}"),
+            (pp.window >= 0, "parpas.window", f"must be >= 0, got {pp.window}"),
+            (t.optimizer != "lbfgs", "train.optimizer",
+             "parpas updates every sub-system from its own (regressed) co-state; lbfgs (a line "
+             "search on the global loss) does not apply: use adam or sgd"),
+            (D == 1, "parallel.data_replicas", f"parpas runs one replica, got {D}"),
         ]
     for sec, g in (("mgrit", cfg.mgrit), ("adjoint", cfg.adjoint.resolved(cfg.mgrit))):
         checks += [

@@ -49,6 +49,29 @@ def select_device(kind: str, comm: MPI.Comm | None = None) -> torch.device:
     return torch.device("cuda", index)
 
 
+def cuda_aware_mpi(setting: bool | None = None) -> bool:
+    """Whether the MPI library can send from and receive into GPU memory.
+
+    ``setting`` (``runtime.cuda_aware``) wins when given. Otherwise: the library's own
+    answer, ``MPIX_Query_cuda_support()`` (Open MPI, MPICH >= 4, MVAPICH), looked up in
+    the already loaded MPI library, else the switches that turn it on at run time (Cray
+    MPICH ``MPICH_GPU_SUPPORT_ENABLED=1``, MVAPICH ``MV2_USE_CUDA=1``). Unknown means
+    no: messages are then staged through pinned host buffers, which always works.
+    """
+    if setting is not None:
+        return bool(setting)
+    import ctypes
+
+    try:
+        query = ctypes.CDLL(MPI.__file__).MPIX_Query_cuda_support   # via mpi4py's libmpi
+        query.restype = ctypes.c_int
+        return bool(query())
+    except (AttributeError, OSError):
+        pass
+    return os.environ.get("MPICH_GPU_SUPPORT_ENABLED") == "1" or \
+        os.environ.get("MV2_USE_CUDA") == "1"
+
+
 @functools.cache
 def node_ranks() -> int:
     """Ranks of the whole job on this node: from the launcher's environment (MPICH,

@@ -14,7 +14,14 @@ from mgrit_nn.data import Dataset, load_dataset
 from mgrit_nn.mgrit import MGRITOptions
 from mgrit_nn.model.init import Shapes, shapes
 from mgrit_nn.model.parallel import ParallelResNet
-from mgrit_nn.runtime import DTYPES, agree_on_config, node_ranks, select_device, split_replicas
+from mgrit_nn.runtime import (
+    DTYPES,
+    agree_on_config,
+    cuda_aware_mpi,
+    node_ranks,
+    select_device,
+    split_replicas,
+)
 
 
 @dataclass
@@ -63,5 +70,6 @@ def setup(config_path: str | None, overrides: list[str], comm: MPI.Comm | None =
     device = select_device(cfg.runtime.device, comm)
     layer_comm, data_comm = split_replicas(comm, cfg.parallel.data_replicas)
     torch.set_num_threads(_threads(cfg))
-    return Run(cfg, Messenger(layer_comm), Messenger(data_comm), comm, device,
+    aware = device.type == "cuda" and cuda_aware_mpi(cfg.runtime.cuda_aware)
+    return Run(cfg, Messenger(layer_comm, aware), Messenger(data_comm, aware), comm, device,
                DTYPES[cfg.runtime.dtype], data, shp)

@@ -72,3 +72,13 @@ def test_shipped_configs_are_valid():
 def test_docs_config_reference_matches_schema():
     assert (ROOT / "docs" / "config.md").read_text().strip() == schema_markdown().strip(), \
         "docs/config.md is stale: run `mgrit-nn schema > docs/config.md`"
+
+
+def test_cuda_aware_setting_wins_and_detection_answers():
+    """runtime.cuda_aware overrides; detection asks the MPI library (the PyPI MPICH here
+    has MPIX_Query_cuda_support and no CUDA) and never raises."""
+    from mgrit_nn.runtime import cuda_aware_mpi
+
+    assert cuda_aware_mpi(True) is True and cuda_aware_mpi(False) is False
+    assert cuda_aware_mpi(None) in (True, False)
+    assert load_config(None, ["runtime.cuda_aware=true"]).runtime.cuda_aware is True
