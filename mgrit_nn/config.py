@@ -53,6 +53,8 @@ class MgritConfig:
     max_iter: int = opt(20, "maximum MGRIT iterations per solve")
     tol: float = opt(1e-10, "absolute tolerance on the level-0 C-point residual norm")
     init: Literal["zero", "copy", "coarse"] = opt("zero", "initial guess of a cold solve")
+    skip: bool = opt(False, "cold solves: no relaxation/restriction work on the first "
+                     "down-cycle (coarse levels start from the injected guess, g = 0)")
 
 
 @dataclass
@@ -67,6 +69,7 @@ class AdjointConfig:
     max_iter: int | None = opt(None, "maximum iterations (null: mgrit.max_iter)")
     tol: float | None = opt(None, "absolute residual tolerance (null: mgrit.tol)")
     init: Literal["zero", "copy", "coarse"] | None = opt(None, "initial guess (null: mgrit.init)")
+    skip: bool | None = opt(None, "skip the first down-cycle's work (null: mgrit.skip)")
 
     def resolved(self, fwd: MgritConfig) -> MgritConfig:
         """The adjoint settings with every null taken from the forward ones."""

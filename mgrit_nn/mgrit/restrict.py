@@ -42,3 +42,13 @@ def restrict(solver, l: int) -> None:
     cslots, phi_c = evaluate(solver, l + 1, "all", with_g=False)
     # the coarse members (I >= 1) are the fine C-points c >= 1, in the same order
     coarse.g.index_copy_(0, cslots, r + coarse.v.index_select(0, cslots) - phi_c)
+
+
+def inject(solver, l: int) -> None:
+    """The skipped first down-cycle: level l+1 starts from the injected level-l iterate,
+    with no FAS right-hand side (g = 0)."""
+    fine, coarse = solver.data[l], solver.data[l + 1]
+    f_slots, c_slots_ = c_slots(solver, l)
+    coarse.v.index_copy_(0, c_slots_, fine.u.index_select(0, f_slots))
+    coarse.u.copy_(coarse.v)
+    coarse.g.zero_()

@@ -83,10 +83,12 @@ class MGRITOptions:
     max_iter: int = 20
     tol: float = 1e-10
     init: str = "zero"
+    skip: bool = False
 
     @classmethod
     def from_config(cls, c) -> MGRITOptions:
-        return cls(c.levels, c.cfactor, c.min_coarse, c.relax, c.cycle, c.max_iter, c.tol, c.init)
+        return cls(c.levels, c.cfactor, c.min_coarse, c.relax, c.cycle, c.max_iter, c.tol, c.init,
+                   c.skip)
 
 
 class MGRIT:
@@ -215,7 +217,8 @@ class MGRIT:
         cycle = CYCLES[self.opts.cycle]
         result = SolveResult(0)
         for k in range(1, max_iter + 1):
-            cycle(self, 0)      # ends with correction + F-relax on level 0 (or an exact solve)
+            # ends with correction + F-relax on level 0 (or an exact solve)
+            cycle(self, 0, skip=k == 1 and warm is None and self.opts.skip)
             with self.stats.phase("residual"):
                 r = self.residual()
             result.iters, result.residuals = k, result.residuals + [r]

@@ -135,3 +135,17 @@ def test_stage_pipeline_is_serial_forward(step):
         uN.copy_(out)
     run.msg.bcast_tensor(uN, root=net.chain.ranks[-1])
     assert rel(uN, uN_ref) < 1e-13
+
+
+@pytest.mark.parametrize("cycle", ["V", "F"])
+def test_skip_first_down_cycle(cycle):
+    """mgrit.skip: the first iteration does no down-cycle work, the solve still reaches the
+    serial states, and iteration 1 costs fewer step applications than without skip."""
+    kw = dict(model__layers=64, mgrit__levels=3, mgrit__cycle=cycle, mgrit__relax="FCF")
+    res, uN, run, net = forward(WORLD, mgrit__skip="true", **kw)
+    assert res.residuals[-1] <= 1e-10 and rel(uN, serial_uN(run)) < 1e-10
+    work = []
+    for skip in ("false", "true"):
+        _, _, _, one = forward(WORLD, mgrit__skip=skip, mgrit__max_iter=1, **kw)
+        work.append(one.solver.msg.allreduce_sum(one.solver.stats.steps))
+    assert work[1] < work[0], work
