@@ -138,7 +138,7 @@ def plot_efficiency(curves: dict[str, tuple[list[int], list[float]]], title: str
 
 def plot_timing(groups: list[str], parts: dict[str, list[float]], xlabel: str, title: str,
                 path: Path) -> Path:
-    """Stacked bars of compute / comm / wait seconds per step."""
+    """Stacked bars of compute / comm / wait seconds per step (medians)."""
     fig, (ax,) = _figure()
     x = np.arange(len(groups))
     bottom = np.zeros(len(groups))
@@ -148,7 +148,7 @@ def plot_timing(groups: list[str], parts: dict[str, list[float]], xlabel: str, t
         bottom += v
     ax.set_xticks(x, groups)
     ax.set_xlabel(xlabel)
-    ax.set_ylabel("seconds per training step\n(mean over the steps after the first)")
+    ax.set_ylabel("seconds per training step\n(median over the steps after the first)")
     ax.set_title(title)
     ax.legend(fontsize="small")
     ax.grid(True, axis="y", alpha=0.3)

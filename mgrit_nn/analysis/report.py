@@ -142,10 +142,10 @@ def study_report(study: Study, out: Path) -> list[Path]:
     written += _run_plots(runs, title, out)
     timed = [p for p in pts if p.run is not None and p.run.timing]
     if timed:
-        parts = {c: [float(np.nanmean(_after_first(p.run.timing[c]))) for p in timed]
+        parts = {c: [float(np.nanmedian(_after_first(p.run.timing[c]))) for p in timed]
                  for c in ("compute", "comm", "wait")}
         written.append(plots.plot_timing([str(p.ranks) for p in timed], parts, "MPI ranks P",
-                                         f"{title}: time per step, mean over ranks",
+                                         f"{title}: time per step and rank",
                                          out / "timing.png"))
     written.append(_write_study_md(study, grads, train, out, title,
                                    [w for w in written if w is not None]))
@@ -163,8 +163,9 @@ def _write_study_md(study: Study, grads: dict, train: dict, out: Path, title: st
     bench = next((p.bench for p in pts if p.bench), None)
     if bench:
         m = bench.get("machine", {})
+        mpi = " ".join(str(m.get("mpi", "?")).split())
         lines += [f"Machine: {m.get('platform', '?')}, {m.get('cpus', '?')} cores, torch "
-                  f"{m.get('torch', '?')}, {m.get('mpi', '?')}; device {bench.get('device')}, "
+                  f"{m.get('torch', '?')}, {mpi}; device {bench.get('device')}, "
                   f"{bench.get('dtype')}, batch {bench.get('batch')}, width {bench.get('width')},"
                   f" relax {bench.get('relax')}, cfactor {bench.get('cfactor')}.", ""]
         cpus = m.get("cpus")
@@ -310,7 +311,7 @@ def plot_history(path: str | Path, out: str | Path | None = None) -> list[Path]:
     written = [w for w in _run_plots([run], title, out_dir) if w is not None]
     if run.timing:
         ranks = run.timing["compute"].shape[1]
-        parts = {c: [float(np.nanmean(_after_first(run.timing[c])[:, k])) for k in range(ranks)]
+        parts = {c: [float(np.nanmedian(_after_first(run.timing[c])[:, k])) for k in range(ranks)]
                  for c in ("compute", "comm", "wait")}
         written.append(plots.plot_timing([str(k) for k in range(ranks)], parts, "rank",
                                          f"{title}: time per step", out_dir / "timing.png"))
