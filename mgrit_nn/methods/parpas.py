@@ -1,0 +1,415 @@
+"""``parpas``: predict globally, correct locally (Parpas & Muir, Algorithm 4).
+
+**Global prediction.** A coarse network -- every ``parpas.coarsen``-th layer of the
+network, step ``coarsen * h``, the same opening, classifier and step scheme -- is trained
+serially for ``parpas.coarse_iters`` iterations. Every rank computes it (it is small:
+the same inputs and operations give the same bits on every rank, after one gather of
+the initial weights), then takes from it
+
+- its own layers: fine layer j gets the weights of coarse layer ``j // coarsen``
+  (piecewise constant in time), the opening / classifier as trained;
+- its input state for every training sample: the final coarse trajectory at fine point
+  ``lo - 1``, linearly interpolated in time between coarse points;
+- the (state, co-state) pairs at its right interface (fine point ``hi``) of every coarse
+  iteration and of the final coarse network, as regression data.
+
+**Local correction.** The K ranks are K sub-systems (the layer partition). Per step,
+in parallel: each rank runs its layers forward (:class:`~mgrit_nn.model.stage.Stage`)
+from the input state it holds for the batch's samples, backward from a co-state at its
+right interface -- the true one (``dloss/du_N``) on the last rank, elsewhere the
+regression ``P(X) = A X + B`` of that interface -- and sets the gradients of its weights;
+the optimizer updates them. Synchronization: the end state goes right (the right
+neighbour's input for these samples next time), the pair (input state, co-state at the
+input) goes left, where it is first scored against the regression (``regression_mse``,
+the paper's diagnostic), then added to its data; the regression is refitted.
+
+Co-states are per sample: ``P_i = d loss_i / d X_i`` for the sample's own loss (B times
+the gradient of the batch mean), so they do not depend on the batch size. The sign is
+that of the adjoint (the paper's P is its negative). Without a prediction phase
+(``coarse_iters: 0``, the single-level variant) the inputs come from one exact forward
+pass of the initial network and the regression predicts zero until the first pairs
+arrive. With one rank the method is plain gradient descent on the whole network.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from mgrit_nn.data import batches
+from mgrit_nn.io.checkpoint import ParamLayout
+from mgrit_nn.methods.base import PartitionedMethod, StepInfo, correct
+from mgrit_nn.model.stage import Stage
+
+CHUNK = 4096              # samples per piece of the whole-training-set passes
+
+
+class Regression:
+    """``P(X) = A_g X + B_g`` by ridge least squares on (state, co-state) pairs, X and P flat,
+    one fit per group g (the sample's class, or one group for all samples).
+
+    Data are kept as normal-equation blocks ``[G | R] = X1^T [X1 | P]`` per group with
+    ``X1 = [X, 1]`` (one stack of blocks per observation; all merged into one when
+    ``window`` is 0), so memory is O(d^2) per group and block whatever the number of
+    pairs. The fit solves ``(G + ridge * n * I') W = R`` (``n`` pairs, ``I'`` without the
+    bias entry) in float64 by Cholesky (bitwise repeatable; LAPACK least squares only if
+    the matrix is singular); a group without pairs predicts zero.
+    """
+
+    def __init__(self, d: int, groups: int, ridge: float, window: int) -> None:
+        self.d, self.groups, self.ridge, self.window = d, groups, ridge, window
+        self.blocks: list[torch.Tensor] = []     # each (groups, d+1, 2d+1)
+        self.W: torch.Tensor | None = None       # (groups, d+1, d): rows A^T, then B
+
+    def add(self, X: torch.Tensor, P: torch.Tensor, g: torch.Tensor) -> None:
+        X1 = torch.cat([X.double(), X.new_ones((len(X), 1), dtype=torch.float64)], 1).cpu()
+        XP = torch.cat([X1, P.double().cpu()], 1)
+        g = g.cpu()
+        block = torch.zeros((self.groups, self.d + 1, 2 * self.d + 1), dtype=torch.float64)
+        for k in range(self.groups):
+            rows = g == k
+            if bool(rows.any()):
+                block[k] = X1[rows].T @ XP[rows]
+        if self.window == 0 and self.blocks:
+            self.blocks[0] += block
+        else:
+            self.blocks = (self.blocks + [block])[-self.window:] if self.window else [block]
+        self.fit()
+
+    def fit(self) -> None:
+        if not self.blocks:
+            self.W = None
+            return
+        S = self.blocks[0].clone()
+        for b in self.blocks[1:]:
+            S += b
+        d = self.d
+        G, R = S[:, :, :d + 1], S[:, :, d + 1:]
+        n = G[:, d, d]                                  # pairs per group
+        ridge = (self.ridge * n).unsqueeze(1).expand(-1, d + 1).clone()
+        ridge[:, d] = 0.0
+        ridge[n == 0] = 1.0                             # no pairs: W = 0
+        M = G + torch.diag_embed(ridge)
+        L, info = torch.linalg.cholesky_ex(M)
+        if bool((info == 0).all()):     # LAPACK's lstsq is not bitwise repeatable: Cholesky
+            self.W = torch.cholesky_solve(R, L)
+        else:                           # singular (ridge 0, too few pairs): least norm
+            self.W = torch.linalg.lstsq(M, R).solution
+
+    def predict(self, X: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+        out = torch.zeros_like(X)
+        if self.W is None:
+            return out
+        W = self.W.to(X)
+        if self.groups == 1:
+            return torch.addmm(W[0, self.d], X, W[0, :self.d])
+        g = g.to(X.device)
+        for k in range(self.groups):
+            rows = (g == k).nonzero().flatten()
+            if len(rows):
+                out.index_copy_(0, rows, torch.addmm(W[k, self.d], X[rows], W[k, :self.d]))
+        return out
+
+    def state(self) -> torch.Tensor:
+        """The blocks as one (n_blocks, groups, d+1, 2d+1) tensor (checkpoint)."""
+        if not self.blocks:
+            return torch.zeros((0, self.groups, self.d + 1, 2 * self.d + 1),
+                               dtype=torch.float64)
+        return torch.stack(self.blocks)
+
+    def load(self, blocks: np.ndarray) -> None:
+        self.blocks = [torch.from_numpy(np.array(b)) for b in blocks]
+        if self.window:
+            self.blocks = self.blocks[-self.window:]
+        self.fit()
+
+
+class CoarseNetwork:
+    """The prediction phase's network: N/coarsen steps of size coarsen*h, serial, autograd."""
+
+    def __init__(self, net, full: torch.Tensor, coarsen: int) -> None:
+        named = ParamLayout(net.shapes, net.cfg.layers).named(full)
+        self.net, self.H = net, net.h * coarsen
+        n_coarse = net.cfg.layers // coarsen
+
+        def leaf(t):
+            return t.detach().clone().to(net.device, net.dtype).requires_grad_()
+        self.open_w, self.open_b = leaf(named["opening/weight"]), leaf(named["opening/bias"])
+        self.cls_w = leaf(named["classifier/weight"])
+        self.cls_b = leaf(named["classifier/bias"])
+        # injection: coarse layer J starts from fine layer J * coarsen
+        self.K = leaf(torch.stack([named[f"layers/{J * coarsen:05d}/weight"]
+                                   for J in range(n_coarse)]))
+        self.b = leaf(torch.stack([named[f"layers/{J * coarsen:05d}/bias"]
+                                   for J in range(n_coarse)]))
+
+    def parameters(self) -> list[torch.Tensor]:
+        return [self.open_w, self.open_b, self.K, self.b, self.cls_w, self.cls_b]
+
+    def states(self, x: torch.Tensor) -> list[torch.Tensor]:
+        net = self.net
+        kind, sc = net.shapes.kind, net.scheme
+        if kind == "dense":
+            u = net.act(F.linear(x.flatten(1), self.open_w, self.open_b))
+        else:
+            u = net.act(F.conv2d(x, self.open_w, self.open_b, padding=1))
+        out = [sc.embed(kind, u)]
+        for J in range(len(self.K)):
+            out.append(sc.step(kind, net.act, out[-1].unsqueeze(0), self.K[J:J + 1],
+                               self.b[J:J + 1], self.H)[0])
+        return out
+
+    def logits(self, uN: torch.Tensor) -> torch.Tensor:
+        uN = self.net.scheme.readout(self.net.shapes.kind, uN)
+        return F.linear(uN.flatten(1), self.cls_w, self.cls_b)
+
+
+def _at(states: list[torch.Tensor], s: int, coarsen: int) -> torch.Tensor:
+    """The trajectory at fine point ``s``, linear in time between coarse points."""
+    q, r = divmod(s, coarsen)
+    if r == 0:
+        return states[q]
+    f = r / coarsen
+    return (1 - f) * states[q] + f * states[q + 1]
+
+
+class ParpasMethod(PartitionedMethod):
+    def __init__(self, run) -> None:
+        super().__init__(run)
+        self.cfg = run.cfg.parpas
+        self.stage = st = Stage(self.net)
+        self.d = int(np.prod(run.shapes.state))
+        self.n = len(run.data.x_train)
+        # this rank's interfaces: left = fine point lo-1 (input), right = hi (regression)
+        groups = run.data.n_classes if self.cfg.per_class else 1
+        self.regression = None if st.last else Regression(self.d, groups, self.cfg.ridge,
+                                                          self.cfg.window)
+        self.inputs = None if st.first else torch.zeros(
+            (self.n,) + tuple(run.shapes.state), dtype=run.dtype, device=run.device)
+        self.started = False
+
+    def _group(self, y: torch.Tensor) -> torch.Tensor:
+        """The regression group of each sample: its class (``parpas.per_class``) or 0."""
+        return y if self.cfg.per_class else torch.zeros_like(y)
+
+    # -- the two phases' starts ------------------------------------------------------------
+    def _start(self) -> dict[str, float]:
+        """Global prediction (or, without it, one exact forward pass for the inputs)."""
+        t0 = time.perf_counter()
+        x = self.run.data.x_train.to(self.net.device, self.net.dtype)
+        y = self.run.data.y_train.to(self.net.device)
+        extra = {}
+        if self.cfg.coarse_iters > 0:
+            extra["coarse_loss"] = self._predict(x, y)
+        else:
+            self._forward_inputs(x)
+        self.started = True
+        extra["prediction_s"] = time.perf_counter() - t0
+        return extra
+
+    @torch.no_grad()
+    def _forward_inputs(self, x: torch.Tensor) -> None:
+        """Inputs of every sample from one exact pass through the stages in turn."""
+        st = self.stage
+        for lo in range(0, len(x), CHUNK):
+            xc = x[lo:lo + CHUNK]
+            if st.first:
+                inp = xc
+            else:
+                inp = torch.empty(st.state_shape(len(xc)), dtype=xc.dtype, device=xc.device)
+                st.recv_left(inp).wait()
+                self.inputs[lo:lo + len(xc)] = inp
+            send = st.send_right(st.forward(inp))
+            if send is not None:
+                send.wait()
+
+    def _predict(self, x: torch.Tensor, y: torch.Tensor) -> float:
+        """Train the coarse network; interpolate its weights, states and co-states."""
+        net, c, t = self.net, self.cfg, self.run.cfg.train
+        full = torch.zeros(self.run_layout.size, dtype=net.dtype)
+        got = net.gather_flat(net.flat([p.detach() for p in net.local_parameters()]))
+        if got is not None:
+            full.copy_(got)
+        net.msg.bcast_tensor(full, root=0)
+        coarse = CoarseNetwork(net, full, c.coarsen)
+        params = coarse.parameters()
+        lr = c.coarse_lr if c.coarse_lr is not None else t.lr
+        opt = torch.optim.SGD(params, lr=lr, momentum=t.momentum) if t.optimizer == "sgd" \
+            else torch.optim.Adam(params, lr=lr)
+        right = None if self.stage.last else net.hi            # this rank's regression point
+        queue, epoch, loss = [], -1, float("nan")
+        for _ in range(c.coarse_iters):
+            if not queue:                     # its own epochs (-1, -2, ...): not the steps'
+                queue = batches(self.n, self.run.cfg.data.batch_size, self.run.cfg.data.seed,
+                                epoch)
+                epoch -= 1
+            idx = queue.pop(0)
+            loss = self._coarse_pass(coarse, x[idx], y[idx], right, params)
+            opt.step()
+        for lo in range(0, self.n, CHUNK):        # final network: pairs for every sample
+            self._coarse_pass(coarse, x[lo:lo + CHUNK], y[lo:lo + CHUNK], right, [])
+        with torch.no_grad():
+            if not self.stage.first:
+                for lo in range(0, self.n, CHUNK):
+                    states = coarse.states(x[lo:lo + CHUNK])
+                    self.inputs[lo:lo + CHUNK] = _at(states, net.lo - 1, c.coarsen)
+            rows = torch.arange(net.jlo, net.jhi + 1, device=net.device) // c.coarsen
+            net.weight.copy_(coarse.K.detach().index_select(0, rows))
+            net.bias.copy_(coarse.b.detach().index_select(0, rows))
+            if net.first:
+                net.open_weight.copy_(coarse.open_w.detach())
+                net.open_bias.copy_(coarse.open_b.detach())
+            if net.last:
+                net.cls_weight.copy_(coarse.cls_w.detach())
+                net.cls_bias.copy_(coarse.cls_b.detach())
+        return loss
+
+    def _coarse_pass(self, coarse: CoarseNetwork, x, y, right: int | None,
+                     params: list[torch.Tensor]) -> float:
+        """Forward + backward of the coarse network: parameter gradients (``.grad``) and the
+        (state, co-state) pairs at this rank's right interface, added to its regression."""
+        c = self.cfg
+        if right is None and not params:
+            return float("nan")
+        with torch.enable_grad():
+            states = coarse.states(x)
+            loss = F.cross_entropy(coarse.logits(states[-1]), y)
+            wrt = list(params)
+            if right is not None:
+                q, r = divmod(right, c.coarsen)
+                at = [q] if r == 0 else [q, q + 1]
+                wrt += [states[i] for i in at]
+            grads = torch.autograd.grad(loss, wrt) if wrt else []
+        for p, g in zip(params, grads, strict=False):
+            p.grad = g
+        if right is not None:
+            co = grads[len(params):]
+            P = co[0] if r == 0 else (1 - r / c.coarsen) * co[0] + (r / c.coarsen) * co[1]
+            X = _at([s.detach() for s in states], right, c.coarsen)
+            self.regression.add(X.flatten(1), len(x) * P.flatten(1), self._group(y))
+        return float(loss.detach())
+
+    # -- one step of the local correction ------------------------------------------------
+    def gradient(self, x, y, idx, scale: float = 1.0) -> StepInfo:
+        extra = {} if self.started else self._start()
+        st, net = self.stage, self.net
+        B = len(idx)
+        shape = st.state_shape(B)
+        # the interface messages, posted before any work
+        from_left = None if st.first else torch.empty(shape, dtype=net.dtype, device=net.device)
+        from_right = None if st.last else torch.empty((2,) + shape, dtype=net.dtype,
+                                                      device=net.device)
+        recv_l, recv_r = st.recv_left(from_left), st.recv_right(from_right)
+        params = net.local_parameters()
+        with torch.enable_grad():
+            inp = x if st.first else self.inputs[idx.to(net.device)].requires_grad_()
+            X = st.forward(inp)
+            sends = [st.send_right(X.detach())]
+            logits = None
+            if st.last:
+                logits = net.classifier(X)
+                objective = F.cross_entropy(logits, y)
+            else:          # backward from the regressed co-state of this rank's right interface
+                P = self.regression.predict(X.detach().flatten(1), self._group(y)).view_as(X)
+                objective = (P * X).sum() / B
+            wrt = params + ([] if st.first else [inp])
+            grads = torch.autograd.grad(objective * scale, wrt, allow_unused=True,
+                                        materialize_grads=True)
+        pgrads = list(grads[:len(params)])
+        if net.reg is not None:
+            from mgrit_nn.model.regularization import regularization
+
+            _, rgrads = regularization(net, net.reg)
+            pgrads = [g + scale * r for g, r in zip(pgrads, rgrads, strict=True)]
+        for p, g in zip(params, pgrads, strict=True):
+            p.grad = g.detach()
+        if not st.first:       # (input state, its co-state) for the left neighbour's regression
+            sends.append(st.send_left(torch.stack([inp.detach(), grads[-1] * (B / scale)])))
+        mse = p2 = 0.0
+        if not st.last:
+            recv_r.wait()
+            Xo, Po = from_right[0].flatten(1), from_right[1].flatten(1)
+            with torch.no_grad():
+                mse = float(((self.regression.predict(Xo, self._group(y)) - Po) ** 2).mean())
+                p2 = float((Po ** 2).mean())
+            self.regression.add(Xo, Po, self._group(y))
+        if not st.first:
+            recv_l.wait()
+            self.inputs[idx.to(net.device)] = from_left
+        for s in sends:
+            if s is not None:
+                s.wait()
+        msg, K = net.msg, st.K
+        mse, p2 = msg.allreduce_sum(mse), msg.allreduce_sum(p2)
+        stage_loss = torch.tensor([float(objective.detach()) if st.last else 0.0],
+                                  dtype=torch.float64)
+        msg.bcast_tensor(stage_loss, root=net.chain.ranks[-1])
+        extra.update({"regression_mse": mse / (K - 1) if K > 1 else float("nan"),
+                      "regression_rel_mse": mse / p2 if K > 1 and p2 > 0 else float("nan"),
+                      "stage_loss": float(stage_loss[0])})
+        if self.cfg.exact_loss:            # the honest loss of the full network (pre-update)
+            net.propagate(x)
+            loss, logits = net.loss(y)
+        else:
+            loss = float(stage_loss[0])
+            if net.reg is not None:
+                from mgrit_nn.model.regularization import regularization
+
+                loss += regularization(net, net.reg)[0]
+        return StepInfo(loss * scale, correct(logits, y), extra=extra)
+
+    def loss(self, x, y, scale: float = 1.0) -> float:
+        raise NotImplementedError("parpas has no line search (config validation)")
+
+    # -- checkpoint: inputs and regression data by interface -----------------------------
+    def _interfaces(self) -> np.ndarray:
+        return np.array([s - 1 for s in self.net.chain.starts[1:-1]], dtype=np.int64)
+
+    def warm_arrays(self) -> dict[str, np.ndarray]:
+        if not self.started:               # e.g. mgrit-nn init: the prediction is still to come
+            return {}
+        net, d = self.net, self.d
+        out = {"parpas/interfaces": self._interfaces()}
+        local = self.inputs.flatten() if self.inputs is not None else \
+            torch.zeros(0, dtype=net.dtype, device=net.device)
+        full = net.gather_flat(local)
+        if full is not None:
+            out["parpas/inputs"] = full.view((-1, self.n) + tuple(self.run.shapes.state)).numpy()
+        groups = self.run.data.n_classes if self.cfg.per_class else 1
+        blocks = self.regression.state() if self.regression is not None else \
+            torch.zeros((0, groups, d + 1, 2 * d + 1), dtype=torch.float64)
+        count = len(blocks)
+        counts = net.msg.comm.allgather(count) if net.msg.size > 1 else [count]
+        full = net.gather_flat(blocks.flatten())
+        if full is not None:
+            n_blocks = max(counts) if counts else 0
+            out["parpas/regression"] = full.view(-1, n_blocks, groups, d + 1, 2 * d + 1).numpy()\
+                if n_blocks else np.zeros((len(counts) - 1, 0, groups, d + 1, 2 * d + 1))
+        return out
+
+    def load_warm(self, f) -> None:
+        from mgrit_nn.io.checkpoint import CheckpointError
+        from mgrit_nn.runtime import agree_on_config
+
+        if "parpas" not in f:
+            return
+        mine, theirs = self._interfaces(), f["parpas/interfaces"][()]
+
+        def check() -> None:   # collective (every rank restores): one message, exit status 2
+            if np.array_equal(mine, theirs):
+                return
+            raise CheckpointError(
+                f"checkpoint of parpas on {len(theirs) + 1} ranks (interfaces at points "
+                f"{theirs.tolist()}); this run has {len(mine) + 1} (interfaces "
+                f"{mine.tolist()}): resume parpas on the same number of ranks, or start "
+                f"a new run from its weights with --init-from")
+        agree_on_config(check, self.run.world)
+        k = self.stage.k
+        if self.inputs is not None:
+            self.inputs.copy_(torch.from_numpy(f["parpas/inputs"][k - 1]))
+        if self.regression is not None:
+            self.regression.load(f["parpas/regression"][k])
+        self.started = True
