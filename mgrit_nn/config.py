@@ -251,8 +251,8 @@ def _coerce(value: Any, tp: Any) -> tuple[bool, Any]:
             if ok:
                 return True, v
         return False, value
-    if origin is list:
-        if not isinstance(value, list) or not value:
+    if origin is list:                # [] is a valid list (no milestones); per-level options
+        if not isinstance(value, list):   # are checked for emptiness in validate()
             return False, value
         (arg,) = typing.get_args(tp)
         vals = [_coerce(v, arg) for v in value]
@@ -450,6 +450,9 @@ def validate(cfg: Config, ranks: int) -> None:
             (g.max_iter >= 1, f"{sec}.max_iter", f"must be >= 1, got {g.max_iter}"),
             (g.tol >= 0, f"{sec}.tol", f"must be >= 0, got {g.tol}"),
         ]
+        for name in ("cfactor", "relax"):
+            checks.append((getattr(g, name) != [], f"{sec}.{name}",
+                           "an empty list: give one value or one per level"))
         for c in g.cfactor if isinstance(g.cfactor, list) else [g.cfactor]:
             checks.append((c >= 2, f"{sec}.cfactor", f"must be >= 2, got {g.cfactor}"))
         for r in g.relax if isinstance(g.relax, list) else [g.relax]:

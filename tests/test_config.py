@@ -82,3 +82,13 @@ def test_cuda_aware_setting_wins_and_detection_answers():
     assert cuda_aware_mpi(True) is True and cuda_aware_mpi(False) is False
     assert cuda_aware_mpi(None) in (True, False)
     assert load_config(None, ["runtime.cuda_aware=true"]).runtime.cuda_aware is True
+
+
+def test_resolved_config_loads_again(tmp_path):
+    """OUT/config.yaml (the resolved config, with empty lists) is a valid config file."""
+    cfg = load_config(None, ["train.method=penalty"])
+    path = tmp_path / "config.yaml"
+    path.write_text(cfg.to_yaml())
+    assert load_config(str(path), []) == cfg
+    with pytest.raises(ConfigError, match="mgrit.cfactor: an empty list"):
+        validate(load_config(None, ["mgrit.cfactor=[]"]), 1)
