@@ -88,8 +88,8 @@ def main() -> None:
     if rank != 0:
         return
     print(f"\nconfig: {args.config} {' '.join(args.set)}\n")
-    print("| method | K | steps | train acc | test acc | train loss (serial pass) | final violation "
-          "| final beta | wall time [s] | vs K=1 |")
+    print("| method | K | steps | train acc | test acc | train loss (serial pass) "
+          "| final violation | final beta | wall time [s] | vs K=1 |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     base = {}
     for r in results:

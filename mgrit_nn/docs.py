@@ -19,6 +19,6 @@ def schema_markdown() -> str:
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
             tname = _type_name(hints[f.name]).replace("|", "\\|")
             lines.append(f"| `{name}.{f.name}` | {tname} | `{default!r}` | "
-                         f"{f.metadata['doc']} |")
+                         f"{f.metadata['doc'].replace('|', chr(92) + '|')} |")
         lines.append("")
     return "\n".join(lines)
