@@ -42,6 +42,7 @@ import torch
 import torch.nn.functional as F
 
 from mgrit_nn.methods.base import PartitionedMethod, StepInfo, correct
+from mgrit_nn.model.regularization import regularization
 from mgrit_nn.model.stage import Stage
 
 
@@ -113,42 +114,15 @@ class PenaltyMethod(PartitionedMethod):
                 self.kap = SampleStore(*args, paths[1])
         self._initialize(run.data.x_train.to(run.device, run.dtype))
 
-    # -- the serial forward pass through the stages ----------------------------------------
     @torch.no_grad()
-    def pipeline(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """One exact forward pass of ``x`` through all stages in turn: (input, output) of
-        this rank's stage."""
-        st = self.stage
-        if st.first:
-            inp = x
-        else:
-            inp = torch.empty(st.state_shape(len(x)), dtype=x.dtype, device=x.device)
-            st.recv_left(inp).wait()
-        out = st.forward(inp)
-        send = st.send_right(out)
-        if send is not None:
-            send.wait()
-        return inp, out
-
     def _initialize(self, x: torch.Tensor, chunk: int = 4096) -> None:
-        """lambda_k = the state the initial network reaches at interface k (feasible start)."""
+        """lambda_k = the state the initial network reaches at interface k (feasible start):
+        one exact forward sweep, whose ghost slot holds the left neighbour's last state."""
         for lo in range(0, len(x), chunk):
-            inp, _ = self.pipeline(x[lo:lo + chunk])
+            self.net.propagate(x[lo:lo + chunk])
             if self.lam is not None:
-                self.lam.put(torch.arange(lo, min(lo + chunk, len(x))), inp)
-
-    def honest_loss(self, x: torch.Tensor, y: torch.Tensor) -> tuple[float, torch.Tensor | None]:
-        """Cross-entropy of the full serial forward pass (the same value on every rank) and
-        its logits (last rank)."""
-        _, out = self.pipeline(x)
-        buf = torch.zeros(1, dtype=torch.float64)
-        logits = None
-        if self.stage.last:
-            with torch.no_grad():
-                logits = self.net.classifier(out)
-                buf[0] = F.cross_entropy(logits, y).item()
-        self.net.msg.bcast_tensor(buf, root=self.net.chain.ranks[-1])
-        return float(buf[0]), logits
+                self.lam.put(torch.arange(lo, min(lo + chunk, len(x))),
+                             self.net.solver.data[0].u[0])
 
     # -- one step ------------------------------------------------------------------------
     def gradient(self, x, y, idx, scale: float = 1.0) -> StepInfo:
@@ -196,7 +170,7 @@ class PenaltyMethod(PartitionedMethod):
         pgrads = [g * scale for g in grads[:len(params)]]
         reg = 0.0
         if net.reg is not None:          # the reg.* terms belong to the weights' own stages
-            reg, rgrads = _regularization(net)
+            reg, rgrads = regularization(net, net.reg)
             pgrads = [g + scale * r for g, r in zip(pgrads, rgrads, strict=True)]
         for p, g in zip(params, pgrads, strict=True):
             p.grad = g.detach()
@@ -213,7 +187,8 @@ class PenaltyMethod(PartitionedMethod):
         violation = msg.allreduce_sum(violation)
         extra = {"violation": violation, "beta": beta, "local_loss": local_sum}
         if c.honest_every and (self.t % c.honest_every == 0 or self.t == 1):
-            loss, logits = self.honest_loss(x, y)
+            net.propagate(x)       # the full serial forward pass through all stages
+            loss, logits = net.loss(y, with_reg=False)
             extra["honest_loss"] = loss
         else:            # the last stage's own loss, the same on every rank
             buf = torch.tensor([float(local.detach()) if st.last else 0.0],
@@ -242,9 +217,6 @@ class PenaltyMethod(PartitionedMethod):
         if kap is not None:
             self.kap.put(idx, kap)
         return before
-
-    def loss(self, x, y, scale: float = 1.0) -> float:
-        raise NotImplementedError("penalty/al have no line search (config validation)")
 
     # -- checkpoint: lambda, kappa by interface ------------------------------------------
     def warm_arrays(self) -> dict[str, np.ndarray]:
@@ -283,8 +255,3 @@ class PenaltyMethod(PartitionedMethod):
             if self.al:
                 self.kap.load(f["penalty/kappa"][k - 1])
 
-
-def _regularization(net):
-    from mgrit_nn.model.regularization import regularization
-
-    return regularization(net, net.reg)

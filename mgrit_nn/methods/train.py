@@ -40,11 +40,10 @@ METHODS = {   # train.method -> (module, class); imported only when used
 
 def make_method(run: Run):
     """The method object of ``train.method``. Beyond ``gradient``/``evaluate`` and the
-    checkpoint hooks, a method may define ``after_update(trainer, k, x, y, idx) -> dict``
-    (run after the optimizer step; its dict adds history columns), ``attach(trainer)``
-    (called once the optimizer exists) and ``report(trainer) -> dict`` (after training, on
-    every rank; adds keys to the result). A parameter whose ``.grad`` a method leaves None
-    is not updated in that step (torch's SGD and Adam skip it)."""
+    checkpoint hooks (``StepInfo.extra`` adds history columns), a method may define
+    ``attach(trainer)`` (called once the optimizer exists) and ``report(trainer) -> dict``
+    (after training, on every rank; adds keys to the result). A parameter whose ``.grad``
+    a method leaves None is not updated in that step (torch's SGD and Adam skip it)."""
     import importlib
 
     module, name = METHODS[run.cfg.train.method]
@@ -127,9 +126,6 @@ class Trainer:
             self.opt.step()
         if self.schedule is not None:
             self.schedule.step()
-        extra = dict(info.extra)
-        if hasattr(self.method, "after_update"):
-            extra.update(self.method.after_update(self, k, x, y, mine))
         grad_sq = self.method.dot(sum(float((p.grad ** 2).sum()) for p in self.params
                                       if p.grad is not None))
         (correct,) = world_sum(self.run.world, info.correct)
@@ -137,7 +133,7 @@ class Trainer:
                "train_accuracy": correct / len(idx), "lr": lr, "grad_norm": grad_sq ** 0.5,
                "fwd_iters": info.fwd_iters, "fwd_residual": info.fwd_residual,
                "adj_iters": info.adj_iters, "adj_residual": info.adj_residual,
-               **extra, "step_time_s": time.perf_counter() - t0}
+               **info.extra, "step_time_s": time.perf_counter() - t0}
         return row, info
 
     # -- the loop ----------------------------------------------------------------------------

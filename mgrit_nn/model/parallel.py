@@ -184,9 +184,9 @@ class ParallelResNet(nn.Module):
         """u_N (valid on the last rank)."""
         return self.solver.u[-1]
 
-    def loss(self, y: torch.Tensor) -> tuple[float, torch.Tensor | None]:
-        """Cross-entropy of the current u_N plus the ``reg.*`` terms, the same on every rank;
-        and the logits (last rank only)."""
+    def loss(self, y: torch.Tensor, with_reg: bool = True) -> tuple[float, torch.Tensor | None]:
+        """Cross-entropy of the current u_N plus (``with_reg``) the ``reg.*`` terms, the same
+        on every rank; and the logits (last rank only)."""
         buf = torch.zeros(1, dtype=torch.float64)
         logits = None
         if self.last:
@@ -194,7 +194,7 @@ class ParallelResNet(nn.Module):
                 logits = self.classifier(self.final_state())
                 buf[0] = F.cross_entropy(logits, y).item()
         self.msg.bcast_tensor(buf, root=self.chain.ranks[-1])
-        if self.reg is not None:
+        if with_reg and self.reg is not None:
             buf[0] += regularization(self, self.reg)[0]
         return float(buf[0]), logits
 
