@@ -13,6 +13,7 @@ import torch
 from torch.func import vjp
 
 from mgrit_nn.config import ModelConfig
+from mgrit_nn.mgrit import Workspace
 from mgrit_nn.model.init import shapes
 from mgrit_nn.model.serial import SerialResNet
 from mgrit_nn.model.steps import ACTIVATIONS, SCHEMES, halves, join
@@ -41,12 +42,20 @@ def test_scheme_pieces_match_autograd(name, kind, act):
     scheme, sigma, h = SCHEMES[name], ACTIVATIONS[act], 0.37
     u, lam, K, b = _data(kind, scheme)
     ref = scheme.step(kind, sigma, u, K, b, h)
-    assert torch.allclose(scheme.step_(kind, sigma, u, K, b, h), ref, rtol=0, atol=1e-14)
     out, fn = vjp(lambda u_, K_, b_: scheme.step(kind, sigma, u_, K_, b_, h), u, K, b)
     gu, gK, gb = fn(lam)
     D = scheme.linearize(kind, sigma, u, K, b, h)
-    lam_prev = scheme.adjoint(kind, lam, D, K, h)
-    assert (lam_prev - gu).abs().max() <= 1e-13 * gu.abs().max()
+    # the MGRIT hot-path forms write into ``out``: a fresh tensor, or (as in a sweep) every
+    # other row of the level storage with a reused workspace; the rows between stay untouched
+    for ws in (None, Workspace()):
+        for _ in range(2):
+            store = torch.zeros((2 * u.shape[0],) + u.shape[1:], dtype=u.dtype)
+            scheme.step_(kind, sigma, u, K, b, h, store[::2], ws)
+            assert torch.allclose(store[::2], ref, rtol=0, atol=1e-14)
+            assert not store[1::2].any()
+            scheme.adjoint(kind, lam, D, K, h, store[1::2], ws)
+            lam_prev = store[1::2]
+            assert (lam_prev - gu).abs().max() <= 1e-13 * gu.abs().max()
     pK, pb = scheme.param_grad(kind, sigma, u, lam, K, b, h)
     assert (pK - gK).abs().max() <= 1e-13 * gK.abs().max()
     assert (pb - gb).abs().max() <= 1e-13 * gb.abs().max()

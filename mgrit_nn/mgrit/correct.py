@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import torch
+
 from mgrit_nn.mgrit.relax import f_relax
 from mgrit_nn.mgrit.restrict import c_slots
 
@@ -9,6 +11,7 @@ from mgrit_nn.mgrit.restrict import c_slots
 def correct(solver, l: int) -> None:
     fine, coarse = solver.data[l], solver.data[l + 1]
     f_slots, cs = c_slots(solver, l)
-    e = coarse.u.index_select(0, cs) - coarse.v.index_select(0, cs)
-    fine.u.index_add_(0, f_slots, e)
+    e = solver.work.get("correct", len(cs), coarse.u)
+    torch.sub(cs.get(coarse.u), cs.get(coarse.v), out=e)
+    f_slots.add_(fine.u, e)
     f_relax(solver, l)

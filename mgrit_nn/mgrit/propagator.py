@@ -2,7 +2,9 @@
 
 The core knows levels, slots and messages; a propagator knows what a step is
 (forward Euler ODE-ResNet step, its adjoint, a Verlet step ...). Everything
-the solver needs from an application is here.
+the solver needs from an application is here, plus the two pieces of memory
+plumbing both sides share: :class:`Index` (slot sets that are views when they
+can be) and :class:`Workspace` (scratch that is allocated once, not per step).
 """
 
 from __future__ import annotations
@@ -16,6 +18,76 @@ from mgrit_nn.mgrit.hierarchy import Level
 
 
 @dataclass(frozen=True, eq=False)
+class Index:
+    """Slots of a level's storage (rows of its leading dimension).
+
+    Slot sets of whole intervals are arithmetic progressions (every ``cfactor``-th
+    slot, or a range); for those ``get`` returns a strided view and ``put``/``add_``
+    write in place, so no gather or scatter copies. Others use the index tensor.
+    """
+
+    t: torch.Tensor                 # int64 on the solver's device
+    sl: slice | None = None         # the same rows as a slice, when they are one
+
+    @classmethod
+    def of(cls, slots: list[int], device: torch.device | str) -> Index:
+        t = torch.tensor(slots, dtype=torch.long, device=device)
+        if not slots:
+            return cls(t, slice(0, 0))
+        step = slots[1] - slots[0] if len(slots) > 1 else 1
+        regular = step > 0 and all(b - a == step for a, b in zip(slots, slots[1:], strict=False))
+        return cls(t, slice(slots[0], slots[-1] + 1, step) if regular else None)
+
+    def shift(self, d: int) -> Index:
+        sl = self.sl
+        if sl is not None and sl.start + d >= 0:
+            return Index(self.t + d, slice(sl.start + d, sl.stop + d, sl.step))
+        return Index(self.t + d, None)
+
+    def __len__(self) -> int:
+        return self.t.numel()
+
+    def get(self, x: torch.Tensor) -> torch.Tensor:
+        """The selected rows: a view when regular, else a gathered copy."""
+        return x[self.sl] if self.sl is not None else x.index_select(0, self.t)
+
+    def put(self, x: torch.Tensor, v: torch.Tensor) -> None:
+        """``x[slots] = v``."""
+        if self.sl is not None:
+            x[self.sl].copy_(v)
+        else:
+            x.index_copy_(0, self.t, v)
+
+    def add_(self, x: torch.Tensor, v: torch.Tensor) -> None:
+        """``x[slots] += v``."""
+        if self.sl is not None:
+            x[self.sl].add_(v)
+        else:
+            x.index_add_(0, self.t, v)
+
+
+class Workspace:
+    """Named scratch tensors, each kept at the largest size asked for.
+
+    ``get(name, n, like)`` returns the first ``n`` rows of a buffer shaped like
+    ``like``'s rows; after the first iteration of a solve nothing is allocated.
+    The caller owns the rows until it asks for the same name again.
+    """
+
+    def __init__(self) -> None:
+        self._bufs: dict = {}
+
+    def get(self, name, n: int, like: torch.Tensor) -> torch.Tensor:
+        row = tuple(like.shape[1:])
+        buf = self._bufs.get(name)
+        if buf is None or buf.shape[1:] != row or buf.shape[0] < n or \
+                buf.dtype != like.dtype or buf.device != like.device:
+            buf = self._bufs[name] = torch.empty((n,) + row, dtype=like.dtype,
+                                                 device=like.device)
+        return buf[:n]
+
+
+@dataclass(frozen=True, eq=False)
 class Selection:
     """A set of local slots on one level, stepped together as one batch.
 
@@ -23,22 +95,24 @@ class Selection:
     cache per-selection data (e.g. gathered weights) until ``prepare``.
     """
 
-    slots: torch.Tensor   # int64, on the solver's device
+    slots: Index
     key: tuple
-    prev: torch.Tensor = field(init=False)   # slots - 1: the predecessors, made once
+    prev: Index = field(init=False)   # slots - 1: the predecessors, made once
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "prev", self.slots - 1)
+        object.__setattr__(self, "prev", self.slots.shift(-1))
 
 
 class Propagator(Protocol):
     def prepare(self, levels: list[Level]) -> None:
         """(Re)build per-level step data for these levels; drop cached selections."""
 
-    def step(self, level: int, sel: Selection, u: torch.Tensor) -> torch.Tensor:
+    def step(self, level: int, sel: Selection, u: torch.Tensor, out: torch.Tensor) -> None:
         """``Phi^(level)`` into each selected point from the stacked states ``u``.
 
-        ``u[k]`` is the state at the point before ``sel.slots[k]``; returns the
-        stacked states at the selected points (no FAS right-hand side).
+        ``u[k]`` is the state at the point before ``sel.slots[k]``; the stacked
+        states at the selected points (no FAS right-hand side) are written into
+        ``out`` (same shape as ``u``, possibly a strided view, never overlapping
+        ``u``).
         """
         ...

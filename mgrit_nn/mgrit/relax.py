@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from mgrit_nn.mgrit.hierarchy import Level
-from mgrit_nn.mgrit.propagator import Selection
+from mgrit_nn.mgrit.propagator import Index, Selection
 
 TAG_SWEEP, TAG_EVAL = 1, 2
 
@@ -41,7 +41,7 @@ class Plan:
     leading: list[Selection]    # after the ghost arrives, in order
     recv_ghost: bool            # point lo is a member: its predecessor lives on the left
     send_last: str | None       # when u[hi] goes right: "early" | "interior" | "leading"
-    slots: torch.Tensor         # all member slots in increasing order (for evaluate)
+    slots: Index                # all member slots in increasing order (for evaluate)
 
 
 def _runs(lev: Level, kind: str) -> list[list[int]]:
@@ -58,7 +58,12 @@ def _runs(lev: Level, kind: str) -> list[list[int]]:
 
 
 def plan(lev: Level, kind: str, device: torch.device, sequential: bool) -> Plan:
-    """Build (once per level, point set and mode) the batched index sets."""
+    """Build (once per level, point set and mode) the batched index sets.
+
+    For an evaluation (not sequential) the members are the leading point (slot 1, if
+    it is one) followed by one interior selection, so results fill an output buffer
+    in increasing slot order without sorting.
+    """
     key = (kind, sequential)
     if key in lev.plans:
         return lev.plans[key]
@@ -72,8 +77,8 @@ def plan(lev: Level, kind: str, device: torch.device, sequential: bool) -> Plan:
     interior = []
     for k in range(longest):
         slots = [lev.slot(r[k]) for r in runs if len(r) > k]
-        interior.append(Selection(torch.tensor(slots, device=device), tag + ("i", k)))
-    leading = [Selection(torch.tensor([lev.slot(i)], device=device), tag + ("l", k))
+        interior.append(Selection(Index.of(slots, device), tag + ("i", k)))
+    leading = [Selection(Index.of([lev.slot(i)], device), tag + ("l", k))
                for k, i in enumerate(lead)]
     send_last = None
     if lev.right is not None and is_member(lev, lev.hi + 1, kind):
@@ -84,53 +89,68 @@ def plan(lev: Level, kind: str, device: torch.device, sequential: bool) -> Plan:
         else:
             send_last = "interior"
     members = sorted(lev.slot(i) for r in runs + [lead] for i in r)
-    p = Plan(interior, leading, recv_ghost, send_last,
-             torch.tensor(members, device=device, dtype=torch.long))
+    p = Plan(interior, leading, recv_ghost, send_last, Index.of(members, device))
     lev.plans[key] = p
     return p
 
 
-def _phi(solver, l: int, sel: Selection, with_g: bool) -> torch.Tensor:
-    """Phi~ into the selected slots from their predecessors' current values."""
+def _phi(solver, l: int, sel: Selection, with_g: bool, out: torch.Tensor) -> None:
+    """Phi~ into ``out`` for the selected slots, from their predecessors' current values."""
     d = solver.data[l]
     solver.stats.steps += len(sel.slots)
-    out = solver.prop.step(l, sel, d.u.index_select(0, sel.prev))
+    solver.prop.step(l, sel, sel.prev.get(d.u), out)
     if with_g and l > 0:
-        out = out + d.g.index_select(0, sel.slots)
-    return out
+        out.add_(sel.slots.get(d.g))
 
 
-def _run(solver, l: int, kind: str, sequential: bool, with_g: bool, tag: int):
+def _apply(solver, l: int, sel: Selection, with_g: bool, out: torch.Tensor | None) -> None:
+    """Sequential (``out`` None): straight into the storage; else into the given rows."""
+    if out is not None:
+        _phi(solver, l, sel, with_g, out)
+        return
+    u = solver.data[l].u
+    if sel.slots.sl is not None:
+        _phi(solver, l, sel, with_g, u[sel.slots.sl])
+    else:
+        buf = solver.work.get("sweep", len(sel.slots), u)
+        _phi(solver, l, sel, with_g, buf)
+        sel.slots.put(u, buf)
+
+
+def _run(solver, l: int, kind: str, sequential: bool, with_g: bool, tag: int,
+         out: torch.Tensor | None = None) -> Plan:
     lev, d, msg = solver.levels[l], solver.data[l], solver.msg
     p = plan(lev, kind, solver.device, sequential)
     if lev.n_local == 0:
-        return p, []
+        return p
+    # evaluation rows: the leading point (slot 1) first, then the interior in slot order
+    n_lead = sum(len(sel.slots) for sel in p.leading)
+    rows = {"i": n_lead, "l": 0}
+
+    def target(sel: Selection, part: str) -> torch.Tensor | None:
+        if out is None:
+            return None
+        a = rows[part]
+        rows[part] += len(sel.slots)
+        return out[a:rows[part]]
+
     recv = msg.irecv(d.u[0], lev.left, tag) if p.recv_ghost else None
     sends = []
     if p.send_last == "early":
         sends.append(msg.isend(d.u[lev.n_local], lev.right, tag))
-    results = []
     for sel in p.interior:
-        out = _phi(solver, l, sel, with_g)
-        if sequential:
-            d.u.index_copy_(0, sel.slots, out)
-        else:
-            results.append((sel.slots, out))
+        _apply(solver, l, sel, with_g, target(sel, "i"))
     if p.send_last == "interior":
         sends.append(msg.isend(d.u[lev.n_local], lev.right, tag))
     if recv is not None:
         recv.wait()
         for sel in p.leading:
-            out = _phi(solver, l, sel, with_g)
-            if sequential:
-                d.u.index_copy_(0, sel.slots, out)
-            else:
-                results.append((sel.slots, out))
+            _apply(solver, l, sel, with_g, target(sel, "l"))
     if p.send_last == "leading":
         sends.append(msg.isend(d.u[lev.n_local], lev.right, tag))
     for s in sends:
         s.wait()
-    return p, results
+    return p
 
 
 def sweep(solver, l: int, kind: str) -> None:
@@ -138,17 +158,17 @@ def sweep(solver, l: int, kind: str) -> None:
     _run(solver, l, kind, sequential=True, with_g=True, tag=TAG_SWEEP + 8 * l)
 
 
-def evaluate(solver, l: int, kind: str, with_g: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Member slots (increasing) and ``Phi~`` there from the current values."""
-    p, results = _run(solver, l, kind, sequential=False, with_g=with_g,
-                      tag=TAG_EVAL + 8 * l)
-    if not results:
-        d = solver.data[l]
-        return p.slots, d.u.new_empty((0,) + tuple(d.u.shape[1:]))
-    slots = torch.cat([s for s, _ in results])
-    values = torch.cat([v for _, v in results])
-    order = torch.argsort(slots)
-    return slots[order], values[order]
+def evaluate(solver, l: int, kind: str, with_g: bool) -> tuple[Index, torch.Tensor]:
+    """Member slots (increasing) and ``Phi~`` there from the current values.
+
+    The values are rows of a workspace buffer (one per level and point set), valid
+    until the next evaluation of the same level and point set.
+    """
+    d = solver.data[l]
+    p = plan(solver.levels[l], kind, solver.device, False)
+    out = solver.work.get(("eval", l, kind), len(p.slots), d.u)
+    _run(solver, l, kind, sequential=False, with_g=with_g, tag=TAG_EVAL + 8 * l, out=out)
+    return p.slots, out
 
 
 def f_relax(solver, l: int) -> None:
@@ -157,7 +177,7 @@ def f_relax(solver, l: int) -> None:
 
 def c_relax(solver, l: int) -> None:
     slots, values = evaluate(solver, l, "C", with_g=True)
-    solver.data[l].u.index_copy_(0, slots, values)
+    slots.put(solver.data[l].u, values)
 
 
 def relax(solver, l: int, scheme: str) -> None:

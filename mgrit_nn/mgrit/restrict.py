@@ -10,38 +10,34 @@ At each coarse point I >= 1 with fine index c = I*m on level l::
 
 from __future__ import annotations
 
+from mgrit_nn.mgrit.propagator import Index
 from mgrit_nn.mgrit.relax import evaluate
 
 
-def c_slots(solver, l: int):
+def c_slots(solver, l: int) -> tuple[Index, Index]:
     """Slots of the local C-points of level l (point 0 included) and of the same
     points on level l+1, in the same order."""
     key = ("c-slots",)
     lev = solver.levels[l]
     if key not in lev.plans:
-        import torch
-
-        coarse = solver.levels[l + 1]
-        pts = list(coarse.points())
-        fine = torch.tensor([lev.slot(I * lev.cfactor) for I in pts], dtype=torch.long,
-                            device=solver.device)
-        crs = torch.tensor([coarse.slot(I) for I in pts], dtype=torch.long,
-                           device=solver.device)
-        lev.plans[key] = (fine, crs)
+        pts = list(solver.levels[l + 1].points())
+        lev.plans[key] = (Index.of([lev.slot(I * lev.cfactor) for I in pts], solver.device),
+                          Index.of([solver.levels[l + 1].slot(I) for I in pts], solver.device))
     return lev.plans[key]
 
 
 def restrict(solver, l: int) -> None:
     fine, coarse = solver.data[l], solver.data[l + 1]
     f_slots, c_slots_ = c_slots(solver, l)
-    # residual at the C-points c >= 1, indexed like the fine level
-    slots, phi = evaluate(solver, l, "C", with_g=True)
-    r = phi - fine.u.index_select(0, slots)
-    coarse.v.index_copy_(0, c_slots_, fine.u.index_select(0, f_slots))
+    # residual at the C-points c >= 1, indexed like the fine level (in the evaluation buffer)
+    slots, r = evaluate(solver, l, "C", with_g=True)
+    r.sub_(slots.get(fine.u))
+    c_slots_.put(coarse.v, f_slots.get(fine.u))
     coarse.u.copy_(coarse.v)
     cslots, phi_c = evaluate(solver, l + 1, "all", with_g=False)
     # the coarse members (I >= 1) are the fine C-points c >= 1, in the same order
-    coarse.g.index_copy_(0, cslots, r + coarse.v.index_select(0, cslots) - phi_c)
+    r.add_(cslots.get(coarse.v)).sub_(phi_c)
+    cslots.put(coarse.g, r)
 
 
 def inject(solver, l: int) -> None:
@@ -49,6 +45,6 @@ def inject(solver, l: int) -> None:
     with no FAS right-hand side (g = 0)."""
     fine, coarse = solver.data[l], solver.data[l + 1]
     f_slots, c_slots_ = c_slots(solver, l)
-    coarse.v.index_copy_(0, c_slots_, fine.u.index_select(0, f_slots))
+    c_slots_.put(coarse.v, f_slots.get(fine.u))
     coarse.u.copy_(coarse.v)
     coarse.g.zero_()

@@ -16,7 +16,7 @@ from mgrit_nn.comm import Messenger
 from mgrit_nn.config import per_level
 from mgrit_nn.mgrit.cycle import CYCLES
 from mgrit_nn.mgrit.hierarchy import Chain, Level, build_levels
-from mgrit_nn.mgrit.propagator import Propagator
+from mgrit_nn.mgrit.propagator import Propagator, Workspace
 from mgrit_nn.mgrit.relax import evaluate, f_relax, sweep
 from mgrit_nn.runtime import CollectiveError
 
@@ -106,6 +106,7 @@ class MGRIT:
         self.data: list[LevelData] = []
         self.shape: tuple[int, ...] | None = None
         self.stats = SolverStats()
+        self.work = Workspace()                            # scratch, allocated once
         self.first = chain.ranks[0] == self.rank           # owns point 0
         self.last = chain.ranks[-1] == self.rank           # owns point N
 
@@ -162,7 +163,7 @@ class MGRIT:
 
         for l in range(L - 1, -1, -1):
             f_slots, cs = c_slots(self, l)
-            self.data[l].u.index_copy_(0, f_slots, self.data[l + 1].u.index_select(0, cs))
+            f_slots.put(self.data[l].u, cs.get(self.data[l + 1].u))
             f_relax(self, l)
 
     def _start(self, shape: tuple[int, ...]) -> None:
@@ -196,8 +197,7 @@ class MGRIT:
         """``sqrt(sum over level-0 C-points c>=1 of ||Phi(u_{c-1}) - u_c||^2)``: one reduction,
         the same bits on every rank, so every rank takes the same stopping decision."""
         slots, phi = evaluate(self, 0, "C", with_g=False)
-        local = float(((phi - self.data[0].u.index_select(0, slots)) ** 2).sum()) \
-            if slots.numel() else 0.0
+        local = float(phi.sub_(slots.get(self.data[0].u)).square_().sum()) if len(slots) else 0.0
         return math.sqrt(self.msg.allreduce_sum(local))
 
     def solve(self, u0: torch.Tensor | None, shape: tuple[int, ...],

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from mgrit_nn.mgrit import MGRIT, Chain, Level, MGRITOptions, Selection, SolveResult
+from mgrit_nn.mgrit import MGRIT, Chain, Level, MGRITOptions, Selection, SolveResult, Workspace
 from mgrit_nn.model.layers import LayerTable
 
 
@@ -33,6 +33,7 @@ class AdjointPropagator:
         self.net = net
         self.table: LayerTable | None = None
         self._cache: dict = {}
+        self.work = Workspace()
 
     def prepare(self, levels: list[Level]) -> None:
         net = self.net
@@ -55,13 +56,13 @@ class AdjointPropagator:
                                                net.h * lev.stride))
         self._cache = {}
 
-    def step(self, level: int, sel: Selection, lam: torch.Tensor) -> torch.Tensor:
+    def step(self, level: int, sel: Selection, lam: torch.Tensor, out: torch.Tensor) -> None:
         K = self._cache.get(sel.key)
         if K is None:
-            K = self._cache[sel.key] = self.table.gather(level, sel.slots)[0]
+            K = self._cache[sel.key] = self.table.gather(level, sel.slots.t)[0]
         H = self.net.h * self.table.levels[level].stride
-        return self.net.scheme.adjoint(self.net.shapes.kind, lam,
-                                       self.D[level].index_select(0, sel.slots), K, H)
+        self.net.scheme.adjoint(self.net.shapes.kind, lam, sel.slots.get(self.D[level]), K, H,
+                                out, self.work)
 
 
 def adjoint_solver(net, opts: MGRITOptions) -> MGRIT:
@@ -79,13 +80,30 @@ def solve_adjoint(net, lam_N: torch.Tensor | None, warm: torch.Tensor | None = N
 
 
 def layer_gradients(net) -> tuple[torch.Tensor, torch.Tensor]:
-    """Gradients of this rank's stacked layer weights from the final adjoint (one sweep)."""
+    """Gradients of this rank's stacked layer weights from the final adjoint (one sweep).
+
+    Layer j's gradient pairs the primal ``u_j`` with ``lam_{j+1}`` (adjoint slot hi - j)
+    and the linearization ``D`` of the step from ``u_j``, which the adjoint solve already
+    holds (level 0, adjoint slot hi - j + 1) for every layer j >= lo. The stacks are taken
+    in adjoint (descending j) order, so only the primal states and the weights are reversed.
+    Layer lo - 1 (the step from the ghost state, held here) is linearized on its own.
+    """
     net.solver.refresh_ghost(0)       # collective with the neighbours: u_{lo-1} (layer lo-1)
     if net.jhi < net.jlo:             # a rank owning only point 0 holds no layer
         return torch.zeros_like(net.weight), torch.zeros_like(net.bias)
-    u = net.solver.data[0].u[net.jlo - net.lo + 1: net.jhi - net.lo + 2]
-    # lam_{j+1} for j = jlo..jhi sits at tau = N-j-1, adjoint slot tau - (N-hi) + 1 = hi - j:
-    # slots hi-jhi (= 1) .. hi-jlo, in reverse order of j
-    lam = net.adjoint.data[0].u[1:net.hi - net.jlo + 1].flip(0)
+    kind, scheme, lo = net.shapes.kind, net.scheme, net.lo
     K, b = net.weight.detach(), net.bias.detach()
-    return net.scheme.param_grad(net.shapes.kind, net.act, u, lam, K, b, net.h)
+    fu, lam = net.solver.data[0].u, net.adjoint.data[0].u     # slot = point - lo + 1
+    j0 = max(net.jlo, lo)
+    n = net.jhi - j0 + 1                                       # layers j0..jhi
+    parts = []
+    if net.jlo < j0:
+        parts.append(scheme.param_grad(kind, net.act, fu[0:1], lam[n + 1:n + 2], K[0:1],
+                                       b[0:1], net.h))
+    if n > 0:
+        rows = slice(j0 - net.jlo, net.jhi - net.jlo + 1)
+        gK, gb = scheme.param_grad(kind, net.act, fu[j0 - lo + 1:net.jhi - lo + 2].flip(0),
+                                   lam[1:n + 1], K[rows].flip(0), b[rows].flip(0), net.h,
+                                   D=net.adjoint.prop.D[0][2:n + 2])
+        parts.append((gK.flip(0), gb.flip(0)))
+    return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])

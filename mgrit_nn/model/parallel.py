@@ -17,7 +17,7 @@ from torch import nn
 
 from mgrit_nn.comm import Messenger
 from mgrit_nn.config import ModelConfig, RegConfig
-from mgrit_nn.mgrit import MGRIT, Chain, Level, MGRITOptions, Selection, SolveResult
+from mgrit_nn.mgrit import MGRIT, Chain, Level, MGRITOptions, Selection, SolveResult, Workspace
 from mgrit_nn.model.adjoint import adjoint_solver, layer_gradients, solve_adjoint
 from mgrit_nn.model.init import Shapes, init_classifier, init_layers, init_opening
 from mgrit_nn.model.layers import LayerTable
@@ -36,6 +36,7 @@ class ForwardPropagator:
         self.net = net
         self.table: LayerTable | None = None
         self._cache: dict = {}
+        self.work = Workspace()     # the step's scratch, reused across steps and solves
 
     def prepare(self, levels: list[Level]) -> None:
         if self.table is None or self.table.levels is not levels:
@@ -43,13 +44,13 @@ class ForwardPropagator:
         self.table.refresh()
         self._cache = {}
 
-    def step(self, level: int, sel: Selection, u: torch.Tensor) -> torch.Tensor:
+    def step(self, level: int, sel: Selection, u: torch.Tensor, out: torch.Tensor) -> None:
         Kb = self._cache.get(sel.key)
         if Kb is None:
-            Kb = self._cache[sel.key] = self.table.gather(level, sel.slots)
+            Kb = self._cache[sel.key] = self.table.gather(level, sel.slots.t)
         net = self.net
         H = net.h * self.table.levels[level].stride
-        return net.scheme.step_(net.shapes.kind, net.act, u, Kb[0], Kb[1], H)
+        net.scheme.step_(net.shapes.kind, net.act, u, Kb[0], Kb[1], H, out, self.work)
 
 
 class ParallelResNet(nn.Module):

@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch.func import vjp, vmap
 
+from mgrit_nn.mgrit.propagator import Workspace
+
 
 class Activation:
     """sigma, its in-place form (for steps that need no autograd) and its derivative."""
@@ -62,33 +64,45 @@ _batched_conv_nb = vmap(_conv_nb)
 _batched_conv_tb = vmap(_conv_tb)
 
 
-def linear_part(kind: str, u: torch.Tensor, K: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+# The batched linear maps. ``out`` (optional) receives a dense result without a new
+# allocation; the conv forms return a new tensor, so callers always use the return value.
+def linear_part(kind: str, u: torch.Tensor, K: torch.Tensor, b: torch.Tensor,
+                out: torch.Tensor | None = None) -> torch.Tensor:
     """``K_k u_k + b_k`` for every k: dense (n,B,w)x(n,w,w) or 3x3 conv (n,B,c,H,W)."""
     if kind == "dense":
-        return torch.baddbmm(b.unsqueeze(1), u, K.transpose(1, 2))
+        return torch.baddbmm(b.unsqueeze(1), u, K.transpose(1, 2), out=out)
     return _batched_conv(u, K, b)
 
 
-def linear_transpose(kind: str, v: torch.Tensor, K: torch.Tensor) -> torch.Tensor:
+def linear_transpose(kind: str, v: torch.Tensor, K: torch.Tensor,
+                     out: torch.Tensor | None = None) -> torch.Tensor:
     """``K_k^T v_k`` for every k (the adjoint of the linear part without its bias)."""
     if kind == "dense":
-        return torch.bmm(v, K)
+        return torch.bmm(v, K, out=out)
     return _batched_conv_t(v, K)
 
 
-def linear_nobias(kind: str, v: torch.Tensor, K: torch.Tensor) -> torch.Tensor:
+def linear_nobias(kind: str, v: torch.Tensor, K: torch.Tensor,
+                  out: torch.Tensor | None = None) -> torch.Tensor:
     """``K_k v_k`` for every k (the linear part without its bias)."""
     if kind == "dense":
-        return torch.bmm(v, K.transpose(1, 2))
+        return torch.bmm(v, K.transpose(1, 2), out=out)
     return _batched_conv_nb(v, K)
 
 
 def linear_transpose_bias(kind: str, v: torch.Tensor, K: torch.Tensor,
-                          b: torch.Tensor) -> torch.Tensor:
+                          b: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
     """``K_k^T v_k + b_k`` for every k (the Verlet z-update's argument)."""
     if kind == "dense":
-        return torch.baddbmm(b.unsqueeze(1), v, K)
+        return torch.baddbmm(b.unsqueeze(1), v, K, out=out)
     return _batched_conv_tb(v, K, b)
+
+
+def scratch(ws: Workspace | None, name: str, like: torch.Tensor) -> torch.Tensor:
+    """A buffer shaped like ``like`` (contiguous): from the workspace, or a new one."""
+    if ws is None:
+        return torch.empty(like.shape, dtype=like.dtype, device=like.device)
+    return ws.get(name, like.shape[0], like)
 
 
 def euler_step(kind: str, act, u: torch.Tensor, K: torch.Tensor, b: torch.Tensor,
@@ -98,17 +112,20 @@ def euler_step(kind: str, act, u: torch.Tensor, K: torch.Tensor, b: torch.Tensor
 
 
 def euler_step_(kind: str, act: Activation, u: torch.Tensor, K: torch.Tensor,
-                b: torch.Tensor, h: float) -> torch.Tensor:
-    """The same without autograd, one new tensor instead of three (the MGRIT hot path)."""
-    z = act.fn_(linear_part(kind, u, K, b))
-    return z.mul_(h).add_(u)
+                b: torch.Tensor, h: float, out: torch.Tensor,
+                ws: Workspace | None = None) -> torch.Tensor:
+    """The same into ``out`` without autograd (the MGRIT hot path): with a workspace,
+    dense steps allocate nothing."""
+    z = act.fn_(linear_part(kind, u, K, b, out=scratch(ws, "z", u)))
+    return torch.add(u, z, alpha=h, out=out)
 
 
 def euler_adjoint(kind: str, lam: torch.Tensor, D: torch.Tensor, K: torch.Tensor,
-                  h: float) -> torch.Tensor:
-    """``(dPhi/du)^T lam = lam + h K^T (sigma'(z) * lam)``, given ``D = sigma'(z)``."""
-    w = linear_transpose(kind, D * lam, K)
-    return w.mul_(h).add_(lam)
+                  h: float, out: torch.Tensor, ws: Workspace | None = None) -> torch.Tensor:
+    """``(dPhi/du)^T lam = lam + h K^T (D * lam)`` into ``out``, given ``D = sigma'(z)``."""
+    w = linear_transpose(kind, torch.mul(D, lam, out=scratch(ws, "a", lam)), K,
+                         out=scratch(ws, "b", lam))
+    return torch.add(lam, w, alpha=h, out=out)
 
 
 # -- step schemes ------------------------------------------------------------------------------
@@ -131,22 +148,32 @@ class EulerScheme:
     def step(self, kind, act, u, K, b, h):
         return euler_step(kind, act, u, K, b, h)
 
-    def step_(self, kind, act, u, K, b, h):
-        return euler_step_(kind, act, u, K, b, h)
+    def step_(self, kind, act, u, K, b, h, out, ws=None):
+        return euler_step_(kind, act, u, K, b, h, out, ws)
 
     def linearize(self, kind, act, u, K, b, h) -> torch.Tensor:
         """What the transposed step needs at the primal state ``u``: ``sigma'(K u + b)``."""
         return act.deriv(linear_part(kind, u, K, b))
 
-    def adjoint(self, kind, lam, D, K, h):
-        return euler_adjoint(kind, lam, D, K, h)
+    def adjoint(self, kind, lam, D, K, h, out, ws=None):
+        return euler_adjoint(kind, lam, D, K, h, out, ws)
 
-    def param_grad(self, kind, act, u, lam, K, b, h):
-        """``(dPhi/d(K, b) (u))^T lam`` for every stacked step (``lam`` at the step's end)."""
-        # only the linear part goes through autograd; sigma' is applied directly
-        with torch.enable_grad():
-            z, fn = vjp(lambda K_, b_: linear_part(kind, u, K_, b_), K, b)
-        return fn(act.deriv(z.detach()).mul_(lam).mul_(h))
+    def param_grad(self, kind, act, u, lam, K, b, h, D=None):
+        """``(dPhi/d(K, b) (u))^T lam`` for every stacked step (``lam`` at the step's end);
+        ``D``: the linearization at ``u`` if already known (saves the forward recomputation)."""
+        if D is None:
+            D = act.deriv(linear_part(kind, u, K, b))
+        return linear_param_grad(kind, u, torch.mul(D, lam).mul_(h), K, b)
+
+
+def linear_param_grad(kind: str, u: torch.Tensor, g: torch.Tensor, K: torch.Tensor,
+                      b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(d(K_k u_k + b_k)/d(K_k, b_k))^T g_k`` for every k."""
+    if kind == "dense":
+        return torch.bmm(g.transpose(1, 2), u), g.sum(1)
+    with torch.enable_grad():
+        _, fn = vjp(lambda K_, b_: linear_part(kind, u, K_, b_), K, b)
+    return fn(g)
 
 
 def halves(kind: str, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -197,12 +224,13 @@ class VerletScheme:
         y1 = y + h * act(linear_part(kind, z1, K, b))
         return join(kind, y1, z1)
 
-    def step_(self, kind, act, u, K, b, h):
+    def step_(self, kind, act, u, K, b, h, out, ws=None):
         y, z = halves(kind, u)
-        out = torch.empty_like(u)
         y1, z1 = halves(kind, out)
-        torch.add(z, act.fn_(linear_transpose_bias(kind, y, K, b)), alpha=-h, out=z1)
-        torch.add(y, act.fn_(linear_part(kind, z1, K, b)), alpha=h, out=y1)
+        a = linear_transpose_bias(kind, y, K, b, out=scratch(ws, "z", y))
+        torch.add(z, act.fn_(a), alpha=-h, out=z1)
+        c = linear_part(kind, z1, K, b, out=scratch(ws, "z", y))
+        torch.add(y, act.fn_(c), alpha=h, out=y1)
         return out
 
     def linearize(self, kind, act, u, K, b, h) -> torch.Tensor:
@@ -216,16 +244,18 @@ class VerletScheme:
         D2.copy_(act.deriv(linear_part(kind, z1, K, b)))
         return out
 
-    def adjoint(self, kind, lam, D, K, h):
+    def adjoint(self, kind, lam, D, K, h, out, ws=None):
         ly, lz = halves(kind, lam)
         D1, D2 = halves(kind, D)
-        out = torch.empty_like(lam)
         ny, mu = halves(kind, out)
-        torch.add(lz, linear_transpose(kind, D2 * ly, K), alpha=h, out=mu)
-        torch.add(ly, linear_nobias(kind, D1 * mu, K), alpha=-h, out=ny)
+        a, b = scratch(ws, "a", ly), scratch(ws, "b", ly)
+        torch.add(lz, linear_transpose(kind, torch.mul(D2, ly, out=a), K, out=b), alpha=h,
+                  out=mu)
+        torch.add(ly, linear_nobias(kind, torch.mul(D1, mu, out=a), K, out=b), alpha=-h,
+                  out=ny)
         return out
 
-    def param_grad(self, kind, act, u, lam, K, b, h):
+    def param_grad(self, kind, act, u, lam, K, b, h, D=None):
         y, z = halves(kind, u)
         ly, lz = halves(kind, lam)
         with torch.enable_grad():
