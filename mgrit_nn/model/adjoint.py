@@ -47,13 +47,17 @@ class AdjointPropagator:
                 for lev in levels]
         self.table.refresh()
         primal = net.solver.data[0].u           # forward level-0 storage (slot = i - lo + 1)
+        old = getattr(self, "D", [])
         self.D = []
         for l, lev in enumerate(levels):
             slots = torch.arange(lev.n_local + 1, device=net.device)
             K, b = self.table.gather(l, slots)
-            u = primal.index_select(0, self.state_slot[l])
+            idx = self.state_slot[l]
+            u = torch.index_select(primal, 0, idx, out=self.work.get("primal", len(idx), primal))
+            # D is kept from solve to solve (same shape: overwritten in place, no allocation)
+            into = old[l] if l < len(old) and old[l].shape == u.shape else None
             self.D.append(net.scheme.linearize(net.shapes.kind, net.act, u, K, b,
-                                               net.h * lev.stride))
+                                               net.h * lev.stride, out=into))
         self._cache = {}
 
     def step(self, level: int, sel: Selection, lam: torch.Tensor, out: torch.Tensor) -> None:

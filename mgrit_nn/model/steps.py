@@ -21,24 +21,29 @@ from mgrit_nn.mgrit.propagator import Workspace
 
 
 class Activation:
-    """sigma, its in-place form (for steps that need no autograd) and its derivative."""
+    """sigma, its in-place form (for steps that need no autograd) and its derivative,
+    in place (``deriv_`` overwrites its argument) and not."""
 
-    def __init__(self, fn, fn_, deriv) -> None:
-        self.fn, self.fn_, self.deriv = fn, fn_, deriv
+    def __init__(self, fn, fn_, deriv_) -> None:
+        self.fn, self.fn_, self.deriv_ = fn, fn_, deriv_
 
     def __call__(self, z: torch.Tensor) -> torch.Tensor:
         return self.fn(z)
 
+    def deriv(self, z: torch.Tensor) -> torch.Tensor:
+        return self.deriv_(z.clone())
 
-def _dtanh(z: torch.Tensor) -> torch.Tensor:
-    t = torch.tanh(z)
-    return t.mul_(t).neg_().add_(1.0)
+
+def _dtanh_(z: torch.Tensor) -> torch.Tensor:
+    """``tanh'(z) = 1 / cosh(z)^2``: one pass fewer than ``1 - tanh(z)^2`` and no cancellation
+    (cosh overflows to inf for |z| > 710, giving the exact limit 0)."""
+    return z.cosh_().square_().reciprocal_()
 
 
 ACTIVATIONS = {
-    "tanh": Activation(torch.tanh, torch.tanh_, _dtanh),
-    "relu": Activation(torch.relu, torch.relu_, lambda z: (z > 0).to(z.dtype)),
-    "softplus": Activation(F.softplus, F.softplus, torch.sigmoid),
+    "tanh": Activation(torch.tanh, torch.tanh_, _dtanh_),
+    "relu": Activation(torch.relu, torch.relu_, lambda z: z.gt_(0)),
+    "softplus": Activation(F.softplus, F.softplus, torch.sigmoid_),
 }
 
 
@@ -151,9 +156,10 @@ class EulerScheme:
     def step_(self, kind, act, u, K, b, h, out, ws=None):
         return euler_step_(kind, act, u, K, b, h, out, ws)
 
-    def linearize(self, kind, act, u, K, b, h) -> torch.Tensor:
-        """What the transposed step needs at the primal state ``u``: ``sigma'(K u + b)``."""
-        return act.deriv(linear_part(kind, u, K, b))
+    def linearize(self, kind, act, u, K, b, h, out=None) -> torch.Tensor:
+        """What the transposed step needs at the primal state ``u``: ``sigma'(K u + b)``
+        (dense: into ``out`` when given; use the return value)."""
+        return act.deriv_(linear_part(kind, u, K, b, out=out))
 
     def adjoint(self, kind, lam, D, K, h, out, ws=None):
         return euler_adjoint(kind, lam, D, K, h, out, ws)
@@ -162,7 +168,7 @@ class EulerScheme:
         """``(dPhi/d(K, b) (u))^T lam`` for every stacked step (``lam`` at the step's end);
         ``D``: the linearization at ``u`` if already known (saves the forward recomputation)."""
         if D is None:
-            D = act.deriv(linear_part(kind, u, K, b))
+            D = act.deriv_(linear_part(kind, u, K, b))
         return linear_param_grad(kind, u, torch.mul(D, lam).mul_(h), K, b)
 
 
@@ -233,15 +239,15 @@ class VerletScheme:
         torch.add(y, act.fn_(c), alpha=h, out=y1)
         return out
 
-    def linearize(self, kind, act, u, K, b, h) -> torch.Tensor:
+    def linearize(self, kind, act, u, K, b, h, out=None) -> torch.Tensor:
         """``(D1, D2)`` stacked like a state, at the primal state ``u`` with spacing ``h``."""
         y, z = halves(kind, u)
-        out = torch.empty_like(u)
+        out = torch.empty_like(u) if out is None else out
         D1, D2 = halves(kind, out)
         a = linear_transpose_bias(kind, y, K, b)
-        D1.copy_(act.deriv(a))
+        act.deriv_(D1.copy_(a))
         z1 = act.fn_(a).mul_(-h).add_(z)
-        D2.copy_(act.deriv(linear_part(kind, z1, K, b)))
+        act.deriv_(D2.copy_(linear_part(kind, z1, K, b)))
         return out
 
     def adjoint(self, kind, lam, D, K, h, out, ws=None):
@@ -264,7 +270,7 @@ class VerletScheme:
         z1 = act(a).mul_(-h).add_(z)
         with torch.enable_grad():
             c, fc = vjp(lambda K_, b_: linear_part(kind, z1, K_, b_), K, b)
-        g2 = act.deriv(c.detach()).mul_(ly).mul_(h)          # adjoint of c
+        g2 = act.deriv_(c.detach()).mul_(ly).mul_(h)         # adjoint of c
         mu = linear_transpose(kind, g2, K).add_(lz)          # adjoint of z'
         g1 = act.deriv(a).mul_(mu).mul_(-h)                  # adjoint of a
         gK1, gb1 = fa(g1)
