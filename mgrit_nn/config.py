@@ -195,6 +195,8 @@ class RuntimeConfig:
     threads: int = opt(0, "torch threads per rank; 0: cores / ranks on the node")
     cuda_aware: bool | None = opt(None, "MPI sends GPU memory directly; null: ask the MPI "
                                   "library (else staged through pinned host buffers)")
+    compile: bool = opt(False, "torch.compile the forward step of the MGRIT relaxation "
+                        "(fuses bias, activation and update; first solve pays the compile)")
 
 
 @dataclass

@@ -39,7 +39,8 @@ class Run:
         c = self.cfg
         return ParallelResNet(c.model, self.shapes, MGRITOptions.from_config(c.mgrit), self.msg,
                               self.device, self.dtype,
-                              MGRITOptions.from_config(c.adjoint.resolved(c.mgrit)), c.reg)
+                              MGRITOptions.from_config(c.adjoint.resolved(c.mgrit)), c.reg,
+                              compile_step=c.runtime.compile)
 
 
 def _threads(cfg: Config) -> int:

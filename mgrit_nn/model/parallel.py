@@ -32,11 +32,13 @@ class ForwardPropagator:
     (injection) and the spacing ``H_l = h M_l`` (design §4).
     """
 
-    def __init__(self, net: ParallelResNet) -> None:
+    def __init__(self, net: ParallelResNet, compile_step: bool = False) -> None:
         self.net = net
         self.table: LayerTable | None = None
         self._cache: dict = {}
         self.work = Workspace()     # the step's scratch, reused across steps and solves
+        self._compiled = compiled_step(net.scheme, net.shapes.kind, net.act) \
+            if compile_step else None
 
     def prepare(self, levels: list[Level]) -> None:
         if self.table is None or self.table.levels is not levels:
@@ -50,7 +52,27 @@ class ForwardPropagator:
             Kb = self._cache[sel.key] = self.table.gather(level, sel.slots.t)
         net = self.net
         H = net.h * self.table.levels[level].stride
-        net.scheme.step_(net.shapes.kind, net.act, u, Kb[0], Kb[1], H, out, self.work)
+        if self._compiled is not None:
+            self._compiled(u, Kb[0], Kb[1], H, out)
+        else:
+            net.scheme.step_(net.shapes.kind, net.act, u, Kb[0], Kb[1], H, out, self.work)
+
+
+def compiled_step(scheme, kind: str, act):
+    """``out <- Phi(u)`` as one ``torch.compile``d function (``runtime.compile``): the
+    scheme's functional step, so inductor fuses bias, activation and update and writes the
+    result straight into the (strided) level storage. Only the stacked-steps dimension is
+    dynamic (one graph serves every selection size); each level's spacing and each batch
+    size get their own graph."""
+    def into(u, K, b, h, out):
+        out.copy_(scheme.step(kind, act, u, K, b, h))
+    fn = torch.compile(into, dynamic=False)
+
+    def call(u, K, b, h, out):
+        for t in (u, K, b, out):
+            torch._dynamo.mark_dynamic(t, 0)
+        fn(u, K, b, h, out)
+    return call
 
 
 class ParallelResNet(nn.Module):
@@ -58,7 +80,8 @@ class ParallelResNet(nn.Module):
 
     def __init__(self, m: ModelConfig, s: Shapes, opts: MGRITOptions, msg: Messenger,
                  device: torch.device, dtype: torch.dtype,
-                 adj_opts: MGRITOptions | None = None, reg: RegConfig | None = None) -> None:
+                 adj_opts: MGRITOptions | None = None, reg: RegConfig | None = None,
+                 compile_step: bool = False) -> None:
         super().__init__()
         self.cfg, self.shapes, self.msg = m, s, msg
         self.reg = reg if reg is not None and any(dataclasses.astuple(reg)) else None
@@ -83,7 +106,7 @@ class ParallelResNet(nn.Module):
             self.cls_weight, self.cls_bias = param(w), param(b0)
         # the time-smoothness term couples neighbouring ranks' layers: agree on that once
         self.neighbour_layers = neighbour_layers(self) if self.reg and self.reg.ddt > 0 else None
-        self.prop = ForwardPropagator(self)
+        self.prop = ForwardPropagator(self, compile_step)
         self.solver = MGRIT(self.chain, self.prop, msg, opts, device, dtype, "MGRIT forward")
         self.adjoint = adjoint_solver(self, adj_opts or opts)
         self.fwd_result: SolveResult | None = None
