@@ -1,5 +1,11 @@
 """V- and F-cycles (design §4).
 
+No redundant work between iterations: every iteration ends with a correction and an
+F-relaxation on level 0, and the stopping test evaluates the fine residual at the C-points
+of that iterate. The next iteration therefore leaves out its first level-0 F-relaxation,
+and with F-relaxation (nothing changes level 0 before the restriction) restricts the
+residual already computed (``solver.r0``): one fine sweep less per iteration.
+
 ``skip`` (first iteration of a cold solve, ``mgrit.skip``): the down-cycle does no
 relaxation and no residual work. The fine iterate is only the initial guess, so each
 coarse level starts from its injection with g = 0: the coarsest solve then propagates
@@ -20,10 +26,17 @@ def _down(solver, l: int, skip: bool) -> None:
         with phase("restrict"):
             inject(solver, l)
         return
+    # Level 0 after a completed iteration is F-relaxed and unchanged since the residual:
+    # its first F-relaxation would recompute the same values, and with plain F-relaxation
+    # the restriction's fine residual is the one the stopping test just computed.
+    relaxed = l == 0 and solver.r0 is not None
     with phase("relax"):
-        relax(solver, l, solver.relax[l])
+        relax(solver, l, solver.relax[l], first_f=not relaxed)
+    r = solver.r0 if relaxed and solver.relax[l] == "F" else None
+    if l == 0:
+        solver.r0 = None
     with phase("restrict"):
-        restrict(solver, l)
+        restrict(solver, l, r)
 
 
 def v_cycle(solver, l: int = 0, skip: bool = False) -> None:

@@ -180,9 +180,12 @@ def c_relax(solver, l: int) -> None:
     slots.put(solver.data[l].u, values)
 
 
-def relax(solver, l: int, scheme: str) -> None:
-    """``F``, ``FCF`` or ``FCFCF``: one F-relaxation, then C+F pairs."""
-    f_relax(solver, l)
+def relax(solver, l: int, scheme: str, first_f: bool = True) -> None:
+    """``F``, ``FCF`` or ``FCFCF``: one F-relaxation, then C+F pairs. ``first_f=False``
+    leaves out the first F-relaxation when the iterate is already F-relaxed (F-relaxation
+    is idempotent: it would recompute the same values)."""
+    if first_f:
+        f_relax(solver, l)
     for _ in range(scheme.count("C")):
         c_relax(solver, l)
         f_relax(solver, l)

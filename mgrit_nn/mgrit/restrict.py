@@ -10,6 +10,8 @@ At each coarse point I >= 1 with fine index c = I*m on level l::
 
 from __future__ import annotations
 
+import torch
+
 from mgrit_nn.mgrit.propagator import Index
 from mgrit_nn.mgrit.relax import evaluate
 
@@ -26,12 +28,19 @@ def c_slots(solver, l: int) -> tuple[Index, Index]:
     return lev.plans[key]
 
 
-def restrict(solver, l: int) -> None:
+def fine_residual(solver, l: int) -> torch.Tensor:
+    """``g_c + Phi(u_{c-1}) - u_c`` at the local C-points c >= 1 of level l, in slot order
+    (rows of the evaluation buffer)."""
+    slots, r = evaluate(solver, l, "C", with_g=True)
+    return r.sub_(slots.get(solver.data[l].u))
+
+
+def restrict(solver, l: int, r: torch.Tensor | None = None) -> None:
+    """``r``: the fine residual if already known (see cycle.py)."""
     fine, coarse = solver.data[l], solver.data[l + 1]
     f_slots, c_slots_ = c_slots(solver, l)
-    # residual at the C-points c >= 1, indexed like the fine level (in the evaluation buffer)
-    slots, r = evaluate(solver, l, "C", with_g=True)
-    r.sub_(slots.get(fine.u))
+    if r is None:
+        r = fine_residual(solver, l)
     c_slots_.put(coarse.v, f_slots.get(fine.u))
     coarse.u.copy_(coarse.v)
     cslots, phi_c = evaluate(solver, l + 1, "all", with_g=False)

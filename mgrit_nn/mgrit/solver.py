@@ -17,7 +17,8 @@ from mgrit_nn.config import per_level
 from mgrit_nn.mgrit.cycle import CYCLES
 from mgrit_nn.mgrit.hierarchy import Chain, Level, build_levels
 from mgrit_nn.mgrit.propagator import Propagator, Workspace
-from mgrit_nn.mgrit.relax import evaluate, f_relax, sweep
+from mgrit_nn.mgrit.relax import f_relax, sweep
+from mgrit_nn.mgrit.restrict import c_slots, fine_residual
 from mgrit_nn.runtime import CollectiveError
 
 TAG_GHOST = 5
@@ -107,6 +108,7 @@ class MGRIT:
         self.shape: tuple[int, ...] | None = None
         self.stats = SolverStats()
         self.work = Workspace()                            # scratch, allocated once
+        self.r0: torch.Tensor | None = None                # see cycle.py
         self.first = chain.ranks[0] == self.rank           # owns point 0
         self.last = chain.ranks[-1] == self.rank           # owns point N
 
@@ -159,8 +161,6 @@ class MGRIT:
         if self.first:
             self.data[L].u[1].copy_(u0)
         sweep(self, L, "all")
-        from mgrit_nn.mgrit.restrict import c_slots
-
         for l in range(L - 1, -1, -1):
             f_slots, cs = c_slots(self, l)
             f_slots.put(self.data[l].u, cs.get(self.data[l + 1].u))
@@ -196,8 +196,9 @@ class MGRIT:
     def residual(self) -> float:
         """``sqrt(sum over level-0 C-points c>=1 of ||Phi(u_{c-1}) - u_c||^2)``: one reduction,
         the same bits on every rank, so every rank takes the same stopping decision."""
-        slots, phi = evaluate(self, 0, "C", with_g=False)
-        local = float(phi.sub_(slots.get(self.data[0].u)).square_().sum()) if len(slots) else 0.0
+        r = fine_residual(self, 0)                         # g = 0 on level 0
+        local = float(torch.dot(r.flatten(), r.flatten())) if len(r) else 0.0
+        self.r0 = r                                        # kept for the next restriction
         return math.sqrt(self.msg.allreduce_sum(local))
 
     def solve(self, u0: torch.Tensor | None, shape: tuple[int, ...],
@@ -215,6 +216,7 @@ class MGRIT:
         with self.stats.phase("init"):
             self._initial_guess(u0, tuple(shape), self.opts.init, warm)
         cycle = CYCLES[self.opts.cycle]
+        self.r0 = None                  # level-0 residual of the current iterate, if known
         result = SolveResult(0)
         for k in range(1, max_iter + 1):
             # ends with correction + F-relax on level 0 (or an exact solve)

@@ -149,3 +149,26 @@ def test_skip_first_down_cycle(cycle):
         _, _, _, one = forward(WORLD, mgrit__skip=skip, mgrit__max_iter=1, **kw)
         work.append(one.solver.msg.allreduce_sum(one.solver.stats.steps))
     assert work[1] < work[0], work
+
+
+@pytest.mark.parametrize("relax,saved", [("F", 1.0), ("FCF", 0.75)])
+@pytest.mark.parametrize("cycle", ["V", "F"])
+def test_no_redundant_sweeps_between_iterations(relax, saved, cycle):
+    """From the second iteration on, level 0's first F-relaxation is left out (the iterate
+    is F-relaxed) and with F-relaxation the restriction reuses the stopping test's residual:
+    iteration k >= 2 costs ``saved`` fine sweeps less than the first. Nothing changes:
+    iteration 3 gives the residual of one full (nothing left out) iteration warm-started
+    from the 2-iteration iterate."""
+    N, kw = 64, dict(model__layers=64, mgrit__levels=3, mgrit__relax=relax,
+                     mgrit__cycle=cycle, mgrit__tol=0.0)
+    steps, res = {}, {}
+    for k in (1, 2, 3):
+        res[k], _, run, net = forward(WORLD, mgrit__max_iter=k, **kw)
+        steps[k] = run.msg.allreduce_sum(float(net.solver.stats.steps))
+    first, later = steps[1], steps[2] - steps[1]
+    assert steps[3] - steps[2] == later
+    assert first - later == saved * N
+    _, _, run, net = forward(WORLD, mgrit__max_iter=2, **kw)
+    again = net.solve_forward(run.data.x_train.to(run.dtype), warm=net.solver.u.clone(),
+                              max_iter=1)
+    assert abs(again.residuals[0] - res[3].residuals[2]) <= 1e-14 * res[3].residuals[2]
