@@ -96,8 +96,9 @@ def _one(method: LayerParallelMethod, x, y, idx, repeats: int, warmup: int, run:
         n_coarse - allc[:, 2].max() + (P - 1)) + N / P
     return {"seconds": seconds, "levels": len(net.solver.levels),
             "fwd_sweeps": allc[:, 0].sum() / N, "adj_sweeps": allc[:, 1].sum() / N,
-            "fwd_iters": fwd_res.iters,
-            "adj_iters": adj_res.iters, "span": float(span), "phases": phases}
+            "fwd_iters": fwd_res.iters, "adj_iters": adj_res.iters,
+            "fwd_factor": fwd_res.conv_factor, "adj_factor": adj_res.conv_factor,
+            "span": float(span), "phases": phases}
 
 
 def bench(run: Run) -> dict | None:
@@ -147,6 +148,7 @@ def bench(run: Run) -> dict | None:
         "oneshot_fwd_sweeps": oneshot["fwd_sweeps"], "oneshot_adj_sweeps": oneshot["adj_sweeps"],
         **({"mgrit_grad_s": exact["seconds"], "ratio_mgrit": exact["seconds"] / serial_s,
             "mgrit_fwd_iters": exact["fwd_iters"], "mgrit_adj_iters": exact["adj_iters"],
+            "mgrit_fwd_factor": exact["fwd_factor"], "mgrit_adj_factor": exact["adj_factor"],
             "mgrit_work_sweeps": exact["fwd_sweeps"] + exact["adj_sweeps"],
             "span_speedup_mgrit": 2 * N / exact["span"]} if exact else {}),
         "span_speedup_oneshot": 2 * N / oneshot["span"],
