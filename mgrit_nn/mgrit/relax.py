@@ -42,6 +42,7 @@ class Plan:
     recv_ghost: bool            # point lo is a member: its predecessor lives on the left
     send_last: str | None       # when u[hi] goes right: "early" | "interior" | "leading"
     slots: Index                # all member slots in increasing order (for evaluate)
+    rows: dict                  # selection key -> its rows of an evaluation's output
 
 
 def _runs(lev: Level, kind: str) -> list[list[int]]:
@@ -89,7 +90,11 @@ def plan(lev: Level, kind: str, device: torch.device, sequential: bool) -> Plan:
         else:
             send_last = "interior"
     members = sorted(lev.slot(i) for r in runs + [lead] for i in r)
-    p = Plan(interior, leading, recv_ghost, send_last, Index.of(members, device))
+    rows, at = {}, 0
+    for sel in leading + interior:        # the leading point (slot 1) first, then slot order
+        rows[sel.key] = slice(at, at + len(sel.slots))
+        at += len(sel.slots)
+    p = Plan(interior, leading, recv_ghost, send_last, Index.of(members, device), rows)
     lev.plans[key] = p
     return p
 
@@ -123,29 +128,22 @@ def _run(solver, l: int, kind: str, sequential: bool, with_g: bool, tag: int,
     p = plan(lev, kind, solver.device, sequential)
     if lev.n_local == 0:
         return p
-    # evaluation rows: the leading point (slot 1) first, then the interior in slot order
-    n_lead = sum(len(sel.slots) for sel in p.leading)
-    rows = {"i": n_lead, "l": 0}
 
-    def target(sel: Selection, part: str) -> torch.Tensor | None:
-        if out is None:
-            return None
-        a = rows[part]
-        rows[part] += len(sel.slots)
-        return out[a:rows[part]]
+    def target(sel: Selection) -> torch.Tensor | None:
+        return None if out is None else out[p.rows[sel.key]]
 
     recv = msg.irecv(d.u[0], lev.left, tag) if p.recv_ghost else None
     sends = []
     if p.send_last == "early":
         sends.append(msg.isend(d.u[lev.n_local], lev.right, tag))
     for sel in p.interior:
-        _apply(solver, l, sel, with_g, target(sel, "i"))
+        _apply(solver, l, sel, with_g, target(sel))
     if p.send_last == "interior":
         sends.append(msg.isend(d.u[lev.n_local], lev.right, tag))
     if recv is not None:
         recv.wait()
         for sel in p.leading:
-            _apply(solver, l, sel, with_g, target(sel, "l"))
+            _apply(solver, l, sel, with_g, target(sel))
     if p.send_last == "leading":
         sends.append(msg.isend(d.u[lev.n_local], lev.right, tag))
     for s in sends:

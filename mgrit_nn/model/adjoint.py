@@ -34,6 +34,7 @@ class AdjointPropagator:
         self.table: LayerTable | None = None
         self._cache: dict = {}
         self.work = Workspace()
+        self.D: list[torch.Tensor] = []      # per level, kept from solve to solve
 
     def prepare(self, levels: list[Level]) -> None:
         net = self.net
@@ -47,8 +48,7 @@ class AdjointPropagator:
                 for lev in levels]
         self.table.refresh()
         primal = net.solver.data[0].u           # forward level-0 storage (slot = i - lo + 1)
-        old = getattr(self, "D", [])
-        self.D = []
+        old, self.D = self.D, []
         for l, lev in enumerate(levels):
             slots = torch.arange(lev.n_local + 1, device=net.device)
             K, b = self.table.gather(l, slots)
