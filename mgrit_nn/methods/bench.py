@@ -124,9 +124,8 @@ def bench(run: Run) -> dict | None:
     # Every repetition differentiates the same batch at the same weights, so warm starts
     # would converge the one-shot iterations and stop them early at the tolerance; in
     # training the weights change every step. The iteration counts are held fixed.
-    one = LayerParallelMethod(run, exact=False)
-    one.fwd_kw["tol"] = one.adj_kw["tol"] = 0.0
-    oneshot = _one(one, x, y, idx, b.repeats, b.warmup, run)
+    oneshot = _one(LayerParallelMethod(run, exact=False, fixed_iters=True), x, y, idx,
+                   b.repeats, b.warmup, run)
     exact = _one(LayerParallelMethod(run, exact=True), x, y, idx, b.repeats, b.warmup, run) \
         if b.exact else None
 

@@ -52,12 +52,15 @@ class WarmStore:
 
 
 class LayerParallelMethod(PartitionedMethod):
-    def __init__(self, run: Run, exact: bool | None = None) -> None:
+    def __init__(self, run: Run, exact: bool | None = None, fixed_iters: bool = False) -> None:
+        """``fixed_iters`` (one-shot): always ``train.fwd_iters``/``adj_iters`` iterations,
+        never stopping early at the tolerance (the bench's repeated identical gradients)."""
         super().__init__(run)
         t = run.cfg.train
         exact = t.method == "mgrit" if exact is None else exact
-        self.fwd_kw = {} if exact else {"max_iter": t.fwd_iters}
-        self.adj_kw = {} if exact else {"max_iter": t.adj_iters}
+        never = {"tol": 0.0} if fixed_iters else {}
+        self.fwd_kw = {} if exact else {"max_iter": t.fwd_iters, **never}
+        self.adj_kw = {} if exact else {"max_iter": t.adj_iters, **never}
         warm = not exact and t.warm_start
         n = len(run.data.x_train)
         self.fwd_store = WarmStore(n) if warm else None
