@@ -17,7 +17,7 @@ import json
 
 from mpi4py import MPI
 
-from mgrit_nn.methods.bench import bench
+from mgrit_nn.commands.bench import bench
 from mgrit_nn.runtime import abort_on_error, node_ranks
 from mgrit_nn.setup_run import setup
 

@@ -14,7 +14,7 @@ import json
 
 from mpi4py import MPI
 
-from mgrit_nn.methods.check import gradient_errors
+from mgrit_nn.commands.check import gradient_errors
 from mgrit_nn.runtime import abort_on_error
 from mgrit_nn.setup_run import setup
 

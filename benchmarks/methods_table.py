@@ -16,10 +16,10 @@ import json
 
 from mpi4py import MPI
 
-from mgrit_nn.methods.bench import idle_barrier
-from mgrit_nn.methods.train import Trainer
+from mgrit_nn.commands.bench import idle_barrier
 from mgrit_nn.runtime import abort_on_error, node_ranks
 from mgrit_nn.setup_run import setup
+from mgrit_nn.train.loop import Trainer
 
 
 def run_method(config: str, sets: list[str], method: str, comm: MPI.Comm) -> dict:

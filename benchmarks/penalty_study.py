@@ -23,10 +23,10 @@ import json
 import numpy as np
 from mpi4py import MPI
 
-from mgrit_nn.methods.bench import idle_barrier
-from mgrit_nn.methods.train import Trainer
+from mgrit_nn.commands.bench import idle_barrier
 from mgrit_nn.runtime import abort_on_error, node_ranks
 from mgrit_nn.setup_run import setup
+from mgrit_nn.train.loop import Trainer
 
 
 def one(config: str, sets: list[str], comm: MPI.Comm) -> dict:

@@ -94,11 +94,11 @@ def _analysis_parsers(sub) -> None:
 
 def _analysis(args) -> int:
     if args.command == "scaling":
-        from mgrit_nn.scaling import main as scaling
+        from mgrit_nn.commands.scaling import main as scaling
 
         return scaling(args)
     if args.command == "job":
-        from mgrit_nn.jobs import TemplateError, parse_vars, render_kind
+        from mgrit_nn.commands.job import TemplateError, parse_vars, render_kind
 
         try:
             print(render_kind(args.template, parse_vars(args.var)), end="")
@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         print(schema_markdown())
         return 0
     if args.command == "info":
-        from mgrit_nn.io.info import info
+        from mgrit_nn.commands.info import info
 
         try:
             print(info(args.file))
@@ -150,21 +150,21 @@ def main(argv: list[str] | None = None) -> int:
         run = setup(args.config, args.set, comm)
         code = 0
         if args.command == "check":
-            from mgrit_nn.methods.check import check
+            from mgrit_nn.commands.check import check
 
             out = check(run)
         elif args.command == "bench":
-            from mgrit_nn.methods.bench import bench
+            from mgrit_nn.commands.bench import bench
 
             out = bench(run)
         elif args.command == "init":
-            from mgrit_nn.io.state import save
-            from mgrit_nn.methods.train import Trainer
+            from mgrit_nn.train.checkpoint import save
+            from mgrit_nn.train.loop import Trainer
 
             path = save(Trainer(run), Path(args.out), 0)
             out = {"checkpoint": str(path)}
         else:
-            from mgrit_nn.methods.train import train
+            from mgrit_nn.train.loop import train
 
             out_dir = args.out or str(Path("out") / Path(args.config).stem)
             out = train(run, out_dir, args.quiet, args.resume, args.init_from)

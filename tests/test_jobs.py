@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from mgrit_nn.jobs import (
+from mgrit_nn.commands.job import (
     DEFAULTS,
     TemplateError,
     parse_vars,

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from mgrit_nn.commands.scaling import StudyError, launcher_command, layers_for, parse_ranks, prepare
 from mgrit_nn.config import ConfigError
-from mgrit_nn.scaling import StudyError, launcher_command, layers_for, parse_ranks, prepare
 
 ROOT = Path(__file__).resolve().parents[1]
 PEAKS = str(ROOT / "configs" / "peaks.yaml")

@@ -53,7 +53,7 @@ def gradients(comm: MPI.Comm, fwd_iters=None, adj_iters=None, **kw):
 
     Returns (grad_rel_err, grad_max_rel_err, forward result, adjoint result, run, net).
     """
-    from mgrit_nn.methods.check import gradient_errors
+    from mgrit_nn.commands.check import gradient_errors
 
     run = setup(None, sets(**{**SMALL, **kw}), comm)
     net = run.network()

@@ -15,12 +15,12 @@ from conftest import WORLD, sets
 from mpi4py import MPI
 
 from mgrit_nn.data import batches
-from mgrit_nn.methods.optim import make_optimizer
-from mgrit_nn.methods.train import Trainer
 from mgrit_nn.mgrit.hierarchy import block_starts
 from mgrit_nn.model.critic import build_critic
 from mgrit_nn.model.serial import SerialResNet
 from mgrit_nn.setup_run import setup
+from mgrit_nn.train.loop import Trainer
+from mgrit_nn.train.optim import make_optimizer
 
 pytestmark = pytest.mark.mpi
 
@@ -191,7 +191,7 @@ def test_fewer_steps_than_groups_then_resume():
 
 def fill_up_and_resume(K: int, out: Path) -> None:
     short = max(1, K - 2)
-    from mgrit_nn.io.state import restore, save
+    from mgrit_nn.train.checkpoint import restore, save
 
     trainer, hist = trained(WORLD, train__steps=short)
     assert len(hist) == short

@@ -10,8 +10,8 @@ import torch
 from conftest import WORLD, sets
 from mpi4py import MPI
 
-from mgrit_nn.methods.train import Trainer
 from mgrit_nn.setup_run import setup
+from mgrit_nn.train.loop import Trainer
 
 pytestmark = pytest.mark.mpi
 

@@ -15,10 +15,10 @@ from conftest import WORLD, sets
 from mpi4py import MPI
 
 from mgrit_nn.methods.penalty import beta_tau
-from mgrit_nn.methods.train import Trainer
 from mgrit_nn.mgrit import Chain
 from mgrit_nn.model.serial import SerialResNet
 from mgrit_nn.setup_run import setup
+from mgrit_nn.train.loop import Trainer
 
 pytestmark = pytest.mark.mpi
 
@@ -151,7 +151,7 @@ def test_messages_are_interface_sized():
 
 def test_resume_is_exact(tmp_path):
     """Checkpoint at step 3 (lambda, kappa, step counter), resume: same losses bitwise."""
-    from mgrit_nn.io.state import restore, save
+    from mgrit_nn.train.checkpoint import restore, save
 
     out = WORLD.bcast(str(tmp_path), root=0)
     kw = dict(train__method="al", penalty__noise=0.01)

@@ -20,9 +20,9 @@ from tqdm import tqdm
 from mgrit_nn.data import batches
 from mgrit_nn.io.checkpoint import ParamLayout
 from mgrit_nn.methods.base import StepInfo
-from mgrit_nn.methods.optim import LBFGS, make_optimizer, make_schedule
 from mgrit_nn.runtime import CollectiveError
 from mgrit_nn.setup_run import Run
+from mgrit_nn.train.optim import LBFGS, make_optimizer, make_schedule
 
 log = logging.getLogger("mgrit_nn.train")
 
@@ -150,7 +150,7 @@ class Trainer:
     def train(self, quiet: bool = False, out: Path | None = None, start: int = 0,
               history=None, stop=None) -> dict:
         """Steps start+1 .. train.steps; returns the result (``stopped`` if a signal came)."""
-        from mgrit_nn.io.state import save_if_due
+        from mgrit_nn.train.checkpoint import save_if_due
 
         t = self.cfg.train
         rank0 = self.run.world.Get_rank() == 0
@@ -212,8 +212,8 @@ def train(run: Run, out: str | None, quiet: bool = False, resume: str | None = N
     """The whole command: optional restart, the loop, history and checkpoints in ``out``."""
     from mgrit_nn.io.checkpoint import latest_checkpoint
     from mgrit_nn.io.history import History
-    from mgrit_nn.io.state import restore, verify
     from mgrit_nn.runtime import StopSignal, agree_on_config
+    from mgrit_nn.train.checkpoint import restore, verify
 
     out_dir = Path(out)
     stop = StopSignal()          # from here on a SIGTERM/SIGUSR1 means: checkpoint, then stop

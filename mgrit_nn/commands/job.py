@@ -12,7 +12,7 @@ import re
 import sys
 from pathlib import Path
 
-JOBS_DIR = Path(__file__).resolve().parents[1] / "jobs"
+JOBS_DIR = Path(__file__).resolve().parents[2] / "jobs"
 PLACEHOLDER = re.compile(r"\{\{([A-Z_][A-Z0-9_]*)\}\}")
 
 DEFAULTS: dict[str, str] = {

@@ -25,8 +25,8 @@ from pathlib import Path
 
 import yaml
 
+from mgrit_nn.commands.job import TemplateError, render_kind
 from mgrit_nn.config import ConfigError, build_config, load_config, parse_override, validate
-from mgrit_nn.jobs import TemplateError, render_kind
 
 STUDY_FILE = "study.json"
 COMPUTED_VARS = ("CONFIG", "OUT", "BENCH", "NTASKS", "NODES", "NTASKS_PER_NODE", "RUNS")
@@ -281,7 +281,7 @@ def submit(study: Path, echo=print) -> dict[int, str]:
 
 def main(args) -> int:
     """The ``mgrit-nn scaling`` command; the last stdout line is one JSON object."""
-    from mgrit_nn.jobs import parse_vars
+    from mgrit_nn.commands.job import parse_vars
 
     def say(text: str) -> None:
         print(text, file=sys.stderr, flush=True)

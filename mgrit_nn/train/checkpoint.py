@@ -22,7 +22,7 @@ from mgrit_nn.io.checkpoint import (
     read_model,
     write_checkpoint,
 )
-from mgrit_nn.methods.optim import load_optimizer_state, optimizer_state
+from mgrit_nn.train.optim import load_optimizer_state, optimizer_state
 
 
 def save(trainer, out: Path, step: int) -> Path | None:

@@ -1,0 +1,1 @@
+"""The commands of ``mgrit-nn`` (dispatched by :mod:`mgrit_nn.cli`)."""

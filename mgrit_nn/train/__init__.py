@@ -1,0 +1,1 @@
+"""The training loop and what it owns: optimizers, schedules, checkpoint glue."""
