@@ -8,10 +8,27 @@ The message dtype is the tensor's dtype (the model dtype).
 from __future__ import annotations
 
 import time
+from enum import IntEnum
 
 import numpy as np
 import torch
 from mpi4py import MPI
+
+
+class Tag(IntEnum):
+    """Every point-to-point message tag of the package, in one place (no two uses collide)."""
+
+    SWEEP = 1            # MGRIT relaxation sweep on level l: SWEEP + LEVEL_STRIDE * l
+    EVAL = 2             # MGRIT evaluation (C-relaxation, residual) on level l: EVAL + 8 l
+    GHOST = 5            # the ghost state (left neighbour's last point) of level 0
+    LAYERS = 64          # layer weights for the coarse-level layer table
+    STAGE_RIGHT = 301    # stage-parallel methods: end state to the right neighbour
+    STAGE_LEFT = 302     # stage-parallel methods: (auxiliary) state / co-state to the left
+    CRITIC_LOSS = 303    # local_critic: L_{i+1} to the left neighbour
+    CRITIC_EVAL = 304    # local_critic: states of the evaluation sweep
+
+
+LEVEL_STRIDE = 8         # per-level tags: SWEEP/EVAL + LEVEL_STRIDE * l never hit another tag
 
 
 class Timers:

@@ -17,122 +17,134 @@ from typing import Any, Literal, Union
 
 import yaml
 
+from mgrit_nn.methods.registry import METHODS, SECTIONS_OF_METHODS, method_doc
+
 
 class ConfigError(ValueError):
     """A configuration problem, reported as one clear message before any work."""
 
 
-def opt(default: Any, doc: str) -> Any:
-    """A schema field with its default and one-line documentation."""
+def opt(default: Any, doc: str, *, ge: float | None = None, gt: float | None = None) -> Any:
+    """A schema field with its default, one-line documentation and bounds: every number of
+    the value (each element of a list; null is exempt) must be ``>= ge`` / ``> gt``."""
+    meta = {"doc": doc, "ge": ge, "gt": gt}
     if isinstance(default, list):
-        return field(default_factory=lambda: list(default), metadata={"doc": doc})
-    return field(default=default, metadata={"doc": doc})
+        return field(default_factory=lambda: list(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+Relax = Literal["F", "FCF", "FCFCF"]
+DataName = Literal["peaks", "levelset", "swissroll", "ellipses", "digits", "mnist", "cifar10",
+                   "indian_pines"]
+MethodName = Literal[tuple(METHODS)]        # type: ignore[valid-type]
 
 
 @dataclass
 class ModelConfig:
     kind: Literal["dense", "conv"] = opt("dense", "dense (width w) or conv (c channels, 3x3)")
-    layers: int = opt(32, "number of residual steps N (fine grid points 0..N)")
-    T: float = opt(1.0, "final time; step size h = T / N")
-    width: int = opt(8, "state width w of the dense network")
-    channels: int = opt(4, "state channels c of the conv network")
+    layers: int = opt(32, "number of residual steps N (fine grid points 0..N)", ge=1)
+    T: float = opt(1.0, "final time; step size h = T / N", gt=0)
+    width: int = opt(8, "state width w of the dense network", ge=1)
+    channels: int = opt(4, "state channels c of the conv network", ge=1)
     activation: Literal["tanh", "relu", "softplus"] = opt("tanh", "activation sigma")
     step: Literal["euler", "verlet"] = opt(
         "euler", "euler: u + h*sigma(K u + b); verlet: Hamiltonian (y, z) pair (docs/mgrit.md)")
-    init_std: float = opt(1.0, "std of residual weights, scaled by 1/sqrt(fan_in)")
+    init_std: float = opt(1.0, "std of residual weights, scaled by 1/sqrt(fan_in)", ge=0)
     seed: int = opt(0, "seed of the weight initialization (rank-count independent)")
 
 
 @dataclass
 class MgritConfig:
-    levels: int = opt(10, "maximum number of levels; coarsening stops at min_coarse intervals")
-    cfactor: int | list[int] = opt(4, "coarsening factor, one value or a list per level")
-    min_coarse: int = opt(2, "no level with fewer than this many intervals is created")
-    relax: str | list[str] = opt("FCF", "F | FCF | FCFCF, one value or a list per level")
+    levels: int = opt(10, "maximum number of levels; coarsening stops at min_coarse intervals",
+                      ge=1)
+    cfactor: int | list[int] = opt(4, "coarsening factor, one value or a list per level", ge=2)
+    min_coarse: int = opt(2, "no level with fewer than this many intervals is created", ge=1)
+    relax: Relax | list[Relax] = opt("FCF", "F | FCF | FCFCF, one value or a list per level")
     cycle: Literal["V", "F"] = opt("V", "V-cycle or F-cycle")
-    max_iter: int = opt(20, "maximum MGRIT iterations per solve")
-    tol: float = opt(1e-10, "absolute tolerance on the level-0 C-point residual norm")
+    max_iter: int = opt(20, "maximum MGRIT iterations per solve", ge=1)
+    tol: float = opt(1e-10, "absolute tolerance on the level-0 C-point residual norm", ge=0)
     init: Literal["zero", "copy", "coarse"] = opt("zero", "initial guess of a cold solve")
     skip: bool = opt(False, "cold solves: no relaxation/restriction work on the first "
                      "down-cycle (coarse levels start from the injected guess, g = 0)")
 
 
-@dataclass
-class AdjointConfig:
-    """The adjoint (backward) MGRIT solve; null means: as in ``mgrit``."""
-
-    levels: int | None = opt(None, "maximum number of levels (null: mgrit.levels)")
-    cfactor: int | list[int] | None = opt(None, "coarsening factor(s) (null: mgrit.cfactor)")
-    min_coarse: int | None = opt(None, "minimum coarsest intervals (null: mgrit.min_coarse)")
-    relax: str | list[str] | None = opt(None, "F | FCF | FCFCF (null: mgrit.relax)")
-    cycle: Literal["V", "F"] | None = opt(None, "V or F (null: mgrit.cycle)")
-    max_iter: int | None = opt(None, "maximum iterations (null: mgrit.max_iter)")
-    tol: float | None = opt(None, "absolute residual tolerance (null: mgrit.tol)")
-    init: Literal["zero", "copy", "coarse"] | None = opt(None, "initial guess (null: mgrit.init)")
-    skip: bool | None = opt(None, "skip the first down-cycle's work (null: mgrit.skip)")
+def _adjoint_config() -> type:
+    """``adjoint``: every ``mgrit`` option, null meaning "as in mgrit" (one declaration)."""
+    hints = typing.get_type_hints(MgritConfig)
+    fields = [(f.name, hints[f.name] | None,
+               field(default=None, metadata={**f.metadata,
+                                             "doc": f"{f.metadata['doc']} (null: mgrit.{f.name})"}))
+              for f in dataclasses.fields(MgritConfig)]
 
     def resolved(self, fwd: MgritConfig) -> MgritConfig:
         """The adjoint settings with every null taken from the forward ones."""
         return MgritConfig(**{f.name: getattr(fwd, f.name) if getattr(self, f.name) is None
                               else getattr(self, f.name) for f in dataclasses.fields(self)})
+    return dataclasses.make_dataclass(
+        "AdjointConfig", fields, namespace={"resolved": resolved, "__module__": __name__,
+                                            "__doc__": "The adjoint (backward) MGRIT solve; "
+                                            "null means: as in ``mgrit``."})
+
+
+AdjointConfig = _adjoint_config()
 
 
 @dataclass
 class RegConfig:
     """Tikhonov terms added to the cross-entropy loss (h = T / N)."""
 
-    theta: float = opt(0.0, "gamma: gamma*h/2 * sum_j (|K_j|^2 + |b_j|^2)")
-    ddt: float = opt(0.0, "gamma: gamma/(2h) * sum_j |theta_j - theta_{j-1}|^2 (smooth in time)")
-    classifier: float = opt(0.0, "gamma: gamma/2 * (|W_out|^2 + |b_out|^2)")
-    opening: float = opt(0.0, "gamma: gamma/2 * (|W_in|^2 + |b_in|^2)")
+    theta: float = opt(0.0, "gamma: gamma*h/2 * sum_j (|K_j|^2 + |b_j|^2)", ge=0)
+    ddt: float = opt(0.0, "gamma: gamma/(2h) * sum_j |theta_j - theta_{j-1}|^2 (smooth in time)",
+                     ge=0)
+    classifier: float = opt(0.0, "gamma: gamma/2 * (|W_out|^2 + |b_out|^2)", ge=0)
+    opening: float = opt(0.0, "gamma: gamma/2 * (|W_in|^2 + |b_in|^2)", ge=0)
 
 
 @dataclass
 class DataConfig:
-    name: str = opt("peaks", "peaks|levelset|swissroll|ellipses|digits|mnist|cifar10|indian_pines")
+    name: DataName = opt("peaks", "the data set (docs/getting_started.md)")
     path: str | None = opt(None, "directory of the files of a file data set")
     n_train: int = opt(1000, "training samples (file sets: <= 0 means all)")
-    n_val: int = opt(200, "validation samples")
+    n_val: int = opt(200, "validation samples", ge=0)
     seed: int = opt(0, "seed of generation, splitting and shuffling")
-    batch_size: int = opt(0, "mini-batch size; 0 means full batch")
+    batch_size: int = opt(0, "mini-batch size; 0 means full batch", ge=0)
 
 
 @dataclass
 class TrainConfig:
-    method: Literal["serial", "mgrit", "oneshot", "penalty", "al", "parpas", "local_critic"] = opt(
-        "oneshot", "serial (1 rank, autograd) | mgrit (exact) | oneshot (inexact, warm-started) "
-        "| penalty | al (stage-parallel, Sun et al.) | parpas (Parpas & Muir) | local_critic")
-    steps: int = opt(100, "optimization steps (one mini-batch each)")
-    fwd_iters: int = opt(2, "oneshot: forward MGRIT iterations per step")
-    adj_iters: int = opt(2, "oneshot: adjoint MGRIT iterations per step")
+    method: MethodName = opt("oneshot", method_doc())
+    steps: int = opt(100, "optimization steps (one mini-batch each)", ge=0)
+    fwd_iters: int = opt(2, "oneshot: forward MGRIT iterations per step", ge=1)
+    adj_iters: int = opt(2, "oneshot: adjoint MGRIT iterations per step", ge=1)
     warm_start: bool = opt(True, "oneshot: start each solve from the samples' previous iterates")
     optimizer: Literal["sgd", "adam", "lbfgs"] = opt("adam", "sgd | adam | lbfgs (full batch)")
-    lr: float = opt(0.01, "learning rate (lbfgs: initial step of the line search)")
+    lr: float = opt(0.01, "learning rate (lbfgs: initial step of the line search)", gt=0)
     momentum: float = opt(0.9, "sgd momentum")
     weight_decay: float = opt(0.0, "sgd/adam weight decay")
     schedule: Literal["constant", "step", "cosine"] = opt("constant", "learning-rate schedule")
     milestones: list[int] = opt([], "step schedule: steps where lr is multiplied by factor")
     factor: float = opt(0.1, "step schedule: lr factor at each milestone")
-    lbfgs_memory: int = opt(10, "lbfgs: stored (s, y) pairs")
+    lbfgs_memory: int = opt(10, "lbfgs: stored (s, y) pairs", ge=1)
     lbfgs_max_ls: int = opt(20, "lbfgs: maximum backtracking steps of the Armijo search")
-    eval_every: int = opt(10, "validate every this many steps (0: only at the end)")
+    eval_every: int = opt(10, "validate every this many steps (0: only at the end)", ge=0)
 
 
 @dataclass
 class PenaltyConfig:
     """``train.method: penalty | al`` (Sun et al., Algorithm 1; docs/training.md)."""
 
-    beta: float = opt(1.0, "penalty coefficient beta of the first phase")
-    beta_rise: float = opt(10.0, "beta is multiplied by this at every beta milestone")
+    beta: float = opt(1.0, "penalty coefficient beta of the first phase", gt=0)
+    beta_rise: float = opt(10.0, "beta is multiplied by this at every beta milestone", gt=0)
     beta_milestones: list[int] = opt([], "steps after which beta is multiplied by beta_rise")
     tol: float | list[float] = opt(0.0, "tau_j: correct lambda while its mean squared violation "
-                                   "exceeds tau_j; one value or one per beta phase")
-    inner_max: int = opt(1, "cap on the lambda (and kappa) corrections per step")
-    lr_lambda: float = opt(0.1, "step size of the lambda correction (per-sample gradient)")
-    lr_kappa: float = opt(1.0, "al: multiplier step, times the classical 2 beta / n_state")
-    noise: float = opt(0.0, "std of Gaussian noise added to lambda_{K-1} in the last stage")
+                                   "exceeds tau_j; one value or one per beta phase", ge=0)
+    inner_max: int = opt(1, "cap on the lambda (and kappa) corrections per step", ge=1)
+    lr_lambda: float = opt(0.1, "step size of the lambda correction (per-sample gradient)", ge=0)
+    lr_kappa: float = opt(1.0, "al: multiplier step, times the classical 2 beta / n_state", ge=0)
+    noise: float = opt(0.0, "std of Gaussian noise added to lambda_{K-1} in the last stage",
+                       ge=0)
     honest_every: int = opt(1, "serial forward pass for the logged loss every this many steps "
-                            "(0: never; loss is then the last stage's local loss)")
+                            "(0: never; loss is then the last stage's local loss)", ge=0)
     store: Literal["memory", "mmap"] = opt("memory", "lambda/kappa storage: memory or "
                                            "memory-mapped .npy files (data sets beyond RAM)")
     store_dir: str | None = opt(None, "mmap: directory of the per-rank files (default: temp)")
@@ -145,10 +157,11 @@ class CriticConfig:
 
     kind: Literal["dense", "conv"] = opt("dense", "dense: pooling + dense layers only; "
                                          "conv: a 3x3 convolution + ReLU first (conv networks)")
-    channels: int = opt(8, "conv critic: output channels of its 3x3 convolution")
-    pool: int = opt(0, "conv states: adaptive average pooling to pool x pool first (0: none)")
-    hidden: int = opt(32, "width of the hidden dense layer (ReLU); 0: one linear layer")
-    lr: float = opt(0.001, "Adam learning rate of the critics (the paper uses 1e-4)")
+    channels: int = opt(8, "conv critic: output channels of its 3x3 convolution", ge=1)
+    pool: int = opt(0, "conv states: adaptive average pooling to pool x pool first (0: none)",
+                    ge=0)
+    hidden: int = opt(32, "width of the hidden dense layer (ReLU); 0: one linear layer", ge=0)
+    lr: float = opt(0.001, "Adam learning rate of the critics (the paper uses 1e-4)", gt=0)
 
 
 @dataclass
@@ -156,14 +169,15 @@ class ParpasConfig:
     """``train.method: parpas`` (Parpas & Muir, Algorithm 4; docs/training.md)."""
 
     coarsen: int = opt(2, "global prediction: the coarse network keeps every coarsen-th layer "
-                       "(step coarsen*h); model.layers must be a multiple")
+                       "(step coarsen*h); model.layers must be a multiple", ge=2)
     coarse_iters: int = opt(100, "global prediction: serial training iterations of the coarse "
-                            "network; 0: the single-level variant (no prediction phase)")
-    coarse_lr: float | None = opt(None, "learning rate of the coarse training (null: train.lr)")
+                            "network; 0: the single-level variant (no prediction phase)", ge=0)
+    coarse_lr: float | None = opt(None, "learning rate of the coarse training (null: train.lr)",
+                                gt=0)
     ridge: float = opt(1e-6, "regression: ridge weight on A, per observed pair (fit: "
-                       "(G/n + ridge I) [A B]^T = X^T P / n)")
+                       "(G/n + ridge I) [A B]^T = X^T P / n)", ge=0)
     window: int = opt(0, "regression: fit on the pairs of the last this many observations "
-                      "(coarse iterations and steps); 0: all pairs so far")
+                      "(coarse iterations and steps); 0: all pairs so far", ge=0)
     per_class: bool = opt(True, "regression: one fit (A, B) per class label of the samples "
                           "(the co-state depends on the label); false: one fit for all")
     exact_loss: bool = opt(True, "log the loss of an exact forward sweep of the full network "
@@ -172,27 +186,29 @@ class ParpasConfig:
 
 @dataclass
 class CheckpointConfig:
-    every: int = opt(0, "write OUT/checkpoints/step_XXXXXXXX.h5 every this many steps, 0: at end")
-    keep: int = opt(3, "keep the newest this many checkpoints (0: keep all)")
+    every: int = opt(0, "write OUT/checkpoints/step_XXXXXXXX.h5 every this many steps, 0: at end",
+                     ge=0)
+    keep: int = opt(3, "keep the newest this many checkpoints (0: keep all)", ge=0)
 
 
 @dataclass
 class BenchConfig:
-    repeats: int = opt(5, "mgrit-nn bench: timed repetitions (the median is reported)")
-    warmup: int = opt(2, "mgrit-nn bench: untimed repetitions first")
+    repeats: int = opt(5, "mgrit-nn bench: timed repetitions (the median is reported)", ge=1)
+    warmup: int = opt(2, "mgrit-nn bench: untimed repetitions first", ge=0)
     exact: bool = opt(True, "mgrit-nn bench: also time the exact (to tolerance) MGRIT gradient")
 
 
 @dataclass
 class ParallelConfig:
-    data_replicas: int = opt(1, "D replicas of the layer-parallel group (ranks = D x layer ranks)")
+    data_replicas: int = opt(1, "D replicas of the layer-parallel group (ranks = D x layer ranks)",
+                             ge=1)
 
 
 @dataclass
 class RuntimeConfig:
     dtype: Literal["float32", "float64"] = opt("float64", "dtype of states, weights and messages")
     device: Literal["auto", "cpu", "cuda"] = opt("auto", "auto: node-local rank's GPU, else CPU")
-    threads: int = opt(0, "torch threads per rank; 0: cores / ranks on the node")
+    threads: int = opt(0, "torch threads per rank; 0: cores / ranks on the node", ge=0)
     cuda_aware: bool | None = opt(None, "MPI sends GPU memory directly; null: ask the MPI "
                                   "library (else staged through pinned host buffers)")
     compile: bool = opt(False, "torch.compile the forward step of the MGRIT relaxation "
@@ -342,129 +358,66 @@ def load_config(path: str | None = None, overrides: list[str] = ()) -> Config:
     return build_config(raw)
 
 
-def per_level(value: Any, n: int) -> list:
-    """Expand a scalar-or-list option to n per-level values (the last one repeats)."""
+def at_level(value: Any, l: int) -> Any:
+    """The value of a scalar-or-list option on level ``l``: the last listed one repeats."""
     values = value if isinstance(value, list) else [value]
-    return [values[min(i, len(values) - 1)] for i in range(n)]
+    return values[min(l, len(values) - 1)]
+
+
+def per_level(value: Any, n: int) -> list:
+    """A scalar-or-list option expanded to ``n`` per-level values (see :func:`at_level`)."""
+    return [at_level(value, l) for l in range(n)]
+
+
+def _out_of_bounds(section: str, obj) -> list[tuple[bool, str, str]]:
+    """The ``ge``/``gt`` bounds of a section's field declarations, as checks."""
+    out = []
+    for f in dataclasses.fields(obj):
+        value, ge, gt = getattr(obj, f.name), f.metadata.get("ge"), f.metadata.get("gt")
+        numbers = [v for v in (value if isinstance(value, list) else [value]) if v is not None]
+        if ge is not None:
+            out.append((all(v >= ge for v in numbers), f"{section}.{f.name}",
+                        f"must be >= {ge:g}, got {value}"))
+        if gt is not None:
+            out.append((all(v > gt for v in numbers), f"{section}.{f.name}",
+                        f"must be > {gt:g}{' (or null)' if f.default is None else ''}, "
+                        f"got {value}"))
+    return out
 
 
 def validate(cfg: Config, ranks: int) -> None:
-    """Impossible values, checked before any work; raises one ConfigError."""
+    """Impossible values, checked before any work; raises one ConfigError. Bounds come from
+    the field declarations (a method's own section only when it runs), cross-field checks
+    from here and from the method's registry entry."""
     from mgrit_nn.data import check_data
 
-    m, d, t, D = cfg.model, cfg.data, cfg.train, cfg.parallel.data_replicas
+    d, t, D = cfg.data, cfg.train, cfg.parallel.data_replicas
+    spec = METHODS[t.method]
+    checks = []
+    for name in SECTIONS:
+        if name not in SECTIONS_OF_METHODS or name == spec.section:
+            sec = cfg.adjoint.resolved(cfg.mgrit) if name == "adjoint" else getattr(cfg, name)
+            checks += _out_of_bounds(name, sec)
     layer_ranks = ranks // D if D >= 1 and ranks % D == 0 else ranks
-    checks = [
-        (D >= 1, "parallel.data_replicas", f"must be >= 1, got {D}"),
-        (ranks % D == 0, "parallel.data_replicas",
+    checks += [
+        (D < 1 or ranks % D == 0, "parallel.data_replicas",
          f"{ranks} ranks cannot be split into {D} replicas"),
-        (t.method != "serial" or ranks == 1, "train.method",
-         f"serial is the one-rank reference; run it with 1 rank (got {ranks})"),
-        (t.steps >= 0, "train.steps", f"must be >= 0, got {t.steps}"),
-        (t.fwd_iters >= 1, "train.fwd_iters", f"must be >= 1, got {t.fwd_iters}"),
-        (t.adj_iters >= 1, "train.adj_iters", f"must be >= 1, got {t.adj_iters}"),
-        (t.lr > 0, "train.lr", f"must be > 0, got {t.lr}"),
-        (t.eval_every >= 0, "train.eval_every", f"must be >= 0, got {t.eval_every}"),
-        (cfg.checkpoint.every >= 0, "checkpoint.every",
-         f"must be >= 0, got {cfg.checkpoint.every}"),
-        (cfg.bench.repeats >= 1, "bench.repeats", f"must be >= 1, got {cfg.bench.repeats}"),
-        (cfg.bench.warmup >= 0, "bench.warmup", f"must be >= 0, got {cfg.bench.warmup}"),
-        (cfg.checkpoint.keep >= 0, "checkpoint.keep", f"must be >= 0, got {cfg.checkpoint.keep}"),
-        (t.lbfgs_memory >= 1, "train.lbfgs_memory", f"must be >= 1, got {t.lbfgs_memory}"),
         (t.optimizer != "lbfgs" or d.batch_size == 0, "train.optimizer",
          "lbfgs needs full-batch training (data.batch_size: 0)"),
         (d.batch_size == 0 or d.batch_size >= D, "data.batch_size",
          f"a batch of {d.batch_size} cannot be shared by {D} replicas"),
-        (m.layers >= 1, "model.layers", f"must be >= 1, got {m.layers}"),
-        (m.T > 0, "model.T", f"must be > 0, got {m.T}"),
-        (m.width >= 1, "model.width", f"must be >= 1, got {m.width}"),
-        (m.channels >= 1, "model.channels", f"must be >= 1, got {m.channels}"),
-        (m.init_std >= 0, "model.init_std", f"must be >= 0, got {m.init_std}"),
-        *((getattr(cfg.reg, k) >= 0, f"reg.{k}", f"must be >= 0, got {getattr(cfg.reg, k)}")
-          for k in ("theta", "ddt", "classifier", "opening")),
-        (d.n_val >= 0, "data.n_val", f"must be >= 0, got {d.n_val}"),
-        (d.batch_size >= 0, "data.batch_size", f"must be >= 0, got {d.batch_size}"),
-        (cfg.runtime.threads >= 0, "runtime.threads", f"must be >= 0, got {cfg.runtime.threads}"),
-        (
-            layer_ranks <= m.layers + 1,
-            "model.layers",
-            f"{layer_ranks} ranks need at least {layer_ranks - 1} layers "
-            f"(N+1 = {m.layers + 1} points, one or more per rank)",
-        ),
+        (layer_ranks <= cfg.model.layers + 1, "model.layers",
+         f"{layer_ranks} ranks need at least {layer_ranks - 1} layers "
+         f"(N+1 = {cfg.model.layers + 1} points, one or more per rank)"),
+        *spec.validate(cfg, ranks),
     ]
-    pe = cfg.penalty
-    if t.method in ("penalty", "al"):
-        taus = pe.tol if isinstance(pe.tol, list) else [pe.tol]
-        checks += [
-            (pe.beta > 0, "penalty.beta", f"must be > 0, got {pe.beta}"),
-            (pe.beta_rise > 0, "penalty.beta_rise", f"must be > 0, got {pe.beta_rise}"),
-            (all(b >= 0 for b in pe.beta_milestones), "penalty.beta_milestones",
-             f"must be steps >= 0, got {pe.beta_milestones}"),
-            (len(taus) >= 1 and all(x >= 0 for x in taus), "penalty.tol",
-             f"must be >= 0, got {pe.tol}"),
-            (pe.inner_max >= 1, "penalty.inner_max", f"must be >= 1, got {pe.inner_max}"),
-            (pe.lr_lambda >= 0, "penalty.lr_lambda", f"must be >= 0, got {pe.lr_lambda}"),
-            (pe.lr_kappa >= 0, "penalty.lr_kappa", f"must be >= 0, got {pe.lr_kappa}"),
-            (pe.noise >= 0, "penalty.noise", f"must be >= 0, got {pe.noise}"),
-            (pe.honest_every >= 0, "penalty.honest_every",
-             f"must be >= 0, got {pe.honest_every}"),
-            (t.optimizer != "lbfgs", "train.optimizer",
-             f"{t.method} updates every stage on its own loss; use sgd or adam"),
-            (D == 1, "parallel.data_replicas", f"{t.method} supports one replica only (got {D})"),
-        ]
-    if t.method == "local_critic":
-        c = cfg.critic
-        checks += [
-            (t.optimizer != "lbfgs", "train.optimizer",
-             "local_critic updates each layer group from its own loss; lbfgs (a line search "
-             "on the global loss) does not apply: use adam or sgd"),
-            (D == 1, "parallel.data_replicas", f"local_critic runs one replica, got {D}"),
-            (c.kind != "conv" or m.kind == "conv", "critic.kind",
-             "a conv critic needs a conv network (model.kind: conv)"),
-            (c.pool == 0 or m.kind == "conv", "critic.pool",
-             "pooling needs a conv network (model.kind: conv); use 0"),
-            (c.pool >= 0, "critic.pool", f"must be >= 0, got {c.pool}"),
-            (c.hidden >= 0, "critic.hidden", f"must be >= 0, got {c.hidden}"),
-            (c.channels >= 1, "critic.channels", f"must be >= 1, got {c.channels}"),
-            (c.lr > 0, "critic.lr", f"must be > 0, got {c.lr}"),
-        ]
-    if t.method == "parpas":
-        pp = cfg.parpas
-        checks += [
-            (pp.coarsen >= 2, "parpas.coarsen", f"must be >= 2, got {pp.coarsen}"),
-            (pp.coarse_iters >= 0, "parpas.coarse_iters", f"must be >= 0, got {pp.coarse_iters}"),
-            (pp.coarse_iters == 0 or m.layers % pp.coarsen == 0, "parpas.coarsen",
-             f"model.layers = {m.layers} is not a multiple of {pp.coarsen}: the coarse network "
-             "needs whole groups of layers (or parpas.coarse_iters: 0)"),
-            (pp.coarse_lr is None or pp.coarse_lr > 0, "parpas.coarse_lr",
-             f"must be > 0 (or null), got {pp.coarse_lr}"),
-            (pp.ridge >= 0, "parpas.ridge", f"must be >= 0, got {pp.ridge}"),
-            (pp.window >= 0, "parpas.window", f"must be >= 0, got {pp.window}"),
-            (t.optimizer != "lbfgs", "train.optimizer",
-             "parpas updates every sub-system from its own (regressed) co-state; lbfgs (a line "
-             "search on the global loss) does not apply: use adam or sgd"),
-            (D == 1, "parallel.data_replicas", f"parpas runs one replica, got {D}"),
-        ]
-    for sec, g in (("mgrit", cfg.mgrit), ("adjoint", cfg.adjoint.resolved(cfg.mgrit))):
-        checks += [
-            (g.levels >= 1, f"{sec}.levels", f"must be >= 1, got {g.levels}"),
-            (g.min_coarse >= 1, f"{sec}.min_coarse", f"must be >= 1, got {g.min_coarse}"),
-            (g.max_iter >= 1, f"{sec}.max_iter", f"must be >= 1, got {g.max_iter}"),
-            (g.tol >= 0, f"{sec}.tol", f"must be >= 0, got {g.tol}"),
-        ]
-        for name in ("cfactor", "relax"):
-            checks.append((getattr(g, name) != [], f"{sec}.{name}",
-                           "an empty list: give one value or one per level"))
-        for c in g.cfactor if isinstance(g.cfactor, list) else [g.cfactor]:
-            checks.append((c >= 2, f"{sec}.cfactor", f"must be >= 2, got {g.cfactor}"))
-        for r in g.relax if isinstance(g.relax, list) else [g.relax]:
-            checks.append((r in RELAX, f"{sec}.relax", f"must be F, FCF or FCFCF, got {g.relax!r}"))
+    for sec, g in (("mgrit", cfg.mgrit), ("adjoint", cfg.adjoint)):
+        checks += [(getattr(g, name) != [], f"{sec}.{name}",
+                    "an empty list: give one value or one per level")
+                   for name in ("cfactor", "relax")]
     for ok, key, msg in checks:
         if not ok:
             raise ConfigError(f"{key}: {msg}")
     problem = check_data(d.name, d.path)
     if problem is not None:
         raise ConfigError(f"data: {problem}")
-
-
-RELAX = ("F", "FCF", "FCFCF")

@@ -11,7 +11,6 @@ from mpi4py import MPI
 from mgrit_nn.comm import Messenger
 from mgrit_nn.config import Config, ConfigError, load_config, validate
 from mgrit_nn.data import Dataset, load_dataset
-from mgrit_nn.mgrit import MGRITOptions
 from mgrit_nn.model.init import Shapes, shapes
 from mgrit_nn.model.parallel import ParallelResNet
 from mgrit_nn.runtime import (
@@ -37,9 +36,9 @@ class Run:
 
     def network(self) -> ParallelResNet:
         c = self.cfg
-        return ParallelResNet(c.model, self.shapes, MGRITOptions.from_config(c.mgrit), self.msg,
+        return ParallelResNet(c.model, self.shapes, c.mgrit, self.msg,
                               self.device, self.dtype,
-                              MGRITOptions.from_config(c.adjoint.resolved(c.mgrit)), c.reg,
+                              c.adjoint.resolved(c.mgrit), c.reg,
                               compile_step=c.runtime.compile)
 
 

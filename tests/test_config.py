@@ -31,6 +31,8 @@ def test_defaults_and_overrides(tmp_path):
     (["mgrit.cycle=W"], "mgrit.cycle: expected 'V' | 'F'"),
     (["mgrit.cfactor=[4, x]"], "mgrit.cfactor: expected"),
     (["mgrit.levels"], "expected section.key=value"),
+    (["mgrit.relax=FF"], "mgrit.relax: expected 'F' | 'FCF' | 'FCFCF'"),
+    (["data.name=imagenet"], "data.name: expected 'peaks' | "),
 ])
 def test_bad_keys_and_types_name_the_key(overrides, needle):
     with pytest.raises(ConfigError) as e:
@@ -42,10 +44,8 @@ def test_bad_keys_and_types_name_the_key(overrides, needle):
     (["mgrit.cfactor=1"], 1, "mgrit.cfactor: must be >= 2"),
     (["mgrit.cfactor=[4, 1]"], 1, "mgrit.cfactor: must be >= 2"),
     (["mgrit.levels=0"], 1, "mgrit.levels: must be >= 1"),
-    (["mgrit.relax=FF"], 1, "mgrit.relax: must be F, FCF or FCFCF"),
     (["model.layers=3"], 5, "5 ranks need at least 4 layers"),
     (["data.name=mnist", "data.path=/no/such/dir"], 1, "data:"),
-    (["data.name=imagenet"], 1, "unknown data set"),
 ])
 def test_impossible_values(overrides, ranks, needle):
     cfg = load_config(None, overrides)

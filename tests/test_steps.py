@@ -18,8 +18,9 @@ from torch.func import vjp
 from mgrit_nn.config import ModelConfig
 from mgrit_nn.mgrit import Workspace
 from mgrit_nn.model.init import shapes
+from mgrit_nn.model.operators import OPERATORS
 from mgrit_nn.model.serial import SerialResNet
-from mgrit_nn.model.steps import ACTIVATIONS, SCHEMES, halves, join
+from mgrit_nn.model.steps import ACTIVATIONS, SCHEMES
 
 KINDS = {"dense": (3, 5), "conv": (3, 2, 4, 4)}    # (n stacked steps, then one state's base)
 
@@ -27,7 +28,7 @@ KINDS = {"dense": (3, 5), "conv": (3, 2, 4, 4)}    # (n stacked steps, then one 
 def _data(kind: str, scheme, seed: int = 0):
     g = torch.Generator().manual_seed(seed)
     n, *base = KINDS[kind]
-    state = scheme.state_shape(kind, tuple(base))
+    state = scheme.state_shape(OPERATORS[kind], tuple(base))
     B = 4
     u = torch.randn((n, B) + state, generator=g, dtype=torch.float64)
     lam = torch.randn((n, B) + state, generator=g, dtype=torch.float64)
@@ -44,22 +45,22 @@ def _data(kind: str, scheme, seed: int = 0):
 def test_scheme_pieces_match_autograd(name, kind, act):
     scheme, sigma, h = SCHEMES[name], ACTIVATIONS[act], 0.37
     u, lam, K, b = _data(kind, scheme)
-    ref = scheme.step(kind, sigma, u, K, b, h)
-    out, fn = vjp(lambda u_, K_, b_: scheme.step(kind, sigma, u_, K_, b_, h), u, K, b)
+    ref = scheme.step(OPERATORS[kind], sigma, u, K, b, h)
+    out, fn = vjp(lambda u_, K_, b_: scheme.step(OPERATORS[kind], sigma, u_, K_, b_, h), u, K, b)
     gu, gK, gb = fn(lam)
-    D = scheme.linearize(kind, sigma, u, K, b, h)
+    D = scheme.linearize(OPERATORS[kind], sigma, u, K, b, h)
     # the MGRIT hot-path forms write into ``out``: a fresh tensor, or (as in a sweep) every
     # other row of the level storage with a reused workspace; the rows between stay untouched
     for ws in (None, Workspace()):
         for _ in range(2):
             store = torch.zeros((2 * u.shape[0],) + u.shape[1:], dtype=u.dtype)
-            scheme.step_(kind, sigma, u, K, b, h, store[::2], ws)
+            scheme.step_(OPERATORS[kind], sigma, u, K, b, h, store[::2], ws)
             assert torch.allclose(store[::2], ref, rtol=0, atol=1e-14)
             assert not store[1::2].any()
-            scheme.adjoint(kind, lam, D, K, h, store[1::2], ws)
+            scheme.adjoint(OPERATORS[kind], lam, D, K, h, store[1::2], ws)
             lam_prev = store[1::2]
             assert (lam_prev - gu).abs().max() <= 1e-13 * gu.abs().max()
-    pK, pb = scheme.param_grad(kind, sigma, u, lam, K, b, h)
+    pK, pb = scheme.param_grad(OPERATORS[kind], sigma, u, lam, K, b, h)
     assert (pK - gK).abs().max() <= 1e-13 * gK.abs().max()
     assert (pb - gb).abs().max() <= 1e-13 * gb.abs().max()
 
@@ -69,9 +70,9 @@ def test_verlet_layout_and_step_by_hand(kind):
     """y first, z second; one step written out with plain matrices / convolutions."""
     scheme, sigma, h = SCHEMES["verlet"], ACTIVATIONS["tanh"], 0.25
     u, _, K, b = _data(kind, scheme, seed=3)
-    y, z = halves(kind, u)
-    assert torch.equal(join(kind, y, z), u)
-    out = scheme.step(kind, sigma, u, K, b, h)
+    y, z = OPERATORS[kind].halves(u)
+    assert torch.equal(OPERATORS[kind].join(y, z), u)
+    out = scheme.step(OPERATORS[kind], sigma, u, K, b, h)
     for k in range(u.shape[0]):
         if kind == "dense":
             z1 = z[k] - h * torch.tanh(y[k] @ K[k] + b[k])
@@ -80,7 +81,7 @@ def test_verlet_layout_and_step_by_hand(kind):
             z1 = z[k] - h * torch.tanh(torch.nn.functional.conv_transpose2d(
                 y[k], K[k], b[k], padding=1))
             y1 = y[k] + h * torch.tanh(torch.nn.functional.conv2d(z1, K[k], b[k], padding=1))
-        oy, oz = halves(kind, out[k])
+        oy, oz = OPERATORS[kind].halves(out[k])
         assert torch.allclose(oy, y1, rtol=0, atol=1e-14)
         assert torch.allclose(oz, z1, rtol=0, atol=1e-14)
 
@@ -95,13 +96,13 @@ def test_serial_reference_verlet_states_have_the_scheme_layout():
     with torch.no_grad():
         states = net.states(x)
         scheme, sigma = SCHEMES["verlet"], ACTIVATIONS["tanh"]
-        u = scheme.embed("dense", torch.tanh(net.opening(x)))
+        u = scheme.embed(OPERATORS["dense"], torch.tanh(net.opening(x)))
         assert torch.equal(u, states[0]) and not states[0][:, 1].any()
         for j, layer in enumerate(net.layers):
-            u = scheme.step("dense", sigma, u[None], layer.weight[None], layer.bias[None],
-                            1.5 / 6)[0]
+            u = scheme.step(OPERATORS["dense"], sigma, u[None], layer.weight[None],
+                            layer.bias[None], 1.5 / 6)[0]
             assert torch.allclose(u, states[j + 1], rtol=0, atol=1e-14)
-        logits = net.classifier(scheme.readout("dense", u))
+        logits = net.classifier(scheme.readout(OPERATORS["dense"], u))
         assert torch.allclose(logits, net(x), rtol=0, atol=1e-14)
 
 

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from mpi4py import MPI
 
+from mgrit_nn.methods.base import Batch
 from mgrit_nn.methods.layer_parallel import LayerParallelMethod
 from mgrit_nn.model.serial import SerialResNet
 from mgrit_nn.setup_run import Run
@@ -72,7 +73,7 @@ def _one(method: LayerParallelMethod, x, y, idx, repeats: int, warmup: int, run:
     comm = run.msg.comm
 
     def grad() -> None:
-        method.gradient(x, y, idx)
+        method.step(Batch(x, y, idx))
     for _ in range(warmup):
         grad()
     net = method.net

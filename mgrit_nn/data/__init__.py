@@ -8,20 +8,21 @@ so every MPI rank gets identical data and mini-batches.
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from mgrit_nn.config import DataName
 from mgrit_nn.data import files, synthetic
 
 __all__ = ["DATASETS", "FILE_DATASETS", "Dataset", "batches", "check_data", "load_dataset"]
 
-DATASETS: tuple[str, ...] = (
-    "peaks", "levelset", "swissroll", "ellipses", "digits", "mnist", "cifar10", "indian_pines"
-)
+DATASETS: tuple[str, ...] = typing.get_args(DataName)      # data.name's choices
 FILE_DATASETS: tuple[str, ...] = ("mnist", "cifar10", "indian_pines")
 
 _FILE_HINTS = {

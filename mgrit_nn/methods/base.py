@@ -1,10 +1,54 @@
-"""What every training method provides to the training loop."""
+"""The training-method protocol: what the training loop calls, and nothing else.
+
+A method is one module of ``mgrit_nn/methods/`` with one class deriving from
+:class:`Method` and one entry in :mod:`mgrit_nn.methods.registry`. The loop
+(:class:`mgrit_nn.train.loop.Trainer`) drives it as follows::
+
+    method = Class(run)                   # built from the run (config, data, ranks)
+    opt = optimizer(method.parameters())  # this rank's trained tensors
+    method.bind(opt)                      # once the optimizer exists
+    extra = method.start()                # once per run before its first step
+    for every step:
+        info = method.step(batch)         # the algorithm box: leaves gradients in .grad
+        opt.step(closure)                 # closure: method.loss(batch) (line search only)
+    method.evaluate(x, y)                 # exact forward pass (validation)
+    method.report(data)                   # after training: keys added to the result
+
+Checkpoints: ``state_dict()`` returns the method's own groups of the checkpoint as
+a nested dict of numpy arrays in the *global* layout (independent of the rank
+count; the value on rank 0 is written), and ``load_state_dict(ckpt)`` reads them
+back from a read-only mapping of the checkpoint (an HDF5 file or a nested dict),
+every rank taking its own share. Parameter-shaped tensors go through the global
+flat parameter order with ``local_flat`` / ``gather_flat`` / ``local_from_global``.
+"""
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import torch
+
+
+@dataclass
+class Batch:
+    """This replica's share of one mini-batch."""
+
+    x: torch.Tensor             # inputs
+    y: torch.Tensor             # labels
+    idx: torch.Tensor           # their indices in the training set
+    scale: float = 1.0          # share of the whole batch (losses and gradients are scaled)
+
+
+@dataclass
+class TrainData:
+    """The training and validation sets on this rank's device."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    xv: torch.Tensor
+    yv: torch.Tensor
 
 
 @dataclass
@@ -26,17 +70,82 @@ def correct(logits: torch.Tensor | None, y: torch.Tensor) -> int:
     return 0 if logits is None else int((logits.argmax(1) == y).sum())
 
 
-class PartitionedMethod:
+class Method(ABC):
+    """One training method (see the module docstring for the calling sequence)."""
+
+    def __init__(self, run) -> None:
+        self.run = run
+
+    # -- what is trained ---------------------------------------------------------------------
+    @abstractmethod
+    def parameters(self) -> list[torch.Tensor]:
+        """This rank's trained tensors (a layer lives on exactly one rank of the group)."""
+
+    @abstractmethod
+    def dot(self, a: float) -> float:
+        """Sum a local inner product over the ranks holding parameters."""
+
+    def bind(self, opt: torch.optim.Optimizer) -> None:
+        """Called once the optimizer of :meth:`parameters` exists (default: nothing)."""
+        return None
+
+    # -- the algorithm ---------------------------------------------------------------------
+    def start(self) -> dict[str, float]:
+        """A phase before the first step (e.g. a global prediction); history columns of the
+        run's first step. Called once per run, also when resumed: a method that has done its
+        start (or restored it from a checkpoint) returns {}."""
+        return {}
+
+    @abstractmethod
+    def step(self, batch: Batch) -> StepInfo:
+        """One step of the method on ``batch``: gradients of :meth:`parameters` in ``.grad``
+        (None: not updated in this step), auxiliary variables updated, the loss logged."""
+
+    def loss(self, batch: Batch) -> float:
+        """The loss at the current parameters (L-BFGS' line search; scaled by the share)."""
+        raise NotImplementedError(f"{type(self).__name__} has no line search")
+
+    @abstractmethod
+    def evaluate(self, x: torch.Tensor, y: torch.Tensor) -> tuple[float, int]:
+        """(summed cross-entropy, correct) of the exact forward pass; counted on one rank."""
+
+    def report(self, data: TrainData) -> dict:
+        """After training, on every rank: keys added to the run's result."""
+        return {}
+
+    # -- checkpoints -------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        """The method's own checkpoint groups, global layout (rank 0's value is written)."""
+        return {}
+
+    def load_state_dict(self, ckpt: Mapping) -> None:
+        """Read the groups of :meth:`state_dict` back from a checkpoint (every rank)."""
+        return None
+
+    @abstractmethod
+    def local_flat(self, tensors: list[torch.Tensor]) -> torch.Tensor:
+        """Tensors aligned with :meth:`parameters` as this rank's flat share."""
+
+    @abstractmethod
+    def gather_flat(self, local: torch.Tensor) -> torch.Tensor | None:
+        """The global flat vector of every rank's share (on rank 0, None elsewhere)."""
+
+    @abstractmethod
+    def local_from_global(self, flat: torch.Tensor) -> list[torch.Tensor]:
+        """This rank's tensors, aligned with :meth:`parameters`, from a global flat vector."""
+
+
+class PartitionedMethod(Method):
     """What every method on the layer partition shares (design §3): this rank's parameters
     of a :class:`~mgrit_nn.model.parallel.ParallelResNet`, reductions over the layer group,
     exact evaluation by one distributed forward sweep, and the global flat layout of
-    checkpoints. Methods add ``gradient`` and, for extra state, ``warm_arrays``/``load_warm``.
-    """
+    checkpoints."""
 
     def __init__(self, run) -> None:
-        from mgrit_nn.io.checkpoint import ParamLayout
+        from mgrit_nn.model.layout import ParamLayout
 
-        self.run, self.net = run, run.network()
+        super().__init__(run)
+        self.net = run.network()
         self.run_layout = ParamLayout(run.shapes, run.cfg.model.layers)
 
     def parameters(self) -> list[torch.Tensor]:
@@ -68,9 +177,3 @@ class PartitionedMethod:
         n = self.local_flat(self.parameters()).numel()
         share = flat[start:start + n].to(device=net.device, dtype=net.dtype)
         return net.unflat(share)
-
-    def warm_arrays(self) -> dict:
-        return {}
-
-    def load_warm(self, f) -> None:
-        pass

@@ -12,7 +12,8 @@ import numpy as np
 import torch
 from mpi4py import MPI
 
-from mgrit_nn.methods.base import PartitionedMethod, StepInfo, correct
+from mgrit_nn.io.checkpoint import CheckpointError
+from mgrit_nn.methods.base import Batch, PartitionedMethod, StepInfo, correct
 from mgrit_nn.setup_run import Run
 
 
@@ -66,7 +67,9 @@ class LayerParallelMethod(PartitionedMethod):
         self.fwd_store = WarmStore(n) if warm else None
         self.adj_store = WarmStore(n) if warm else None
 
-    def gradient(self, x, y, idx, scale: float = 1.0) -> StepInfo:
+    def step(self, batch: Batch) -> StepInfo:
+        """Forward MGRIT (warm-started), loss, adjoint MGRIT (warm-started), layer gradients."""
+        x, y, idx, scale = batch.x, batch.y, batch.idx, batch.scale
         net, fs, ads = self.net, self.fwd_store, self.adj_store
         fwd = net.solve_forward(x, warm=fs.get(idx) if fs else None, **self.fwd_kw)
         if fs:
@@ -81,20 +84,20 @@ class LayerParallelMethod(PartitionedMethod):
         return StepInfo(loss * scale, correct(logits, y), fwd.iters, fwd.residuals[-1],
                         adj.iters, adj.residuals[-1], fwd.residuals, adj.residuals)
 
-    def loss(self, x, y, scale: float = 1.0) -> float:
+    def loss(self, batch: Batch) -> float:
         """Loss of the exact forward pass (line search)."""
-        self.net.propagate(x)
-        return self.net.loss(y)[0] * scale
+        self.net.propagate(batch.x)
+        return self.net.loss(batch.y)[0] * batch.scale
 
-    def warm_arrays(self) -> dict[str, np.ndarray]:
-        """Global warm-start iterates by forward point index (on rank 0 of the world)."""
+    def state_dict(self) -> dict:
+        """``warm``: global warm-start iterates by forward point index (on rank 0)."""
         fs, ads = self.fwd_store, self.adj_store
         if fs is None or fs.store is None:
             return {}
         data = self.run.data_msg
         last = fs.last_used.numpy().copy()
         data.comm.Allreduce(MPI.IN_PLACE, last, op=MPI.MAX)
-        out = {"warm/last_used": last, "warm/clock": np.array(fs.clock)}
+        out = {"last_used": last, "clock": np.array(fs.clock)}
         for name, store, flip in (("forward", fs, False), ("adjoint", ads, True)):
             mine = (torch.from_numpy(last) == store.last_used) & (store.last_used >= 0)
             local = store.store * mine.view((1, -1) + (1,) * (store.store.dim() - 2)).to(
@@ -105,23 +108,21 @@ class LayerParallelMethod(PartitionedMethod):
                 local = local.flip(0)
             full = self.net.gather_flat(local.flatten())
             if full is not None:
-                out[f"warm/{name}"] = full.view((-1,) + tuple(local.shape[1:])).numpy()
-        return out
+                out[name] = full.view((-1,) + tuple(local.shape[1:])).numpy()
+        return {"warm": out}
 
-    def load_warm(self, f) -> None:
-        if self.fwd_store is None or "warm/forward" not in f:
+    def load_state_dict(self, ckpt) -> None:
+        if self.fwd_store is None or "warm" not in ckpt or "forward" not in ckpt["warm"]:
             return
-        n = self.fwd_store.n
-        if f["warm/forward"].shape[1] != n:
-            from mgrit_nn.io.checkpoint import CheckpointError
-
-            raise CheckpointError(f"checkpoint warm states are for {f['warm/forward'].shape[1]} "
+        warm, n = ckpt["warm"], self.fwd_store.n
+        if warm["forward"].shape[1] != n:
+            raise CheckpointError(f"checkpoint warm states are for {warm['forward'].shape[1]} "
                                   f"training samples, this run has {n}")
         lo, hi = self.net.lo, self.net.hi
-        last = torch.from_numpy(f["warm/last_used"][()])
+        last = torch.from_numpy(warm["last_used"][()])
         for name, store, flip in (("forward", self.fwd_store, False),
                                   ("adjoint", self.adj_store, True)):
-            local = torch.from_numpy(f[f"warm/{name}"][lo:hi + 1])
+            local = torch.from_numpy(warm[name][lo:hi + 1])
             store.store = (local.flip(0) if flip else local).to(self.net.device, self.net.dtype)
             store.last_used = last.clone()
-            store.clock = int(f["warm/clock"][()])
+            store.clock = int(warm["clock"][()])

@@ -32,13 +32,15 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from dataclasses import dataclass
+from collections.abc import Mapping
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from mgrit_nn.methods.base import PartitionedMethod, StepInfo, correct
+from mgrit_nn.comm import Tag
+from mgrit_nn.io.checkpoint import CheckpointError
+from mgrit_nn.methods.base import Batch, PartitionedMethod, StepInfo, TrainData, correct
 from mgrit_nn.model.critic import build_critic, n_params
 from mgrit_nn.model.regularization import regularization
 from mgrit_nn.model.stage import Stage
@@ -48,15 +50,7 @@ from mgrit_nn.train.optim import load_optimizer_state, optimizer_state
 
 log = logging.getLogger("mgrit_nn.local_critic")
 
-TAG_LOSS, TAG_EVAL = 303, 304
 ACTIVE, LOSS, CORRECT, SIZE, CRITIC = range(5)     # columns of the per-step table
-
-
-@dataclass
-class Batch:
-    x: torch.Tensor
-    y: torch.Tensor
-    idx: torch.Tensor
 
 
 def fresh_state(opt: torch.optim.Optimizer, params: list[torch.Tensor]) -> None:
@@ -91,11 +85,11 @@ class LocalCriticMethod(PartitionedMethod):
         self.h_next = None            # input of the next step: a posted receive or a tensor
         self.sends: list = []         # posted sends, completed before the next step's
         self.pending = None           # (L_i, dL_i/dc_i) of the last batch, until L_{i+1}
-        self.trainer = None
+        self.opt = None
 
-    def attach(self, trainer) -> None:
-        self.trainer = trainer
-        fresh_state(trainer.opt, self.parameters())
+    def bind(self, opt: torch.optim.Optimizer) -> None:
+        self.opt = opt
+        fresh_state(opt, self.parameters())
 
     def critic_parameters(self) -> list[torch.Tensor]:
         return [] if self.critic is None else list(self.critic.parameters())
@@ -131,7 +125,8 @@ class LocalCriticMethod(PartitionedMethod):
         if self.h_next is not None and not torch.is_tensor(self.h_next):
             self.h_next = self.h_next.wait()
 
-    def gradient(self, x, y, idx, scale: float = 1.0) -> StepInfo:
+    def step(self, batch: Batch) -> StepInfo:
+        x, y, idx, scale = batch.x, batch.y, batch.idx, batch.scale
         st, net = self.stage, self.net
         self.tick += 1
         self.batches.append(Batch(x, y, idx.clone()))
@@ -139,7 +134,7 @@ class LocalCriticMethod(PartitionedMethod):
         l_next = None
         if self.pending is not None:
             buf = torch.empty(1, dtype=self.run.dtype, device=self.run.device)
-            l_next = self.msg.irecv(buf, st.right, TAG_LOSS)
+            l_next = self.msg.irecv(buf, st.right, Tag.CRITIC_LOSS)
         b = self._batch()
         h_in = self._take_input() if b is not None and not st.first else None
         self._post_next_input()
@@ -154,7 +149,8 @@ class LocalCriticMethod(PartitionedMethod):
                 logits = st.logits(h) if st.last else self.critic(h)
                 L = F.cross_entropy(logits, b.y)
                 if st.left is not None:
-                    self.sends.append(self.msg.isend(L.detach().reshape(1), st.left, TAG_LOSS))
+                    self.sends.append(self.msg.isend(L.detach().reshape(1), st.left,
+                                                     Tag.CRITIC_LOSS))
                 grads = torch.autograd.grad(L, params + self.critic_parameters(),
                                             allow_unused=True, materialize_grads=True)
             row[LOSS], row[CORRECT], row[SIZE] = L.item(), correct(logits, b.y), len(b.y)
@@ -214,8 +210,8 @@ class LocalCriticMethod(PartitionedMethod):
         else:
             buf = torch.empty(st.state_shape(len(x)), dtype=self.run.dtype,
                               device=self.run.device)
-            u = st.forward(self.msg.irecv(buf, st.left, TAG_EVAL).wait())
-        send = None if st.last else self.msg.isend(u, st.right, TAG_EVAL)
+            u = st.forward(self.msg.irecv(buf, st.left, Tag.CRITIC_EVAL).wait())
+        send = None if st.last else self.msg.isend(u, st.right, Tag.CRITIC_EVAL)
         head = st.logits if st.last else self.critic if critics else None
         ce, corr = 0.0, 0
         if head is not None:
@@ -229,13 +225,12 @@ class LocalCriticMethod(PartitionedMethod):
         """(summed cross-entropy, correct) of the main network's exact forward pass."""
         return self._sweep(x, y, critics=False)
 
-    def report(self, trainer) -> dict:
+    def report(self, data: TrainData) -> dict:
         """After training: accuracy and parameter count of every sub-model f_1..f_i + c_i and
         of the full model (the paper's structural optimization / anytime prediction), on the
         validation set (the training set if there is none)."""
         self.settle()
-        name, x, y = ("val", trainer.xv, trainer.yv) if len(trainer.yv) else \
-            ("train", trainer.x, trainer.y)
+        name, x, y = ("val", data.xv, data.yv) if len(data.yv) else ("train", data.x, data.y)
         ce, corr = self._sweep(x, y, critics=True)
         main = sum(p.numel() for p in self.parameters())
         mine = np.array([main, n_params(self.critic), ce, corr, self.net.hi], dtype=np.float64)
@@ -265,7 +260,7 @@ class LocalCriticMethod(PartitionedMethod):
         out = {}
         if self.h_next is not None:
             out["h_in"] = host(self.h_next)
-        for name, v in optimizer_state(self.trainer.opt, self.parameters())[1].items():
+        for name, v in optimizer_state(self.opt, self.parameters())[1].items():
             out[f"optimizer/{name}"] = np.array(v)    # per rank: rank i has made k - i steps
         if self.critic is not None:
             for name, t in self.critic.state_dict().items():
@@ -282,26 +277,24 @@ class LocalCriticMethod(PartitionedMethod):
                 out[f"pending/grad/{j}"] = host(g)
         return out
 
-    def warm_arrays(self) -> dict[str, np.ndarray]:
-        """``local_critic/...`` arrays of the checkpoint (on rank 0; see docs/hdf5.md)."""
+    def state_dict(self) -> dict:
+        """``local_critic``: the groups' critics and what is in flight (on rank 0; see
+        docs/hdf5.md)."""
         self.settle()                       # the next step's input is received, not in flight
         parts = self.msg.comm.gather(self._group_arrays(), root=0)   # checkpoint only
         if self.msg.rank != 0:
             return {}
         chain, idx = self.net.chain, [b.idx for b in self.batches]
-        out = {"local_critic/groups": np.array(self.K), "local_critic/tick": np.array(self.tick),
-               "local_critic/layers": np.array(
-                   [[max(chain.starts[q], 1) - 1, chain.starts[q + 1] - 1]
-                    for q in range(self.K)], dtype=np.int64),
-               "local_critic/batch_sizes": np.array([len(i) for i in idx], dtype=np.int64),
-               "local_critic/batch_index": torch.cat(idx).numpy() if idx
-               else np.zeros(0, dtype=np.int64)}
+        out = {"groups": np.array(self.K), "tick": np.array(self.tick),
+               "layers": np.array([[max(chain.starts[q], 1) - 1, chain.starts[q + 1] - 1]
+                                   for q in range(self.K)], dtype=np.int64),
+               "batch_sizes": np.array([len(i) for i in idx], dtype=np.int64),
+               "batch_index": torch.cat(idx).numpy() if idx else np.zeros(0, dtype=np.int64)}
         for g, part in enumerate(parts):
-            out.update({f"local_critic/{g}/{k}": v for k, v in part.items()})
-        return out
+            out.update({f"{g}/{k}": v for k, v in part.items()})
+        return {"local_critic": out}
 
-    def load_warm(self, f) -> None:
-        from mgrit_nn.io.checkpoint import CheckpointError
+    def load_state_dict(self, f) -> None:
         from mgrit_nn.runtime import agree_on_config
 
         def check() -> None:
@@ -316,7 +309,8 @@ class LocalCriticMethod(PartitionedMethod):
                     f"this run has {self.K}. Resume on {K} ranks, or start a new run from its "
                     "main-network weights with --init-from")
         agree_on_config(check, self.run.world)         # one message, every rank exits
-        dev, dt, tr = self.run.device, self.run.dtype, self.trainer
+        dev, dt, d = self.run.device, self.run.dtype, self.run.data
+        x, y = d.x_train.to(dev, dt), d.y_train.to(dev)
         here = f"local_critic/{self.i}"
 
         def get(name: str) -> torch.Tensor | None:
@@ -326,12 +320,12 @@ class LocalCriticMethod(PartitionedMethod):
         index = torch.from_numpy(f["local_critic/batch_index"][()])
         self.batches.clear()
         for idx in torch.split(index, f["local_critic/batch_sizes"][()].tolist()):
-            self.batches.append(Batch(tr.x[idx], tr.y[idx], idx.clone()))
+            self.batches.append(Batch(x[idx], y[idx], idx.clone()))
         h = get("h_in")
         self.h_next = None if h is None else h.to(dev, dt)
         for name in f[f"{here}/optimizer"] if f"{here}/optimizer" in f else ():
             for p in self.parameters():
-                tr.opt.state[p][name] = torch.tensor(float(get(f"optimizer/{name}")),
+                self.opt.state[p][name] = torch.tensor(float(get(f"optimizer/{name}")),
                                                      dtype=torch.float32)
         self.pending = None
         if self.critic is None:
@@ -342,7 +336,7 @@ class LocalCriticMethod(PartitionedMethod):
         tensors, scalars = {}, {}
         for name, obj in f[f"{here}/critic_optimizer"].items() \
                 if f"{here}/critic_optimizer" in f else ():
-            if hasattr(obj, "keys"):
+            if isinstance(obj, Mapping):
                 tensors[name] = [get(f"critic_optimizer/{name}/{j}").to(p)
                                  for j, p in enumerate(cparams)]
             else:

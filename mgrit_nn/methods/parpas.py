@@ -40,8 +40,9 @@ import torch
 import torch.nn.functional as F
 
 from mgrit_nn.data import batches
-from mgrit_nn.io.checkpoint import ParamLayout
-from mgrit_nn.methods.base import PartitionedMethod, StepInfo, correct
+from mgrit_nn.io.checkpoint import CheckpointError
+from mgrit_nn.methods.base import Batch, PartitionedMethod, StepInfo, correct
+from mgrit_nn.model.layout import ParamLayout
 from mgrit_nn.model.stage import Stage
 
 CHUNK = 4096              # samples per piece of the whole-training-set passes
@@ -151,19 +152,15 @@ class CoarseNetwork:
 
     def states(self, x: torch.Tensor) -> list[torch.Tensor]:
         net = self.net
-        kind, sc = net.shapes.kind, net.scheme
-        if kind == "dense":
-            u = net.act(F.linear(x.flatten(1), self.open_w, self.open_b))
-        else:
-            u = net.act(F.conv2d(x, self.open_w, self.open_b, padding=1))
-        out = [sc.embed(kind, u)]
+        op, sc = net.shapes.op, net.scheme
+        out = [sc.embed(op, net.act(op.opening(x, self.open_w, self.open_b)))]
         for J in range(len(self.K)):
-            out.append(sc.step(kind, net.act, out[-1].unsqueeze(0), self.K[J:J + 1],
+            out.append(sc.step(op, net.act, out[-1].unsqueeze(0), self.K[J:J + 1],
                                self.b[J:J + 1], self.H)[0])
         return out
 
     def logits(self, uN: torch.Tensor) -> torch.Tensor:
-        uN = self.net.scheme.readout(self.net.shapes.kind, uN)
+        uN = self.net.scheme.readout(self.net.shapes.op, uN)
         return F.linear(uN.flatten(1), self.cls_w, self.cls_b)
 
 
@@ -196,8 +193,11 @@ class ParpasMethod(PartitionedMethod):
         return y if self.cfg.per_class else torch.zeros_like(y)
 
     # -- the two phases' starts ------------------------------------------------------------
-    def _start(self) -> dict[str, float]:
-        """Global prediction (or, without it, one exact forward pass for the inputs)."""
+    def start(self) -> dict[str, float]:
+        """Global prediction (or, without it, one exact forward pass for the inputs); nothing
+        once done (also when restored from a checkpoint)."""
+        if self.started:
+            return {}
         t0 = time.perf_counter()
         x = self.run.data.x_train.to(self.net.device, self.net.dtype)
         y = self.run.data.y_train.to(self.net.device)
@@ -293,8 +293,9 @@ class ParpasMethod(PartitionedMethod):
         return float(loss.detach())
 
     # -- one step of the local correction ------------------------------------------------
-    def gradient(self, x, y, idx, scale: float = 1.0) -> StepInfo:
-        extra = {} if self.started else self._start()
+    def step(self, batch: Batch) -> StepInfo:
+        x, y, idx, scale = batch.x, batch.y, batch.idx, batch.scale
+        extra = {}
         st, net = self.stage, self.net
         B = len(idx)
         shape = st.state_shape(B)
@@ -361,23 +362,21 @@ class ParpasMethod(PartitionedMethod):
                 loss += regularization(net, net.reg)[0]
         return StepInfo(loss * scale, correct(logits, y), extra=extra)
 
-    def loss(self, x, y, scale: float = 1.0) -> float:
-        raise NotImplementedError("parpas has no line search (config validation)")
-
     # -- checkpoint: inputs and regression data by interface -----------------------------
     def _interfaces(self) -> np.ndarray:
         return np.array([s - 1 for s in self.net.chain.starts[1:-1]], dtype=np.int64)
 
-    def warm_arrays(self) -> dict[str, np.ndarray]:
+    def state_dict(self) -> dict:
+        """``parpas``: input states and regression data by interface (on rank 0)."""
         if not self.started:               # e.g. mgrit-nn init: the prediction is still to come
             return {}
         net, d = self.net, self.d
-        out = {"parpas/interfaces": self._interfaces()}
+        out = {"interfaces": self._interfaces()}
         local = self.inputs.flatten() if self.inputs is not None else \
             torch.zeros(0, dtype=net.dtype, device=net.device)
         full = net.gather_flat(local)
         if full is not None:
-            out["parpas/inputs"] = full.view((-1, self.n) + tuple(self.run.shapes.state)).numpy()
+            out["inputs"] = full.view((-1, self.n) + tuple(self.run.shapes.state)).numpy()
         groups = self.run.data.n_classes if self.cfg.per_class else 1
         blocks = self.regression.state() if self.regression is not None else \
             torch.zeros((0, groups, d + 1, 2 * d + 1), dtype=torch.float64)
@@ -386,17 +385,17 @@ class ParpasMethod(PartitionedMethod):
         full = net.gather_flat(blocks.flatten())
         if full is not None:
             n_blocks = max(counts) if counts else 0
-            out["parpas/regression"] = full.view(-1, n_blocks, groups, d + 1, 2 * d + 1).numpy()\
+            out["regression"] = full.view(-1, n_blocks, groups, d + 1, 2 * d + 1).numpy()\
                 if n_blocks else np.zeros((len(counts) - 1, 0, groups, d + 1, 2 * d + 1))
-        return out
+        return {"parpas": out}
 
-    def load_warm(self, f) -> None:
-        from mgrit_nn.io.checkpoint import CheckpointError
+    def load_state_dict(self, ckpt) -> None:
         from mgrit_nn.runtime import agree_on_config
 
-        if "parpas" not in f:
+        if "parpas" not in ckpt:
             return
-        mine, theirs = self._interfaces(), f["parpas/interfaces"][()]
+        f = ckpt["parpas"]
+        mine, theirs = self._interfaces(), f["interfaces"][()]
 
         def check() -> None:   # collective (every rank restores): one message, exit status 2
             if np.array_equal(mine, theirs):
@@ -409,7 +408,7 @@ class ParpasMethod(PartitionedMethod):
         agree_on_config(check, self.run.world)
         k = self.stage.k
         if self.inputs is not None:
-            self.inputs.copy_(torch.from_numpy(f["parpas/inputs"][k - 1]))
+            self.inputs.copy_(torch.from_numpy(f["inputs"][k - 1]))
         if self.regression is not None:
-            self.regression.load(f["parpas/regression"][k])
+            self.regression.load(f["regression"][k])
         self.started = True

@@ -41,7 +41,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from mgrit_nn.methods.base import PartitionedMethod, StepInfo, correct
+from mgrit_nn.io.checkpoint import CheckpointError
+from mgrit_nn.methods.base import Batch, PartitionedMethod, StepInfo, correct
 from mgrit_nn.model.regularization import regularization
 from mgrit_nn.model.stage import Stage
 
@@ -125,7 +126,8 @@ class PenaltyMethod(PartitionedMethod):
                              self.net.solver.data[0].u[0])
 
     # -- one step ------------------------------------------------------------------------
-    def gradient(self, x, y, idx, scale: float = 1.0) -> StepInfo:
+    def step(self, batch: Batch) -> StepInfo:
+        x, y, idx, scale = batch.x, batch.y, batch.idx, batch.scale
         st, net, c = self.stage, self.net, self.cfg
         self.t += 1
         beta, tau = beta_tau(c, self.t)
@@ -219,8 +221,9 @@ class PenaltyMethod(PartitionedMethod):
         return before
 
     # -- checkpoint: lambda, kappa by interface ------------------------------------------
-    def warm_arrays(self) -> dict[str, np.ndarray]:
-        out = {"penalty/t": np.array(self.t)}
+    def state_dict(self) -> dict:
+        """``penalty``: lambda (and kappa) by interface, the step count (on rank 0)."""
+        out = {"t": np.array(self.t)}
         interfaces = np.array(self.net.chain.starts[1:-1], dtype=np.int64)
         for name, store in (("lambda", self.lam), ("kappa", self.kap)):
             if name == "kappa" and not self.al:
@@ -230,28 +233,27 @@ class PenaltyMethod(PartitionedMethod):
             full = self.net.gather_flat(local)
             if full is not None:
                 shape = (-1, len(self.run.data.x_train)) + tuple(self.run.shapes.state)
-                out[f"penalty/{name}"] = full.view(shape).numpy()
-        out["penalty/interfaces"] = interfaces
-        return out
+                out[name] = full.view(shape).numpy()
+        out["interfaces"] = interfaces
+        return {"penalty": out}
 
-    def load_warm(self, f) -> None:
-        from mgrit_nn.io.checkpoint import CheckpointError
-
-        if "penalty" not in f:
+    def load_state_dict(self, ckpt) -> None:
+        if "penalty" not in ckpt:
             return
-        lam = f["penalty/lambda"]
+        f = ckpt["penalty"]
+        lam = f["lambda"]
         K = self.stage.K
         if lam.shape[0] != K - 1 or lam.shape[1] != len(self.run.data.x_train):
             raise CheckpointError(
                 f"checkpoint holds lambda for {lam.shape[0] + 1} stages and {lam.shape[1]} "
                 f"samples; this run has {K} stages and {len(self.run.data.x_train)}: resume "
                 f"{self.run.cfg.train.method} on the same number of ranks (or --init-from)")
-        if self.al and "penalty/kappa" not in f:
+        if self.al and "kappa" not in f:
             raise CheckpointError("checkpoint has no kappa (written by penalty, not al)")
-        self.t = int(f["penalty/t"][()])
+        self.t = int(f["t"][()])
         k = self.stage.k
         if k > 0:
             self.lam.load(lam[k - 1])
             if self.al:
-                self.kap.load(f["penalty/kappa"][k - 1])
+                self.kap.load(f["kappa"][k - 1])
 

@@ -5,14 +5,14 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from mgrit_nn.methods.base import StepInfo, correct
+from mgrit_nn.methods.base import Batch, Method, StepInfo, correct
 from mgrit_nn.model.serial import SerialResNet
 from mgrit_nn.setup_run import Run
 
 
-class SerialMethod:
+class SerialMethod(Method):
     def __init__(self, run: Run) -> None:
-        self.run = run
+        super().__init__(run)
         self.model = SerialResNet(run.cfg.model, run.shapes, run.dtype, run.device)
         self.reg = run.cfg.reg
 
@@ -22,17 +22,18 @@ class SerialMethod:
     def dot(self, a: float) -> float:
         return a                                          # nothing to reduce on one rank
 
-    def gradient(self, x, y, idx, scale: float = 1.0) -> StepInfo:
+    def step(self, batch: Batch) -> StepInfo:
         self.model.zero_grad(set_to_none=False)
-        logits = self.model(x)
-        loss = (F.cross_entropy(logits, y) + self.model.regularization(self.reg)) * scale
+        logits = self.model(batch.x)
+        loss = (F.cross_entropy(logits, batch.y) + self.model.regularization(self.reg)) \
+            * batch.scale
         loss.backward()
-        return StepInfo(loss.item(), correct(logits, y))
+        return StepInfo(loss.item(), correct(logits, batch.y))
 
     @torch.no_grad()
-    def loss(self, x, y, scale: float = 1.0) -> float:
-        return ((F.cross_entropy(self.model(x), y) + self.model.regularization(self.reg))
-                * scale).item()
+    def loss(self, batch: Batch) -> float:
+        return ((F.cross_entropy(self.model(batch.x), batch.y)
+                 + self.model.regularization(self.reg)) * batch.scale).item()
 
     @torch.no_grad()
     def evaluate(self, x, y) -> tuple[float, int]:
@@ -51,9 +52,3 @@ class SerialMethod:
         params = self.parameters()
         parts = torch.split(flat, [p.numel() for p in params])
         return [t.view_as(p).to(p) for t, p in zip(parts, params, strict=True)]
-
-    def warm_arrays(self) -> dict:
-        return {}
-
-    def load_warm(self, f) -> None:
-        pass

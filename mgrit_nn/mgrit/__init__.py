@@ -2,7 +2,7 @@
 
 from mgrit_nn.mgrit.hierarchy import Chain, Level, build_levels
 from mgrit_nn.mgrit.propagator import Index, Propagator, Selection, Workspace
-from mgrit_nn.mgrit.solver import MGRIT, MGRITDivergence, MGRITOptions, SolveResult
+from mgrit_nn.mgrit.solver import MGRIT, MGRITDivergence, SolveResult
 
 __all__ = ["Chain", "Level", "build_levels", "Propagator", "Selection", "Index", "Workspace",
-           "MGRIT", "MGRITDivergence", "MGRITOptions", "SolveResult"]
+           "MGRIT", "MGRITDivergence", "SolveResult"]

@@ -16,6 +16,8 @@ from __future__ import annotations
 import bisect
 from dataclasses import dataclass, field
 
+from mgrit_nn.config import at_level
+
 
 def block_starts(n_points: int, n_parts: int) -> list[int]:
     """``lo_p = floor(p * n_points / P)``; position q owns ``[starts[q], starts[q+1])``."""
@@ -86,16 +88,11 @@ class Level:
         return point * self.stride
 
 
-def cfactor_of(cfactors: list[int], l: int) -> int:
-    """Per-level coarsening factor; the last listed one repeats."""
-    return cfactors[min(l, len(cfactors) - 1)]
-
-
 def level_sizes(N: int, cfactors: list[int], max_levels: int, min_coarse: int) -> list[int]:
     """Strides M_l of the levels that fit: stop before a level has < min_coarse intervals."""
     strides = [1]
     while len(strides) < max_levels:
-        nxt = strides[-1] * cfactor_of(cfactors, len(strides) - 1)
+        nxt = strides[-1] * at_level(cfactors, len(strides) - 1)
         if N // nxt < min_coarse:
             break
         strides.append(nxt)
@@ -113,5 +110,5 @@ def build_levels(chain: Chain, rank: int, cfactors: list[int], max_levels: int,
         hi = min(hi0 // stride, n - 1)
         left = chain.owner((lo - 1) * stride) if lo <= hi and lo > 0 else None
         right = chain.owner((hi + 1) * stride) if lo <= hi and hi + 1 < n else None
-        levels.append(Level(l, stride, n, cfactor_of(cfactors, l), lo, hi, left, right))
+        levels.append(Level(l, stride, n, at_level(cfactors, l), lo, hi, left, right))
     return levels

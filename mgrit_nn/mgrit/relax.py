@@ -16,10 +16,9 @@ from dataclasses import dataclass
 
 import torch
 
+from mgrit_nn.comm import LEVEL_STRIDE, Tag
 from mgrit_nn.mgrit.hierarchy import Level
 from mgrit_nn.mgrit.propagator import Index, Selection
-
-TAG_SWEEP, TAG_EVAL = 1, 2
 
 
 def is_member(lev: Level, i: int, kind: str) -> bool:
@@ -153,7 +152,7 @@ def _run(solver, l: int, kind: str, sequential: bool, with_g: bool, tag: int,
 
 def sweep(solver, l: int, kind: str) -> None:
     """``u_i = Phi~_i(u_{i-1})`` over the point set, in order (F-relax, coarse solve)."""
-    _run(solver, l, kind, sequential=True, with_g=True, tag=TAG_SWEEP + 8 * l)
+    _run(solver, l, kind, sequential=True, with_g=True, tag=Tag.SWEEP + LEVEL_STRIDE * l)
 
 
 def evaluate(solver, l: int, kind: str, with_g: bool) -> tuple[Index, torch.Tensor]:
@@ -165,7 +164,7 @@ def evaluate(solver, l: int, kind: str, with_g: bool) -> tuple[Index, torch.Tens
     d = solver.data[l]
     p = plan(solver.levels[l], kind, solver.device, False)
     out = solver.work.get(("eval", l, kind), len(p.slots), d.u)
-    _run(solver, l, kind, sequential=False, with_g=with_g, tag=TAG_EVAL + 8 * l, out=out)
+    _run(solver, l, kind, sequential=False, with_g=with_g, tag=Tag.EVAL + LEVEL_STRIDE * l, out=out)
     return p.slots, out
 
 

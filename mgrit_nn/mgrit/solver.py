@@ -12,16 +12,14 @@ from dataclasses import dataclass, field
 
 import torch
 
-from mgrit_nn.comm import Messenger
-from mgrit_nn.config import per_level
+from mgrit_nn.comm import Messenger, Tag
+from mgrit_nn.config import MgritConfig, per_level
 from mgrit_nn.mgrit.cycle import CYCLES
 from mgrit_nn.mgrit.hierarchy import Chain, Level, build_levels
 from mgrit_nn.mgrit.propagator import Propagator, Workspace
 from mgrit_nn.mgrit.relax import f_relax, sweep
 from mgrit_nn.mgrit.restrict import c_slots, fine_residual
 from mgrit_nn.runtime import CollectiveError
-
-TAG_GHOST = 5
 
 
 class MGRITDivergence(CollectiveError):
@@ -74,28 +72,10 @@ class SolveResult:
         return (r[-1] / r[0]) ** (1.0 / (len(r) - 1))
 
 
-@dataclass
-class MGRITOptions:
-    levels: int = 10
-    cfactor: int | list[int] = 4
-    min_coarse: int = 2
-    relax: str | list[str] = "FCF"
-    cycle: str = "V"
-    max_iter: int = 20
-    tol: float = 1e-10
-    init: str = "zero"
-    skip: bool = False
-
-    @classmethod
-    def from_config(cls, c) -> MGRITOptions:
-        return cls(c.levels, c.cfactor, c.min_coarse, c.relax, c.cycle, c.max_iter, c.tol, c.init,
-                   c.skip)
-
-
 class MGRIT:
     """Distributed nonlinear MGRIT on a chain of ranks, for one propagator."""
 
-    def __init__(self, chain: Chain, prop: Propagator, msg: Messenger, opts: MGRITOptions,
+    def __init__(self, chain: Chain, prop: Propagator, msg: Messenger, opts: MgritConfig,
                  device: torch.device, dtype: torch.dtype, name: str = "MGRIT") -> None:
         self.chain, self.prop, self.msg, self.opts = chain, prop, msg, opts
         self.device, self.dtype, self.name = device, dtype, name
@@ -184,8 +164,8 @@ class MGRIT:
         lev, d = self.levels[l], self.data[l]
         if lev.n_local == 0:
             return
-        recv = self.msg.irecv(d.u[0], lev.left, TAG_GHOST) if lev.left is not None else None
-        send = self.msg.isend(d.u[lev.n_local], lev.right, TAG_GHOST) \
+        recv = self.msg.irecv(d.u[0], lev.left, Tag.GHOST) if lev.left is not None else None
+        send = self.msg.isend(d.u[lev.n_local], lev.right, Tag.GHOST) \
             if lev.right is not None else None
         if recv is not None:
             recv.wait()

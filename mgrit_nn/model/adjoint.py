@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import torch
 
-from mgrit_nn.mgrit import MGRIT, Chain, Level, MGRITOptions, Selection, SolveResult, Workspace
+from mgrit_nn.config import MgritConfig
+from mgrit_nn.mgrit import MGRIT, Chain, Level, Selection, SolveResult, Workspace
 from mgrit_nn.model.layers import LayerTable
 
 
@@ -56,7 +57,7 @@ class AdjointPropagator:
             u = torch.index_select(primal, 0, idx, out=self.work.get("primal", len(idx), primal))
             # D is kept from solve to solve (same shape: overwritten in place, no allocation)
             into = old[l] if l < len(old) and old[l].shape == u.shape else None
-            self.D.append(net.scheme.linearize(net.shapes.kind, net.act, u, K, b,
+            self.D.append(net.scheme.linearize(net.shapes.op, net.act, u, K, b,
                                                net.h * lev.stride, out=into))
         self._cache = {}
 
@@ -65,11 +66,11 @@ class AdjointPropagator:
         if K is None:
             K = self._cache[sel.key] = self.table.gather(level, sel.slots.t)[0]
         H = self.net.h * self.table.levels[level].stride
-        self.net.scheme.adjoint(self.net.shapes.kind, lam, sel.slots.get(self.D[level]), K, H,
+        self.net.scheme.adjoint(self.net.shapes.op, lam, sel.slots.get(self.D[level]), K, H,
                                 out, self.work)
 
 
-def adjoint_solver(net, opts: MGRITOptions) -> MGRIT:
+def adjoint_solver(net, opts: MgritConfig) -> MGRIT:
     chain = Chain.block(net.cfg.layers, net.msg.size, reverse=True)
     return MGRIT(chain, AdjointPropagator(net), net.msg, opts, net.device, net.dtype,
                  "MGRIT adjoint")
@@ -95,18 +96,18 @@ def layer_gradients(net) -> tuple[torch.Tensor, torch.Tensor]:
     net.solver.refresh_ghost(0)       # collective with the neighbours: u_{lo-1} (layer lo-1)
     if net.jhi < net.jlo:             # a rank owning only point 0 holds no layer
         return torch.zeros_like(net.weight), torch.zeros_like(net.bias)
-    kind, scheme, lo = net.shapes.kind, net.scheme, net.lo
+    op, scheme, lo = net.shapes.op, net.scheme, net.lo
     K, b = net.weight.detach(), net.bias.detach()
     fu, lam = net.solver.data[0].u, net.adjoint.data[0].u     # slot = point - lo + 1
     j0 = max(net.jlo, lo)
     n = net.jhi - j0 + 1                                       # layers j0..jhi
     parts = []
     if net.jlo < j0:
-        parts.append(scheme.param_grad(kind, net.act, fu[0:1], lam[n + 1:n + 2], K[0:1],
+        parts.append(scheme.param_grad(op, net.act, fu[0:1], lam[n + 1:n + 2], K[0:1],
                                        b[0:1], net.h))
     if n > 0:
         rows = slice(j0 - net.jlo, net.jhi - net.jlo + 1)
-        gK, gb = scheme.param_grad(kind, net.act, fu[j0 - lo + 1:net.jhi - lo + 2].flip(0),
+        gK, gb = scheme.param_grad(op, net.act, fu[j0 - lo + 1:net.jhi - lo + 2].flip(0),
                                    lam[1:n + 1], K[rows].flip(0), b[rows].flip(0), net.h,
                                    D=net.adjoint.prop.D[0][2:n + 2])
         parts.append((gK.flip(0), gb.flip(0)))

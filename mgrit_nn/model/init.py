@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from mgrit_nn.config import ConfigError, ModelConfig
+from mgrit_nn.model.operators import OPERATORS, Operator
 from mgrit_nn.model.steps import SCHEMES
 
 
@@ -24,24 +25,21 @@ class Shapes:
     opening: tuple[tuple[int, ...], tuple[int, ...]]          # or (2c, H, W), y then z
     layer: tuple[tuple[int, ...], tuple[int, ...]]
     classifier: tuple[tuple[int, ...], tuple[int, ...]]
-    step: str = "euler"               # model.step: the step scheme (model/steps.py SCHEMES)
+
+    @property
+    def op(self) -> Operator:
+        """The linear part of a layer (``model.kind``): dense or 3x3 convolution."""
+        return OPERATORS[self.kind]
 
 
 def shapes(m: ModelConfig, input_shape: tuple[int, ...], n_classes: int) -> Shapes:
-    scheme = SCHEMES[m.step]
-    if m.kind == "dense":
-        d_in = math.prod(input_shape)
-        w = m.width
-        return Shapes("dense", tuple(input_shape), scheme.state_shape("dense", (w,)),
-                      ((w, d_in), (w,)), ((w, w), (w,)), ((n_classes, w), (n_classes,)), m.step)
-    if len(input_shape) != 3:
-        raise ConfigError(f"model.kind: conv needs an image data set (C, H, W inputs); "
-                          f"this data set has inputs of shape {tuple(input_shape)}")
-    c_in, H, W = input_shape
-    c = m.channels
-    return Shapes("conv", tuple(input_shape), scheme.state_shape("conv", (c, H, W)),
-                  ((c, c_in, 3, 3), (c,)), ((c, c, 3, 3), (c,)),
-                  ((n_classes, c * H * W), (n_classes,)), m.step)
+    op = OPERATORS[m.kind]
+    try:
+        base, opening, layer, classifier = op.shapes(m, tuple(input_shape), n_classes)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    return Shapes(m.kind, tuple(input_shape), SCHEMES[m.step].state_shape(op, base), opening,
+                  layer, classifier)
 
 
 def _draw(seed: int, code: int, wshape, bshape, std: float):

@@ -12,9 +12,8 @@ import math
 
 import torch
 
+from mgrit_nn.comm import Tag
 from mgrit_nn.mgrit import Level
-
-TAG_LAYERS = 64
 
 
 class LayerExchange:
@@ -44,13 +43,13 @@ class LayerExchange:
         recvs = []
         for r, js in self.recv_from.items():
             buf = torch.empty((len(js), wn + bn), dtype=net.dtype, device=net.device)
-            recvs.append((buf, msg.irecv(buf, r, TAG_LAYERS)))
+            recvs.append((buf, msg.irecv(buf, r, Tag.LAYERS)))
         sends = []
         for r, js in self.send_to.items():
             rows = torch.tensor([j - net.jlo for j in js], device=net.device)
             flat = torch.cat([K.index_select(0, rows).flatten(1),
                               b.index_select(0, rows).flatten(1)], 1)
-            sends.append(msg.isend(flat, r, TAG_LAYERS))
+            sends.append(msg.isend(flat, r, Tag.LAYERS))
         bufs = [rq.wait() for _, rq in recvs]
         for s in sends:
             s.wait()

@@ -16,11 +16,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from mgrit_nn.comm import Messenger
-from mgrit_nn.config import ModelConfig, RegConfig
-from mgrit_nn.mgrit import MGRIT, Chain, Level, MGRITOptions, Selection, SolveResult, Workspace
+from mgrit_nn.config import MgritConfig, ModelConfig, RegConfig
+from mgrit_nn.mgrit import MGRIT, Chain, Level, Selection, SolveResult, Workspace
 from mgrit_nn.model.adjoint import adjoint_solver, layer_gradients, solve_adjoint
 from mgrit_nn.model.init import Shapes, init_classifier, init_layers, init_opening
 from mgrit_nn.model.layers import LayerTable
+from mgrit_nn.model.operators import Operator
 from mgrit_nn.model.regularization import neighbour_layers, regularization
 from mgrit_nn.model.steps import ACTIVATIONS, SCHEMES
 
@@ -37,7 +38,7 @@ class ForwardPropagator:
         self.table: LayerTable | None = None
         self._cache: dict = {}
         self.work = Workspace()     # the step's scratch, reused across steps and solves
-        self._compiled = compiled_step(net.scheme, net.shapes.kind, net.act) \
+        self._compiled = compiled_step(net.scheme, net.shapes.op, net.act) \
             if compile_step else None
 
     def prepare(self, levels: list[Level]) -> None:
@@ -55,17 +56,17 @@ class ForwardPropagator:
         if self._compiled is not None:
             self._compiled(u, Kb[0], Kb[1], H, out)
         else:
-            net.scheme.step_(net.shapes.kind, net.act, u, Kb[0], Kb[1], H, out, self.work)
+            net.scheme.step_(net.shapes.op, net.act, u, Kb[0], Kb[1], H, out, self.work)
 
 
-def compiled_step(scheme, kind: str, act):
+def compiled_step(scheme, op: Operator, act):
     """``out <- Phi(u)`` as one ``torch.compile``d function (``runtime.compile``): the
     scheme's functional step, so inductor fuses bias, activation and update and writes the
     result straight into the (strided) level storage. Only the stacked-steps dimension is
     dynamic (one graph serves every selection size); each level's spacing and each batch
     size get their own graph."""
     def into(u, K, b, h, out):
-        out.copy_(scheme.step(kind, act, u, K, b, h))
+        out.copy_(scheme.step(op, act, u, K, b, h))
     fn = torch.compile(into, dynamic=False)
 
     def call(u, K, b, h, out):
@@ -78,9 +79,9 @@ def compiled_step(scheme, kind: str, act):
 class ParallelResNet(nn.Module):
     """This rank's part of the network, and the MGRIT forward solve over all ranks."""
 
-    def __init__(self, m: ModelConfig, s: Shapes, opts: MGRITOptions, msg: Messenger,
+    def __init__(self, m: ModelConfig, s: Shapes, opts: MgritConfig, msg: Messenger,
                  device: torch.device, dtype: torch.dtype,
-                 adj_opts: MGRITOptions | None = None, reg: RegConfig | None = None,
+                 adj_opts: MgritConfig | None = None, reg: RegConfig | None = None,
                  compile_step: bool = False) -> None:
         super().__init__()
         self.cfg, self.shapes, self.msg = m, s, msg
@@ -177,16 +178,12 @@ class ParallelResNet(nn.Module):
 
     def opening(self, x: torch.Tensor) -> torch.Tensor:
         """The state u_0 (for verlet: ``(sigma(W_in x + b_in), 0)``)."""
-        kind = self.shapes.kind
-        if kind == "dense":
-            u0 = self.act(F.linear(x.flatten(1), self.open_weight, self.open_bias))
-        else:
-            u0 = self.act(F.conv2d(x, self.open_weight, self.open_bias, padding=1))
-        return self.scheme.embed(kind, u0)
+        op = self.shapes.op
+        return self.scheme.embed(op, self.act(op.opening(x, self.open_weight, self.open_bias)))
 
     def classifier(self, uN: torch.Tensor) -> torch.Tensor:
         """Logits of the final states (for verlet: of their y part)."""
-        uN = self.scheme.readout(self.shapes.kind, uN)
+        uN = self.scheme.readout(self.shapes.op, uN)
         return F.linear(uN.flatten(1), self.cls_weight, self.cls_bias)
 
     def solve_forward(self, x: torch.Tensor, warm: torch.Tensor | None = None,

@@ -27,14 +27,9 @@ class SerialResNet(nn.Module):
 
     def __init__(self, m: ModelConfig, s: Shapes, dtype=torch.float64, device="cpu") -> None:
         super().__init__()
-        self.kind, self.h, self.act = s.kind, m.T / m.layers, ACTIVATIONS[m.activation]
+        self.op, self.h, self.act = s.op, m.T / m.layers, ACTIVATIONS[m.activation]
         self.verlet = m.step == "verlet"
-        if s.kind == "dense":
-            def block(wshape):
-                return nn.Linear(wshape[1], wshape[0], dtype=torch.float64)
-        else:
-            def block(wshape):
-                return nn.Conv2d(wshape[1], wshape[0], 3, padding=1, dtype=torch.float64)
+        block = self.op.module
         self.opening = _set(block(s.opening[0]), *init_opening(m, s))
         self.layers = nn.ModuleList(
             _set(block(s.layer[0]), *init_layer(m, s, j)) for j in range(m.layers))
@@ -45,9 +40,7 @@ class SerialResNet(nn.Module):
 
     def states(self, x: torch.Tensor) -> list[torch.Tensor]:
         """u_0 .. u_N (verlet: y and z stacked as in the layer-parallel network)."""
-        if self.kind == "dense":
-            x = x.flatten(1)
-        u = self.act(self.opening(x))
+        u = self.act(self.opening(self.op.module_input(x)))
         if self.verlet:
             return self._verlet(u)
         out = [u]
@@ -59,23 +52,18 @@ class SerialResNet(nn.Module):
     def _verlet(self, y: torch.Tensor) -> list[torch.Tensor]:
         """z_{i+1} = z_i - h sigma(K_i^T y_i + b_i),  y_{i+1} = y_i + h sigma(K_i z_{i+1} + b_i)."""
         z = torch.zeros_like(y)
-        dim = 1                                   # dense (B, 2, w); conv (B, 2c, H, W)
-        pair = torch.stack if self.kind == "dense" else torch.cat
-        out = [pair((y, z), dim)]
+        out = [self.op.join(y, z)]                # dense (B, 2, w); conv (B, 2c, H, W)
         for layer in self.layers:
-            if self.kind == "dense":
-                kty = F.linear(y, layer.weight.t(), layer.bias)
-            else:
-                kty = F.conv_transpose2d(y, layer.weight, layer.bias, padding=1)
+            kty = self.op.module_transpose_bias(y, layer.weight, layer.bias)
             z = z - self.h * self.act(kty)
             y = y + self.h * self.act(layer(z))
-            out.append(pair((y, z), dim))
+            out.append(self.op.join(y, z))
         return out
 
     def head(self, uN: torch.Tensor) -> torch.Tensor:
         """Logits of the final states u_N (verlet: the classifier sees y_N)."""
         if self.verlet:
-            uN = uN[:, 0] if self.kind == "dense" else uN[:, :uN.shape[1] // 2]
+            uN = self.op.halves(uN)[0]
         return self.classifier(uN.flatten(1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

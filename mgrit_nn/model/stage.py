@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import torch
 
-TAG_RIGHT, TAG_LEFT = 301, 302
+from mgrit_nn.comm import Tag
 
 
 class Stage:
@@ -43,7 +43,7 @@ class Stage:
         u = net.opening(inp) if self.first else inp
         out = [u] if states else None
         for j in range(self.n_steps):
-            u = net.scheme.step(net.shapes.kind, net.act, u.unsqueeze(0), net.weight[j:j + 1],
+            u = net.scheme.step(net.shapes.op, net.act, u.unsqueeze(0), net.weight[j:j + 1],
                                 net.bias[j:j + 1], net.h)[0]
             if states:
                 out.append(u)
@@ -54,13 +54,13 @@ class Stage:
 
     # -- interface messages --------------------------------------------------------------
     def send_right(self, u: torch.Tensor):
-        return None if self.right is None else self.msg.isend(u, self.right, TAG_RIGHT)
+        return None if self.right is None else self.msg.isend(u, self.right, Tag.STAGE_RIGHT)
 
     def recv_left(self, out: torch.Tensor):
-        return None if self.left is None else self.msg.irecv(out, self.left, TAG_RIGHT)
+        return None if self.left is None else self.msg.irecv(out, self.left, Tag.STAGE_RIGHT)
 
     def send_left(self, v: torch.Tensor):
-        return None if self.left is None else self.msg.isend(v, self.left, TAG_LEFT)
+        return None if self.left is None else self.msg.isend(v, self.left, Tag.STAGE_LEFT)
 
     def recv_right(self, out: torch.Tensor):
-        return None if self.right is None else self.msg.irecv(out, self.right, TAG_LEFT)
+        return None if self.right is None else self.msg.irecv(out, self.right, Tag.STAGE_LEFT)

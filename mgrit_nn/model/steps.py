@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch.func import vjp, vmap
+from torch.func import vjp
 
 from mgrit_nn.mgrit.propagator import Workspace
+from mgrit_nn.model.operators import Operator
 
 
 class Activation:
@@ -47,62 +48,6 @@ ACTIVATIONS = {
 }
 
 
-def _conv(u: torch.Tensor, K: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    return F.conv2d(u, K, b, padding=1)
-
-
-def _conv_t(v: torch.Tensor, K: torch.Tensor) -> torch.Tensor:
-    return F.conv_transpose2d(v, K, padding=1)
-
-
-def _conv_nb(u: torch.Tensor, K: torch.Tensor) -> torch.Tensor:
-    return F.conv2d(u, K, None, padding=1)
-
-
-def _conv_tb(v: torch.Tensor, K: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    return F.conv_transpose2d(v, K, b, padding=1)
-
-
-_batched_conv = vmap(_conv)
-_batched_conv_t = vmap(_conv_t)
-_batched_conv_nb = vmap(_conv_nb)
-_batched_conv_tb = vmap(_conv_tb)
-
-
-# The batched linear maps. ``out`` (optional) receives a dense result without a new
-# allocation; the conv forms return a new tensor, so callers always use the return value.
-def linear_part(kind: str, u: torch.Tensor, K: torch.Tensor, b: torch.Tensor,
-                out: torch.Tensor | None = None) -> torch.Tensor:
-    """``K_k u_k + b_k`` for every k: dense (n,B,w)x(n,w,w) or 3x3 conv (n,B,c,H,W)."""
-    if kind == "dense":
-        return torch.baddbmm(b.unsqueeze(1), u, K.transpose(1, 2), out=out)
-    return _batched_conv(u, K, b)
-
-
-def linear_transpose(kind: str, v: torch.Tensor, K: torch.Tensor,
-                     out: torch.Tensor | None = None) -> torch.Tensor:
-    """``K_k^T v_k`` for every k (the adjoint of the linear part without its bias)."""
-    if kind == "dense":
-        return torch.bmm(v, K, out=out)
-    return _batched_conv_t(v, K)
-
-
-def linear_nobias(kind: str, v: torch.Tensor, K: torch.Tensor,
-                  out: torch.Tensor | None = None) -> torch.Tensor:
-    """``K_k v_k`` for every k (the linear part without its bias)."""
-    if kind == "dense":
-        return torch.bmm(v, K.transpose(1, 2), out=out)
-    return _batched_conv_nb(v, K)
-
-
-def linear_transpose_bias(kind: str, v: torch.Tensor, K: torch.Tensor,
-                          b: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
-    """``K_k^T v_k + b_k`` for every k (the Verlet z-update's argument)."""
-    if kind == "dense":
-        return torch.baddbmm(b.unsqueeze(1), v, K, out=out)
-    return _batched_conv_tb(v, K, b)
-
-
 def scratch(ws: Workspace | None, name: str, like: torch.Tensor) -> torch.Tensor:
     """A buffer shaped like ``like`` (contiguous): from the workspace, or a new one."""
     if ws is None:
@@ -110,26 +55,25 @@ def scratch(ws: Workspace | None, name: str, like: torch.Tensor) -> torch.Tensor
     return ws.get(name, like.shape[0], like)
 
 
-def euler_step(kind: str, act, u: torch.Tensor, K: torch.Tensor, b: torch.Tensor,
+def euler_step(op: Operator, act, u: torch.Tensor, K: torch.Tensor, b: torch.Tensor,
                h: float) -> torch.Tensor:
     """``u + h * sigma(K u + b)`` for a stack of layers (differentiable)."""
-    return u + h * act(linear_part(kind, u, K, b))
+    return u + h * act(op.part(u, K, b))
 
 
-def euler_step_(kind: str, act: Activation, u: torch.Tensor, K: torch.Tensor,
+def euler_step_(op: Operator, act: Activation, u: torch.Tensor, K: torch.Tensor,
                 b: torch.Tensor, h: float, out: torch.Tensor,
                 ws: Workspace | None = None) -> torch.Tensor:
     """The same into ``out`` without autograd (the MGRIT hot path): with a workspace,
     dense steps allocate nothing."""
-    z = act.fn_(linear_part(kind, u, K, b, out=scratch(ws, "z", u)))
+    z = act.fn_(op.part(u, K, b, out=scratch(ws, "z", u)))
     return torch.add(u, z, alpha=h, out=out)
 
 
-def euler_adjoint(kind: str, lam: torch.Tensor, D: torch.Tensor, K: torch.Tensor,
+def euler_adjoint(op: Operator, lam: torch.Tensor, D: torch.Tensor, K: torch.Tensor,
                   h: float, out: torch.Tensor, ws: Workspace | None = None) -> torch.Tensor:
     """``(dPhi/du)^T lam = lam + h K^T (D * lam)`` into ``out``, given ``D = sigma'(z)``."""
-    w = linear_transpose(kind, torch.mul(D, lam, out=scratch(ws, "a", lam)), K,
-                         out=scratch(ws, "b", lam))
+    w = op.transpose(torch.mul(D, lam, out=scratch(ws, "a", lam)), K, out=scratch(ws, "b", lam))
     return torch.add(lam, w, alpha=h, out=out)
 
 
@@ -139,60 +83,37 @@ class EulerScheme:
 
     name = "euler"
 
-    def state_shape(self, kind: str, base: tuple[int, ...]) -> tuple[int, ...]:
+    def state_shape(self, op: Operator, base: tuple[int, ...]) -> tuple[int, ...]:
         return base
 
-    def embed(self, kind: str, u0: torch.Tensor) -> torch.Tensor:
+    def embed(self, op: Operator, u0: torch.Tensor) -> torch.Tensor:
         """The state at point 0 from the opening layer's output."""
         return u0
 
-    def readout(self, kind: str, u: torch.Tensor) -> torch.Tensor:
+    def readout(self, op: Operator, u: torch.Tensor) -> torch.Tensor:
         """The part of the state the classifier sees."""
         return u
 
-    def step(self, kind, act, u, K, b, h):
-        return euler_step(kind, act, u, K, b, h)
+    def step(self, op, act, u, K, b, h):
+        return euler_step(op, act, u, K, b, h)
 
-    def step_(self, kind, act, u, K, b, h, out, ws=None):
-        return euler_step_(kind, act, u, K, b, h, out, ws)
+    def step_(self, op, act, u, K, b, h, out, ws=None):
+        return euler_step_(op, act, u, K, b, h, out, ws)
 
-    def linearize(self, kind, act, u, K, b, h, out=None) -> torch.Tensor:
+    def linearize(self, op, act, u, K, b, h, out=None) -> torch.Tensor:
         """What the transposed step needs at the primal state ``u``: ``sigma'(K u + b)``
         (dense: into ``out`` when given; use the return value)."""
-        return act.deriv_(linear_part(kind, u, K, b, out=out))
+        return act.deriv_(op.part(u, K, b, out=out))
 
-    def adjoint(self, kind, lam, D, K, h, out, ws=None):
-        return euler_adjoint(kind, lam, D, K, h, out, ws)
+    def adjoint(self, op, lam, D, K, h, out, ws=None):
+        return euler_adjoint(op, lam, D, K, h, out, ws)
 
-    def param_grad(self, kind, act, u, lam, K, b, h, D=None):
+    def param_grad(self, op, act, u, lam, K, b, h, D=None):
         """``(dPhi/d(K, b) (u))^T lam`` for every stacked step (``lam`` at the step's end);
         ``D``: the linearization at ``u`` if already known (saves the forward recomputation)."""
         if D is None:
-            D = act.deriv_(linear_part(kind, u, K, b))
-        return linear_param_grad(kind, u, torch.mul(D, lam).mul_(h), K, b)
-
-
-def linear_param_grad(kind: str, u: torch.Tensor, g: torch.Tensor, K: torch.Tensor,
-                      b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(d(K_k u_k + b_k)/d(K_k, b_k))^T g_k`` for every k."""
-    if kind == "dense":
-        return torch.bmm(g.transpose(1, 2), u), g.sum(1)
-    with torch.enable_grad():
-        _, fn = vjp(lambda K_, b_: linear_part(kind, u, K_, b_), K, b)
-    return fn(g)
-
-
-def halves(kind: str, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Views (y, z) of two-part states: dense (..., 2, w), conv (..., 2c, H, W)."""
-    if kind == "dense":
-        return u.select(-2, 0), u.select(-2, 1)
-    c = u.shape[-3] // 2
-    return u.narrow(-3, 0, c), u.narrow(-3, c, c)
-
-
-def join(kind: str, y: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-    """The two-part state of (y, z) (inverse of :func:`halves`)."""
-    return torch.stack((y, z), -2) if kind == "dense" else torch.cat((y, z), -3)
+            D = act.deriv_(op.part(u, K, b))
+        return op.param_grad(u, torch.mul(D, lam).mul_(h), K, b)
 
 
 class VerletScheme:
@@ -215,63 +136,63 @@ class VerletScheme:
 
     name = "verlet"
 
-    def state_shape(self, kind: str, base: tuple[int, ...]) -> tuple[int, ...]:
-        return (2,) + base if kind == "dense" else (2 * base[0],) + base[1:]
+    def state_shape(self, op: Operator, base: tuple[int, ...]) -> tuple[int, ...]:
+        return op.pair_shape(base)
 
-    def embed(self, kind: str, u0: torch.Tensor) -> torch.Tensor:
-        return join(kind, u0, torch.zeros_like(u0))
+    def embed(self, op: Operator, u0: torch.Tensor) -> torch.Tensor:
+        return op.join(u0, torch.zeros_like(u0))
 
-    def readout(self, kind: str, u: torch.Tensor) -> torch.Tensor:
-        return halves(kind, u)[0]
+    def readout(self, op: Operator, u: torch.Tensor) -> torch.Tensor:
+        return op.halves(u)[0]
 
-    def step(self, kind, act, u, K, b, h):
-        y, z = halves(kind, u)
-        z1 = z - h * act(linear_transpose_bias(kind, y, K, b))
-        y1 = y + h * act(linear_part(kind, z1, K, b))
-        return join(kind, y1, z1)
+    def step(self, op, act, u, K, b, h):
+        y, z = op.halves(u)
+        z1 = z - h * act(op.transpose_bias(y, K, b))
+        y1 = y + h * act(op.part(z1, K, b))
+        return op.join(y1, z1)
 
-    def step_(self, kind, act, u, K, b, h, out, ws=None):
-        y, z = halves(kind, u)
-        y1, z1 = halves(kind, out)
-        a = linear_transpose_bias(kind, y, K, b, out=scratch(ws, "z", y))
+    def step_(self, op, act, u, K, b, h, out, ws=None):
+        y, z = op.halves(u)
+        y1, z1 = op.halves(out)
+        a = op.transpose_bias(y, K, b, out=scratch(ws, "z", y))
         torch.add(z, act.fn_(a), alpha=-h, out=z1)
-        c = linear_part(kind, z1, K, b, out=scratch(ws, "z", y))
+        c = op.part(z1, K, b, out=scratch(ws, "z", y))
         torch.add(y, act.fn_(c), alpha=h, out=y1)
         return out
 
-    def linearize(self, kind, act, u, K, b, h, out=None) -> torch.Tensor:
+    def linearize(self, op, act, u, K, b, h, out=None) -> torch.Tensor:
         """``(D1, D2)`` stacked like a state, at the primal state ``u`` with spacing ``h``."""
-        y, z = halves(kind, u)
+        y, z = op.halves(u)
         out = torch.empty_like(u) if out is None else out
-        D1, D2 = halves(kind, out)
-        a = linear_transpose_bias(kind, y, K, b)
+        D1, D2 = op.halves(out)
+        a = op.transpose_bias(y, K, b)
         act.deriv_(D1.copy_(a))
         z1 = act.fn_(a).mul_(-h).add_(z)
-        act.deriv_(D2.copy_(linear_part(kind, z1, K, b)))
+        act.deriv_(D2.copy_(op.part(z1, K, b)))
         return out
 
-    def adjoint(self, kind, lam, D, K, h, out, ws=None):
-        ly, lz = halves(kind, lam)
-        D1, D2 = halves(kind, D)
-        ny, mu = halves(kind, out)
+    def adjoint(self, op, lam, D, K, h, out, ws=None):
+        ly, lz = op.halves(lam)
+        D1, D2 = op.halves(D)
+        ny, mu = op.halves(out)
         a, b = scratch(ws, "a", ly), scratch(ws, "b", ly)
-        torch.add(lz, linear_transpose(kind, torch.mul(D2, ly, out=a), K, out=b), alpha=h,
+        torch.add(lz, op.transpose(torch.mul(D2, ly, out=a), K, out=b), alpha=h,
                   out=mu)
-        torch.add(ly, linear_nobias(kind, torch.mul(D1, mu, out=a), K, out=b), alpha=-h,
+        torch.add(ly, op.nobias(torch.mul(D1, mu, out=a), K, out=b), alpha=-h,
                   out=ny)
         return out
 
-    def param_grad(self, kind, act, u, lam, K, b, h, D=None):
-        y, z = halves(kind, u)
-        ly, lz = halves(kind, lam)
+    def param_grad(self, op, act, u, lam, K, b, h, D=None):
+        y, z = op.halves(u)
+        ly, lz = op.halves(lam)
         with torch.enable_grad():
-            a, fa = vjp(lambda K_, b_: linear_transpose_bias(kind, y, K_, b_), K, b)
+            a, fa = vjp(lambda K_, b_: op.transpose_bias(y, K_, b_), K, b)
         a = a.detach()
         z1 = act(a).mul_(-h).add_(z)
         with torch.enable_grad():
-            c, fc = vjp(lambda K_, b_: linear_part(kind, z1, K_, b_), K, b)
+            c, fc = vjp(lambda K_, b_: op.part(z1, K_, b_), K, b)
         g2 = act.deriv_(c.detach()).mul_(ly).mul_(h)         # adjoint of c
-        mu = linear_transpose(kind, g2, K).add_(lz)          # adjoint of z'
+        mu = op.transpose(g2, K).add_(lz)          # adjoint of z'
         g1 = act.deriv(a).mul_(mu).mul_(-h)                  # adjoint of a
         gK1, gb1 = fa(g1)
         gK2, gb2 = fc(g2)

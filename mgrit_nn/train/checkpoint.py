@@ -1,27 +1,28 @@
-"""Save and restore a training run: model, optimizer, schedule, warm starts, data position.
+"""Save and restore a training run: model, optimizer, schedule, data position, method state.
 
-Every distributed quantity is converted to the global layout first (parameters and
-optimizer tensors in the global flat parameter order, warm-start iterates by global
-point index), so a run can resume on a different number of ranks or replicas.
-Every rank reads the checkpoint file (a file system all ranks see is assumed).
+Every component contributes a nested dict of arrays in the *global* layout (parameters
+and optimizer tensors in the global flat parameter order, a method's states by global
+point or interface index), so a run can resume on a different number of ranks or
+replicas; :mod:`mgrit_nn.io.checkpoint` writes the tree as HDF5 groups. Every rank reads
+the checkpoint file (a file system all ranks see is assumed).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import h5py
 import torch
 
 from mgrit_nn.data import batches
 from mgrit_nn.io.checkpoint import (
-    ParamLayout,
-    check_compatible,
+    CheckpointError,
     checkpoint_path,
     open_checkpoint,
     prune,
-    read_model,
     write_checkpoint,
 )
+from mgrit_nn.model.layout import ParamLayout
 from mgrit_nn.train.optim import load_optimizer_state, optimizer_state
 
 
@@ -30,25 +31,38 @@ def save(trainer, out: Path, step: int) -> Path | None:
     m, params, cfg = trainer.method, trainer.params, trainer.cfg
     model = m.gather_flat(m.local_flat(params))
     tensors, scalars = optimizer_state(trainer.opt, params)
-    arrays = {}
-    for name, ts in tensors.items():
-        g = m.gather_flat(m.local_flat(ts))
-        if g is not None:
-            arrays[f"optimizer/{name}"] = g.numpy()
-    arrays.update(m.warm_arrays())
+    optimizer = {name: m.gather_flat(m.local_flat(ts)) for name, ts in tensors.items()}
+    method = m.state_dict()
     if trainer.run.world.Get_rank() != 0:
         return None
-    arrays["rng/torch"] = torch.get_rng_state().numpy()
+    tree = {"model": trainer.layout.named(model.cpu()), **method,
+            "rng": {"torch": torch.get_rng_state()}}
+    if optimizer:
+        tree["optimizer"] = optimizer
     sched = trainer.schedule
     attrs = {"step": step, "epoch": trainer.epoch, "batches_left": len(trainer.queue),
              "lr": trainer.opt.param_groups[0]["lr"], "config": cfg.to_yaml(),
              "method": cfg.train.method, "optimizer": cfg.train.optimizer,
              "schedule_last_epoch": sched.last_epoch if sched is not None else step,
-             **{f"opt_{k}": v for k, v in scalars.items()}}
-    path = write_checkpoint(checkpoint_path(out, step), model.cpu(), trainer.layout, arrays,
-                            attrs)
+             "layers": trainer.layout.N, **{f"opt_{k}": v for k, v in scalars.items()}}
+    path = write_checkpoint(checkpoint_path(out, step), tree, attrs)
     prune(out, cfg.checkpoint.keep)
     return path
+
+
+def check_compatible(f: h5py.File, layout: ParamLayout, path) -> None:
+    """Refuse a checkpoint of another network shape with a message naming the difference."""
+    if int(f.attrs["layers"]) != layout.N:
+        raise CheckpointError(f"checkpoint {path} has {int(f.attrs['layers'])} layers, "
+                              f"the config has model.layers = {layout.N}")
+    expected = {"opening/weight": layout.s.opening[0], "layers/00000/weight": layout.s.layer[0],
+                "classifier/weight": layout.s.classifier[0]}
+    for name, shape in expected.items():
+        got = tuple(f[f"model/{name}"].shape)
+        if got != tuple(shape):
+            raise CheckpointError(f"checkpoint {path}: model/{name} has shape {got}, this "
+                                  f"network needs {tuple(shape)} (model.kind/width/channels "
+                                  f"or the data set differ)")
 
 
 def verify(path: str | Path, layout: ParamLayout) -> None:
@@ -59,41 +73,38 @@ def verify(path: str | Path, layout: ParamLayout) -> None:
 
 def restore(trainer, path: str | Path, weights_only: bool = False) -> int:
     """Load a checkpoint into the trainer on every rank; returns the step to continue from."""
-    m, params = trainer.method, trainer.params
+    m, params, layout = trainer.method, trainer.params, trainer.layout
     with open_checkpoint(path) as f:
-        check_compatible(f, trainer.layout, path)
+        check_compatible(f, layout, path)
+        model = layout.flat({k: f[f"model/{k}"][()] for k in layout.keys()})
         with torch.no_grad():
-            for p, t in zip(params, m.local_from_global(read_model(f, trainer.layout)),
-                            strict=True):
+            for p, t in zip(params, m.local_from_global(model), strict=True):
                 p.copy_(t)
         if weights_only:
             return 0
         if f.attrs["optimizer"] != trainer.cfg.train.optimizer:
-            from mgrit_nn.io.checkpoint import CheckpointError
-
             raise CheckpointError(f"checkpoint {path} was written by optimizer "
                                   f"{f.attrs['optimizer']}, the config has "
                                   f"train.optimizer = {trainer.cfg.train.optimizer}; "
                                   "use --init-from to start a new run from its weights")
-        tensors = {}
-        if "optimizer" in f:
-            tensors = {name: m.local_from_global(torch.from_numpy(f[f"optimizer/{name}"][()]))
-                       for name in f["optimizer"]}
+        tensors = {name: m.local_from_global(torch.from_numpy(f[f"optimizer/{name}"][()]))
+                   for name in f.get("optimizer", {})}
         scalars = {k[4:]: float(v) for k, v in f.attrs.items() if k.startswith("opt_")}
         load_optimizer_state(trainer.opt, params, tensors, scalars)
-        step = int(f.attrs["step"])
+        lr = float(f.attrs["lr"])
         for group in trainer.opt.param_groups:
-            group["lr"] = float(f.attrs["lr"])
+            group["lr"] = lr
         if trainer.schedule is not None:
-            trainer.schedule.last_epoch = int(f.attrs["schedule_last_epoch"])
-            trainer.schedule._last_lr = [float(f.attrs["lr"])]
-        m.load_warm(f)
+            state = trainer.schedule.state_dict()
+            state.update(last_epoch=int(f.attrs["schedule_last_epoch"]), _last_lr=[lr])
+            trainer.schedule.load_state_dict(state)
+        m.load_state_dict(f)
         d = trainer.cfg.data
         trainer.epoch, left = int(f.attrs["epoch"]), int(f.attrs["batches_left"])
         trainer.queue = batches(len(trainer.x), d.batch_size, d.seed, trainer.epoch - 1)[-left:] \
             if left else []
         torch.set_rng_state(torch.from_numpy(f["rng/torch"][()]))
-    return step
+        return int(f.attrs["step"])
 
 
 def save_if_due(trainer, out: Path, step: int, last: bool) -> None:

@@ -1,8 +1,10 @@
 """``mgrit-nn train``: the optimization loop shared by every method.
 
-Per step: take the next mini-batch (this replica's share), evaluate loss and
-gradient with the method, sum gradients over data replicas (one reduction of one
-flat buffer), update with the optimizer, validate every ``train.eval_every`` steps.
+Before the first step the method's start phase runs (:meth:`Method.start`). Per step:
+take the next mini-batch (this replica's share), let the method do its step (gradients
+in ``.grad``), sum gradients over data replicas (one reduction of one flat buffer),
+update with the optimizer, validate every ``train.eval_every`` steps. The loop calls the
+method only through the protocol of :mod:`mgrit_nn.methods.base`.
 """
 
 from __future__ import annotations
@@ -18,42 +20,25 @@ from mpi4py import MPI
 from tqdm import tqdm
 
 from mgrit_nn.data import batches
-from mgrit_nn.io.checkpoint import ParamLayout
-from mgrit_nn.methods.base import StepInfo
+from mgrit_nn.methods.base import Batch, Method, StepInfo, TrainData
+from mgrit_nn.methods.registry import METHODS
+from mgrit_nn.model.layout import ParamLayout
 from mgrit_nn.runtime import CollectiveError
 from mgrit_nn.setup_run import Run
-from mgrit_nn.train.optim import LBFGS, make_optimizer, make_schedule
+from mgrit_nn.train.optim import make_optimizer, make_schedule
 
 log = logging.getLogger("mgrit_nn.train")
-
-
-METHODS = {   # train.method -> (module, class); imported only when used
-    "serial": ("mgrit_nn.methods.serial", "SerialMethod"),
-    "mgrit": ("mgrit_nn.methods.layer_parallel", "LayerParallelMethod"),
-    "oneshot": ("mgrit_nn.methods.layer_parallel", "LayerParallelMethod"),
-    "penalty": ("mgrit_nn.methods.penalty", "PenaltyMethod"),
-    "al": ("mgrit_nn.methods.penalty", "PenaltyMethod"),
-    "parpas": ("mgrit_nn.methods.parpas", "ParpasMethod"),
-    "local_critic": ("mgrit_nn.methods.local_critic", "LocalCriticMethod"),
-}
-
-
-def make_method(run: Run):
-    """The method object of ``train.method``. Beyond ``gradient``/``evaluate`` and the
-    checkpoint hooks (``StepInfo.extra`` adds history columns), a method may define
-    ``attach(trainer)`` (called once the optimizer exists) and ``report(trainer) -> dict``
-    (after training, on every rank; adds keys to the result). A parameter whose ``.grad``
-    a method leaves None is not updated in that step (torch's SGD and Adam skip it)."""
-    import importlib
-
-    module, name = METHODS[run.cfg.train.method]
-    return getattr(importlib.import_module(module), name)(run)
 
 
 def world_sum(comm: MPI.Comm, *values: float) -> list[float]:
     buf = np.array(values, dtype=np.float64)
     comm.Allreduce(MPI.IN_PLACE, buf, op=MPI.SUM)
     return buf.tolist()
+
+
+def make_method(run: Run) -> Method:
+    """The method object of ``train.method`` (its registry entry builds it)."""
+    return METHODS[run.cfg.train.method].build(run)
 
 
 class Trainer:
@@ -64,16 +49,14 @@ class Trainer:
         self.opt = make_optimizer(self.params, self.cfg.train, self.method.dot)
         self.schedule = make_schedule(self.opt, self.cfg.train)
         d = run.data
-        self.x = d.x_train.to(run.device, run.dtype)
-        self.y = d.y_train.to(run.device)
-        self.xv = d.x_val.to(run.device, run.dtype)
-        self.yv = d.y_val.to(run.device)
+        self.data = TrainData(d.x_train.to(run.device, run.dtype), d.y_train.to(run.device),
+                              d.x_val.to(run.device, run.dtype), d.y_val.to(run.device))
+        self.x, self.y, self.xv, self.yv = self.data.x, self.data.y, self.data.xv, self.data.yv
         self.replica, self.replicas = run.data_msg.rank, run.data_msg.size
         self.epoch, self.queue = 0, []
         self.history: list[dict] = []
         self.layout = ParamLayout(run.shapes, self.cfg.model.layers)
-        if hasattr(self.method, "attach"):
-            self.method.attach(self)
+        self.method.bind(self.opt)
 
     # -- pieces of one step ------------------------------------------------------------------
     def next_batch(self) -> torch.Tensor:
@@ -107,23 +90,31 @@ class Trainer:
         ce, correct = world_sum(self.run.world, ce, correct)
         return ce / len(x), correct / len(x)
 
+    def closure(self, batch: Batch, loss: float):
+        """The optimizer's closure: the loss at the current parameters. Its first call
+        returns the step's own ``loss`` (SGD and Adam call it once, at no cost); later
+        calls (L-BFGS' line search) evaluate :meth:`Method.loss` at the trial point."""
+        calls = [0]
+
+        def closure() -> float:
+            calls[0] += 1
+            if calls[0] == 1:
+                return loss
+            return self.run.data_msg.allreduce_sum(self.method.loss(batch))
+        return closure
+
     def step(self, k: int) -> tuple[dict, StepInfo]:
         idx = self.next_batch()
         mine, scale = self.share(idx)
-        x, y = self.x[mine], self.y[mine]
+        batch = Batch(self.x[mine], self.y[mine], mine, scale)
         t0 = time.perf_counter()
-        info: StepInfo = self.method.gradient(x, y, mine, scale)
+        info: StepInfo = self.method.step(batch)
         self.sum_gradients()
         loss = self.run.data_msg.allreduce_sum(info.loss)
         if not np.isfinite(loss):            # before the update: the weights stay usable
             raise CollectiveError(f"training: the loss is {loss} at step {k}")
         lr = self.opt.param_groups[0]["lr"]
-        if isinstance(self.opt, LBFGS):
-            def closure() -> float:
-                return self.run.data_msg.allreduce_sum(self.method.loss(x, y, scale))
-            self.opt.step(closure, loss)
-        else:
-            self.opt.step()
+        self.opt.step(self.closure(batch, loss))
         if self.schedule is not None:
             self.schedule.step()
         grad_sq = self.method.dot(sum(float((p.grad ** 2).sum()) for p in self.params
@@ -157,9 +148,12 @@ class Trainer:
         bar = tqdm(total=t.steps, initial=start, disable=quiet or not rank0,
                    dynamic_ncols=True, desc=t.method)
         t_start, stopped = time.perf_counter(), False
+        started = self.method.start() if start < t.steps else {}   # e.g. a global prediction
         for k in range(start + 1, t.steps + 1):
             before = dict(self.run.msg.timers.seconds)
             row, info = self.step(k)
+            row.update(started)
+            started = {}
             if t.eval_every and (k % t.eval_every == 0 or k == t.steps):
                 row["val_loss"], row["val_accuracy"] = self.evaluate(self.xv, self.yv)
             self.history.append(row)
@@ -191,8 +185,7 @@ class Trainer:
             "adj_iters_per_step": float(np.mean(adj)) if adj else 0.0,
             "wall_time_s": wall,
         }
-        if hasattr(self.method, "report"):
-            result.update(self.method.report(self))
+        result.update(self.method.report(self.data))
         return result
 
     @staticmethod

@@ -19,8 +19,8 @@ class LBFGS(torch.optim.Optimizer):
     """Full-batch L-BFGS (two-loop recursion) with Armijo backtracking.
 
     ``dot(x)`` sums a local inner product over all ranks that hold parameters.
-    ``step(closure, loss)``: gradients are in ``.grad`` and ``loss`` is the loss at
-    the current point; ``closure()`` returns the loss at the parameters as they are.
+    ``step(closure)``, as ``torch.optim.LBFGS``: gradients are in ``.grad``; ``closure()``
+    returns the loss at the parameters as they are (first called at the current point).
     """
 
     def __init__(self, params, lr: float, memory: int, max_ls: int, dot: Callable,
@@ -54,7 +54,8 @@ class LBFGS(torch.optim.Optimizer):
         return q
 
     @torch.no_grad()
-    def step(self, closure: Callable[[], float], loss: float) -> float:  # type: ignore[override]
+    def step(self, closure: Callable[[], float]) -> float:  # type: ignore[override]
+        loss = closure()
         params = self._params()
         x = [p.detach().clone() for p in params]
         g = [p.grad.detach().clone() for p in params]

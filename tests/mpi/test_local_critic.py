@@ -87,7 +87,7 @@ class Simulation:
     def f(self, q: int, u: torch.Tensor) -> torch.Tensor:
         net, (j0, j1, _) = self.net, self.groups[q]
         if q == 0:
-            u = net.act(net.opening(u.flatten(1) if net.kind == "dense" else u))
+            u = net.act(net.opening(net.op.module_input(u)))
         for layer in net.layers[j0:j1]:
             u = u + net.h * net.act(layer(u))
         return u

@@ -51,7 +51,7 @@ def test_prediction_interpolates_the_coarse_network():
     t = trainer(MPI.COMM_SELF, **kw)
     net = t.method.net
     init = net.weight.detach().clone()
-    t.method._start()
+    t.method.start()
     K = net.weight.detach().clone()
     assert torch.equal(K[0::2], K[1::2])
     assert not torch.equal(K[0::2], init[0::2])           # trained, not just injected

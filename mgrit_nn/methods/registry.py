@@ -1,0 +1,100 @@
+"""Every training method, one entry each: name, class, config section, constraints.
+
+Adding a method is one module in ``mgrit_nn/methods/`` (a :class:`~mgrit_nn.methods.base.
+Method`) plus one :class:`MethodSpec` here (docs/architecture.md shows a worked example).
+This module imports no torch: ``train.method``'s choices and the config validation read it.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+
+Check = tuple[bool, str, str]          # (ok, config key, message if not ok)
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    name: str
+    target: str                         # "module:Class", imported only when the method runs
+    doc: str                            # one line for docs/config.md
+    section: str | None = None          # the config section the method owns (its bounds)
+    one_rank: bool = False              # runs on exactly one rank
+    line_search: str | None = None      # None: lbfgs works; else why it does not
+    replicas: str | None = None         # None: data replicas work; else the message
+    checks: Callable[..., list[Check]] | None = None   # (cfg, ranks) -> cross-field checks
+
+    def build(self, run):
+        module, cls = self.target.split(":")
+        return getattr(importlib.import_module(module), cls)(run)
+
+    def validate(self, cfg, ranks: int) -> list[Check]:
+        t, D = cfg.train, cfg.parallel.data_replicas
+        out: list[Check] = []
+        if self.one_rank:
+            out.append((ranks == 1, "train.method",
+                        f"{self.name} is the one-rank reference; run it with 1 rank "
+                        f"(got {ranks})"))
+        if self.line_search is not None:
+            out.append((t.optimizer != "lbfgs", "train.optimizer", self.line_search))
+        if self.replicas is not None:
+            out.append((D == 1, "parallel.data_replicas", self.replicas.format(D=D)))
+        return out + (self.checks(cfg, ranks) if self.checks else [])
+
+
+def _penalty_checks(cfg, ranks: int) -> list[Check]:
+    pe = cfg.penalty
+    taus = pe.tol if isinstance(pe.tol, list) else [pe.tol]
+    return [(all(b >= 0 for b in pe.beta_milestones), "penalty.beta_milestones",
+             f"must be steps >= 0, got {pe.beta_milestones}"),
+            (len(taus) >= 1, "penalty.tol", f"must be >= 0, got {pe.tol}")]
+
+
+def _critic_checks(cfg, ranks: int) -> list[Check]:
+    c, m = cfg.critic, cfg.model
+    return [(c.kind != "conv" or m.kind == "conv", "critic.kind",
+             "a conv critic needs a conv network (model.kind: conv)"),
+            (c.pool == 0 or m.kind == "conv", "critic.pool",
+             "pooling needs a conv network (model.kind: conv); use 0")]
+
+
+def _parpas_checks(cfg, ranks: int) -> list[Check]:
+    pp, m = cfg.parpas, cfg.model
+    return [(pp.coarse_iters == 0 or m.layers % pp.coarsen == 0, "parpas.coarsen",
+             f"model.layers = {m.layers} is not a multiple of {pp.coarsen}: the coarse network "
+             "needs whole groups of layers (or parpas.coarse_iters: 0)")]
+
+
+_LP = "mgrit_nn.methods.layer_parallel:LayerParallelMethod"
+_PENALTY = "mgrit_nn.methods.penalty:PenaltyMethod"
+_STAGES = "{m} updates every stage on its own loss; use sgd or adam"
+
+METHODS: dict[str, MethodSpec] = {s.name: s for s in (
+    MethodSpec("serial", "mgrit_nn.methods.serial:SerialMethod", "1 rank, autograd",
+               one_rank=True),
+    MethodSpec("mgrit", _LP, "exact: forward and adjoint MGRIT to tolerance"),
+    MethodSpec("oneshot", _LP, "inexact, warm-started: train.fwd_iters + adj_iters iterations"),
+    MethodSpec("penalty", _PENALTY, "stage-parallel, Sun et al.", section="penalty",
+               line_search=_STAGES.format(m="penalty"),
+               replicas="penalty supports one replica only (got {D})", checks=_penalty_checks),
+    MethodSpec("al", _PENALTY, "augmented Lagrangian, Sun et al.", section="penalty",
+               line_search=_STAGES.format(m="al"),
+               replicas="al supports one replica only (got {D})", checks=_penalty_checks),
+    MethodSpec("parpas", "mgrit_nn.methods.parpas:ParpasMethod", "Parpas & Muir",
+               section="parpas",
+               line_search="parpas updates every sub-system from its own (regressed) co-state; "
+               "lbfgs (a line search on the global loss) does not apply: use adam or sgd",
+               replicas="parpas runs one replica, got {D}", checks=_parpas_checks),
+    MethodSpec("local_critic", "mgrit_nn.methods.local_critic:LocalCriticMethod",
+               "Lee, Hsieh, Lee", section="critic",
+               line_search="local_critic updates each layer group from its own loss; lbfgs (a "
+               "line search on the global loss) does not apply: use adam or sgd",
+               replicas="local_critic runs one replica, got {D}", checks=_critic_checks),
+)}
+
+SECTIONS_OF_METHODS = {s.section for s in METHODS.values() if s.section}
+
+
+def method_doc() -> str:
+    return " | ".join(f"{s.name} ({s.doc})" for s in METHODS.values())
