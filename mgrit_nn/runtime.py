@@ -127,6 +127,10 @@ class UsageError(RuntimeError):
     """A problem with what the user asked for (e.g. an unusable checkpoint): exit status 2."""
 
 
+class CheckpointError(UsageError):
+    """A checkpoint that cannot be used (missing, corrupt, or of another network)."""
+
+
 def agree_on_config(build, comm: MPI.Comm | None = None):
     """Run ``build()`` on every rank; if it raises ConfigError or UsageError on any rank,
     rank 0 prints the lowest rank's message once and every rank exits with 2."""

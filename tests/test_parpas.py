@@ -8,7 +8,7 @@ import pytest
 import torch
 from test_failures import mpirun
 
-from mgrit_nn.methods.parpas import Regression
+from mgrit_nn.model.regression import Regression
 
 SMALL = ["--set", "data.n_train=48", "--set", "data.n_val=16", "--set", "model.layers=16",
          "--set", "model.width=3", "--set", "parpas.coarse_iters=6", "--quiet"]

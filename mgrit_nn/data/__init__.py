@@ -20,7 +20,8 @@ import torch
 from mgrit_nn.config import DataName
 from mgrit_nn.data import files, synthetic
 
-__all__ = ["DATASETS", "FILE_DATASETS", "Dataset", "batches", "check_data", "load_dataset"]
+__all__ = ["DATASETS", "FILE_DATASETS", "BatchStream", "Dataset", "batches", "check_data",
+           "load_dataset"]
 
 DATASETS: tuple[str, ...] = typing.get_args(DataName)      # data.name's choices
 FILE_DATASETS: tuple[str, ...] = ("mnist", "cifar10", "indian_pines")
@@ -129,3 +130,26 @@ def batches(n: int, batch_size: int, seed: int, epoch: int) -> list[torch.Tensor
     gen = torch.Generator().manual_seed(int(state[0]))
     perm = torch.randperm(n, generator=gen, dtype=torch.int64)
     return [chunk.clone() for chunk in perm.split(batch_size)]
+
+
+class BatchStream:
+    """Mini-batches epoch after epoch: the epochs ``first, first + step, ...`` of
+    :func:`batches`. ``epoch`` is the next epoch to start, ``queue`` the rest of this one."""
+
+    def __init__(self, n: int, batch_size: int, seed: int, first: int = 0,
+                 step: int = 1) -> None:
+        self.n, self.batch_size, self.seed, self.step = n, batch_size, seed, step
+        self.epoch, self.queue = first, []
+
+    def next(self) -> torch.Tensor:
+        if not self.queue:
+            self.queue = batches(self.n, self.batch_size, self.seed, self.epoch)
+            self.epoch += self.step
+        return self.queue.pop(0)
+
+    def restore(self, epoch: int, left: int) -> None:
+        """Continue at the position of a stream that had started ``epoch`` with ``left``
+        batches of the current epoch still to come (a checkpoint's data position)."""
+        self.epoch = epoch
+        self.queue = batches(self.n, self.batch_size, self.seed, epoch - self.step)[-left:] \
+            if left else []

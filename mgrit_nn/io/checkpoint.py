@@ -30,11 +30,10 @@ import numpy as np
 import torch
 
 from mgrit_nn import __version__
-from mgrit_nn.runtime import UsageError
+from mgrit_nn.runtime import CheckpointError
 
-
-class CheckpointError(UsageError):
-    """A checkpoint that cannot be used (missing, corrupt, or of another network)."""
+__all__ = ["CheckpointError", "checkpoint_path", "flatten", "latest_checkpoint", "open_checkpoint",
+           "prune", "write_checkpoint"]
 
 
 def _digest(f: h5py.File) -> str:

@@ -12,8 +12,8 @@ import numpy as np
 import torch
 from mpi4py import MPI
 
-from mgrit_nn.io.checkpoint import CheckpointError
 from mgrit_nn.methods.base import Batch, PartitionedMethod, StepInfo, correct
+from mgrit_nn.runtime import CheckpointError
 from mgrit_nn.setup_run import Run
 
 

@@ -39,14 +39,13 @@ import torch
 import torch.nn.functional as F
 
 from mgrit_nn.comm import Tag
-from mgrit_nn.io.checkpoint import CheckpointError
 from mgrit_nn.methods.base import Batch, PartitionedMethod, StepInfo, TrainData, correct
 from mgrit_nn.model.critic import build_critic, n_params
 from mgrit_nn.model.regularization import regularization
 from mgrit_nn.model.stage import Stage
-from mgrit_nn.runtime import CollectiveError
+from mgrit_nn.optim import load_optimizer_state, optimizer_state
+from mgrit_nn.runtime import CheckpointError, CollectiveError
 from mgrit_nn.setup_run import Run
-from mgrit_nn.train.optim import load_optimizer_state, optimizer_state
 
 log = logging.getLogger("mgrit_nn.local_critic")
 

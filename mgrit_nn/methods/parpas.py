@@ -33,144 +33,22 @@ arrive. With one rank the method is plain gradient descent on the whole network.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from mgrit_nn.data import batches
-from mgrit_nn.io.checkpoint import CheckpointError
+from mgrit_nn.data import BatchStream
 from mgrit_nn.methods.base import Batch, PartitionedMethod, StepInfo, correct
-from mgrit_nn.model.layout import ParamLayout
+from mgrit_nn.model.coarse import CoarseNetwork, at_point
+from mgrit_nn.model.regression import Regression
 from mgrit_nn.model.stage import Stage
+from mgrit_nn.optim import make_optimizer
+from mgrit_nn.runtime import CheckpointError
 
 CHUNK = 4096              # samples per piece of the whole-training-set passes
-
-
-class Regression:
-    """``P(X) = A_g X + B_g`` by ridge least squares on (state, co-state) pairs, X and P flat,
-    one fit per group g (the sample's class, or one group for all samples).
-
-    Data are kept as normal-equation blocks ``[G | R] = X1^T [X1 | P]`` per group with
-    ``X1 = [X, 1]`` (one stack of blocks per observation; all merged into one when
-    ``window`` is 0), so memory is O(d^2) per group and block whatever the number of
-    pairs. The fit solves ``(G + ridge * n * I') W = R`` (``n`` pairs, ``I'`` without the
-    bias entry) in float64 by Cholesky (bitwise repeatable; LAPACK least squares only if
-    the matrix is singular); a group without pairs predicts zero.
-    """
-
-    def __init__(self, d: int, groups: int, ridge: float, window: int) -> None:
-        self.d, self.groups, self.ridge, self.window = d, groups, ridge, window
-        self.blocks: list[torch.Tensor] = []     # each (groups, d+1, 2d+1)
-        self.W: torch.Tensor | None = None       # (groups, d+1, d): rows A^T, then B
-
-    def add(self, X: torch.Tensor, P: torch.Tensor, g: torch.Tensor) -> None:
-        X1 = torch.cat([X.double(), X.new_ones((len(X), 1), dtype=torch.float64)], 1).cpu()
-        XP = torch.cat([X1, P.double().cpu()], 1)
-        g = g.cpu()
-        block = torch.zeros((self.groups, self.d + 1, 2 * self.d + 1), dtype=torch.float64)
-        for k in range(self.groups):
-            rows = g == k
-            if bool(rows.any()):
-                block[k] = X1[rows].T @ XP[rows]
-        if self.window == 0 and self.blocks:
-            self.blocks[0] += block
-        else:
-            self.blocks = (self.blocks + [block])[-self.window:] if self.window else [block]
-        self.fit()
-
-    def fit(self) -> None:
-        if not self.blocks:
-            self.W = None
-            return
-        S = self.blocks[0].clone()
-        for b in self.blocks[1:]:
-            S += b
-        d = self.d
-        G, R = S[:, :, :d + 1], S[:, :, d + 1:]
-        n = G[:, d, d]                                  # pairs per group
-        ridge = (self.ridge * n).unsqueeze(1).expand(-1, d + 1).clone()
-        ridge[:, d] = 0.0
-        ridge[n == 0] = 1.0                             # no pairs: W = 0
-        M = G + torch.diag_embed(ridge)
-        L, info = torch.linalg.cholesky_ex(M)
-        if bool((info == 0).all()):     # LAPACK's lstsq is not bitwise repeatable: Cholesky
-            self.W = torch.cholesky_solve(R, L)
-        else:                           # singular (ridge 0, too few pairs): least norm
-            self.W = torch.linalg.lstsq(M, R).solution
-
-    def predict(self, X: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-        out = torch.zeros_like(X)
-        if self.W is None:
-            return out
-        W = self.W.to(X)
-        if self.groups == 1:
-            return torch.addmm(W[0, self.d], X, W[0, :self.d])
-        g = g.to(X.device)
-        for k in range(self.groups):
-            rows = (g == k).nonzero().flatten()
-            if len(rows):
-                out.index_copy_(0, rows, torch.addmm(W[k, self.d], X[rows], W[k, :self.d]))
-        return out
-
-    def state(self) -> torch.Tensor:
-        """The blocks as one (n_blocks, groups, d+1, 2d+1) tensor (checkpoint)."""
-        if not self.blocks:
-            return torch.zeros((0, self.groups, self.d + 1, 2 * self.d + 1),
-                               dtype=torch.float64)
-        return torch.stack(self.blocks)
-
-    def load(self, blocks: np.ndarray) -> None:
-        self.blocks = [torch.from_numpy(np.array(b)) for b in blocks]
-        if self.window:
-            self.blocks = self.blocks[-self.window:]
-        self.fit()
-
-
-class CoarseNetwork:
-    """The prediction phase's network: N/coarsen steps of size coarsen*h, serial, autograd."""
-
-    def __init__(self, net, full: torch.Tensor, coarsen: int) -> None:
-        named = ParamLayout(net.shapes, net.cfg.layers).named(full)
-        self.net, self.H = net, net.h * coarsen
-        n_coarse = net.cfg.layers // coarsen
-
-        def leaf(t):
-            return t.detach().clone().to(net.device, net.dtype).requires_grad_()
-        self.open_w, self.open_b = leaf(named["opening/weight"]), leaf(named["opening/bias"])
-        self.cls_w = leaf(named["classifier/weight"])
-        self.cls_b = leaf(named["classifier/bias"])
-        # injection: coarse layer J starts from fine layer J * coarsen
-        self.K = leaf(torch.stack([named[f"layers/{J * coarsen:05d}/weight"]
-                                   for J in range(n_coarse)]))
-        self.b = leaf(torch.stack([named[f"layers/{J * coarsen:05d}/bias"]
-                                   for J in range(n_coarse)]))
-
-    def parameters(self) -> list[torch.Tensor]:
-        return [self.open_w, self.open_b, self.K, self.b, self.cls_w, self.cls_b]
-
-    def states(self, x: torch.Tensor) -> list[torch.Tensor]:
-        net = self.net
-        op, sc = net.shapes.op, net.scheme
-        out = [sc.embed(op, net.act(op.opening(x, self.open_w, self.open_b)))]
-        for J in range(len(self.K)):
-            out.append(sc.step(op, net.act, out[-1].unsqueeze(0), self.K[J:J + 1],
-                               self.b[J:J + 1], self.H)[0])
-        return out
-
-    def logits(self, uN: torch.Tensor) -> torch.Tensor:
-        uN = self.net.scheme.readout(self.net.shapes.op, uN)
-        return F.linear(uN.flatten(1), self.cls_w, self.cls_b)
-
-
-def _at(states: list[torch.Tensor], s: int, coarsen: int) -> torch.Tensor:
-    """The trajectory at fine point ``s``, linear in time between coarse points."""
-    q, r = divmod(s, coarsen)
-    if r == 0:
-        return states[q]
-    f = r / coarsen
-    return (1 - f) * states[q] + f * states[q + 1]
 
 
 class ParpasMethod(PartitionedMethod):
@@ -237,16 +115,12 @@ class ParpasMethod(PartitionedMethod):
         coarse = CoarseNetwork(net, full, c.coarsen)
         params = coarse.parameters()
         lr = c.coarse_lr if c.coarse_lr is not None else t.lr
-        opt = torch.optim.SGD(params, lr=lr, momentum=t.momentum) if t.optimizer == "sgd" \
-            else torch.optim.Adam(params, lr=lr)
+        opt = make_optimizer(params, dataclasses.replace(t, lr=lr), lambda a: a)   # serial
         right = None if self.stage.last else net.hi            # this rank's regression point
-        queue, epoch, loss = [], -1, float("nan")
+        d = self.run.cfg.data          # its own epochs (-1, -2, ...): not the steps'
+        stream, loss = BatchStream(self.n, d.batch_size, d.seed, first=-1, step=-1), float("nan")
         for _ in range(c.coarse_iters):
-            if not queue:                     # its own epochs (-1, -2, ...): not the steps'
-                queue = batches(self.n, self.run.cfg.data.batch_size, self.run.cfg.data.seed,
-                                epoch)
-                epoch -= 1
-            idx = queue.pop(0)
+            idx = stream.next()
             loss = self._coarse_pass(coarse, x[idx], y[idx], right, params)
             opt.step()
         for lo in range(0, self.n, CHUNK):        # final network: pairs for every sample
@@ -255,7 +129,7 @@ class ParpasMethod(PartitionedMethod):
             if not self.stage.first:
                 for lo in range(0, self.n, CHUNK):
                     states = coarse.states(x[lo:lo + CHUNK])
-                    self.inputs[lo:lo + CHUNK] = _at(states, net.lo - 1, c.coarsen)
+                    self.inputs[lo:lo + CHUNK] = at_point(states, net.lo - 1, c.coarsen)
             rows = torch.arange(net.jlo, net.jhi + 1, device=net.device) // c.coarsen
             net.weight.copy_(coarse.K.detach().index_select(0, rows))
             net.bias.copy_(coarse.b.detach().index_select(0, rows))
@@ -288,78 +162,68 @@ class ParpasMethod(PartitionedMethod):
         if right is not None:
             co = grads[len(params):]
             P = co[0] if r == 0 else (1 - r / c.coarsen) * co[0] + (r / c.coarsen) * co[1]
-            X = _at([s.detach() for s in states], right, c.coarsen)
+            X = at_point([s.detach() for s in states], right, c.coarsen)
             self.regression.add(X.flatten(1), len(x) * P.flatten(1), self._group(y))
         return float(loss.detach())
 
     # -- one step of the local correction ------------------------------------------------
     def step(self, batch: Batch) -> StepInfo:
+        """Algorithm 4's local correction, every sub-system at once: post the interface
+        messages, the local step from the stored input state and the regressed co-state,
+        then exchange (input, co-state) pairs and end states, refit, log."""
         x, y, idx, scale = batch.x, batch.y, batch.idx, batch.scale
-        extra = {}
-        st, net = self.stage, self.net
-        B = len(idx)
+        st, net, B = self.stage, self.net, len(idx)
         shape = st.state_shape(B)
-        # the interface messages, posted before any work
         from_left = None if st.first else torch.empty(shape, dtype=net.dtype, device=net.device)
         from_right = None if st.last else torch.empty((2,) + shape, dtype=net.dtype,
                                                       device=net.device)
         recv_l, recv_r = st.recv_left(from_left), st.recv_right(from_right)
-        params = net.local_parameters()
-        with torch.enable_grad():
-            inp = x if st.first else self.inputs[idx.to(net.device)].requires_grad_()
-            X = st.forward(inp)
-            sends = [st.send_right(X.detach())]
-            logits = None
-            if st.last:
-                logits = net.classifier(X)
-                objective = F.cross_entropy(logits, y)
-            else:          # backward from the regressed co-state of this rank's right interface
-                P = self.regression.predict(X.detach().flatten(1), self._group(y)).view_as(X)
-                objective = (P * X).sum() / B
-            wrt = params + ([] if st.first else [inp])
-            grads = torch.autograd.grad(objective * scale, wrt, allow_unused=True,
-                                        materialize_grads=True)
-        pgrads = list(grads[:len(params)])
-        if net.reg is not None:
-            from mgrit_nn.model.regularization import regularization
-
-            _, rgrads = regularization(net, net.reg)
-            pgrads = [g + scale * r for g, r in zip(pgrads, rgrads, strict=True)]
-        for p, g in zip(params, pgrads, strict=True):
-            p.grad = g.detach()
+        inp = x if st.first else self.inputs[idx.to(net.device)]
+        local = st.local_step(inp, y, lambda X: self._costate_objective(X, y), scale)
+        sends = local.sends
         if not st.first:       # (input state, its co-state) for the left neighbour's regression
-            sends.append(st.send_left(torch.stack([inp.detach(), grads[-1] * (B / scale)])))
+            sends.append(st.send_left(torch.stack([inp.detach(), local.input_grad * B])))
         mse = p2 = 0.0
         if not st.last:
             recv_r.wait()
-            Xo, Po = from_right[0].flatten(1), from_right[1].flatten(1)
-            with torch.no_grad():
-                mse = float(((self.regression.predict(Xo, self._group(y)) - Po) ** 2).mean())
-                p2 = float((Po ** 2).mean())
-            self.regression.add(Xo, Po, self._group(y))
+            mse, p2 = self._score_and_add(from_right[0].flatten(1), from_right[1].flatten(1), y)
         if not st.first:
             recv_l.wait()
             self.inputs[idx.to(net.device)] = from_left
         for s in sends:
             if s is not None:
                 s.wait()
-        msg, K = net.msg, st.K
+        return self._info(x, y, local, mse, p2, scale)
+
+    def _costate_objective(self, X: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Backward from the regressed co-state P(X) of this rank's right interface."""
+        P = self.regression.predict(X.detach().flatten(1), self._group(y)).view_as(X)
+        return (P * X).sum() / len(X)
+
+    @torch.no_grad()
+    def _score_and_add(self, Xo, Po, y) -> tuple[float, float]:
+        """The regression's error on the right neighbour's new pairs (the paper's
+        diagnostic), then the pairs join its data; (squared error, squared co-state)."""
+        mse = float(((self.regression.predict(Xo, self._group(y)) - Po) ** 2).mean())
+        p2 = float((Po ** 2).mean())
+        self.regression.add(Xo, Po, self._group(y))
+        return mse, p2
+
+    def _info(self, x, y, local, mse: float, p2: float, scale: float) -> StepInfo:
+        net, msg, K = self.net, self.net.msg, self.stage.K
         mse, p2 = msg.allreduce_sum(mse), msg.allreduce_sum(p2)
-        stage_loss = torch.tensor([float(objective.detach()) if st.last else 0.0],
+        stage_loss = torch.tensor([float(local.objective.detach()) if self.stage.last else 0.0],
                                   dtype=torch.float64)
         msg.bcast_tensor(stage_loss, root=net.chain.ranks[-1])
-        extra.update({"regression_mse": mse / (K - 1) if K > 1 else float("nan"),
-                      "regression_rel_mse": mse / p2 if K > 1 and p2 > 0 else float("nan"),
-                      "stage_loss": float(stage_loss[0])})
+        extra = {"regression_mse": mse / (K - 1) if K > 1 else float("nan"),
+                 "regression_rel_mse": mse / p2 if K > 1 and p2 > 0 else float("nan"),
+                 "stage_loss": float(stage_loss[0])}
+        logits = local.logits
         if self.cfg.exact_loss:            # the honest loss of the full network (pre-update)
             net.propagate(x)
             loss, logits = net.loss(y)
         else:
-            loss = float(stage_loss[0])
-            if net.reg is not None:
-                from mgrit_nn.model.regularization import regularization
-
-                loss += regularization(net, net.reg)[0]
+            loss = float(stage_loss[0]) + local.reg
         return StepInfo(loss * scale, correct(logits, y), extra=extra)
 
     # -- checkpoint: inputs and regression data by interface -----------------------------

@@ -39,12 +39,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from mgrit_nn.io.checkpoint import CheckpointError
 from mgrit_nn.methods.base import Batch, PartitionedMethod, StepInfo, correct
-from mgrit_nn.model.regularization import regularization
 from mgrit_nn.model.stage import Stage
+from mgrit_nn.runtime import CheckpointError
 
 
 class SampleStore:
@@ -127,76 +125,76 @@ class PenaltyMethod(PartitionedMethod):
 
     # -- one step ------------------------------------------------------------------------
     def step(self, batch: Batch) -> StepInfo:
+        """Algorithm 1, one iteration on every stage at once: post the interface messages,
+        the stage's local step (weights), the lambda/kappa correction (eqs. 22-23), the log."""
         x, y, idx, scale = batch.x, batch.y, batch.idx, batch.scale
-        st, net, c = self.stage, self.net, self.cfg
+        st, c = self.stage, self.cfg
         self.t += 1
         beta, tau = beta_tau(c, self.t)
-        B, n = len(idx), self.n_state
-        shape = st.state_shape(B)
-        lam = kap = None
-        if not st.first:
-            lam = self.lam.get(idx)
-            kap = self.kap.get(idx) if self.al else None
-        # interface messages, posted before any work: lambda/kappa go left, X_end goes right
-        m = 2 if self.al else 1
-        from_right = torch.empty((m,) + shape, dtype=net.dtype, device=net.device)
-        from_left = torch.empty(shape, dtype=net.dtype, device=net.device)
-        recv_r, recv_l = st.recv_right(from_right), st.recv_left(from_left)
-        sends = [st.send_left(torch.stack([lam, kap]) if self.al else lam.unsqueeze(0))
-                 ] if lam is not None else []
+        lam = None if st.first else self.lam.get(idx)
+        kap = self.kap.get(idx) if self.al and not st.first else None
+        from_left, from_right, recv_l, recv_r, sends = self._post(len(idx), lam, kap)
         t_busy = time.time()
-        params = net.local_parameters()
-        with torch.enable_grad():
-            if st.first:
-                inp = x
-            else:
-                inp = lam.clone().requires_grad_()
-            fwd_in = inp
-            if st.last and not st.first and c.noise > 0:
-                self.noise.manual_seed(net.cfg.seed * 1_000_003 + self.t)
-                fwd_in = inp + c.noise * torch.randn(inp.shape, generator=self.noise,
-                                                     dtype=inp.dtype).to(inp.device)
-            X = st.forward(fwd_in)
-            sends.append(st.send_right(X.detach()))
-            logits = None
-            if st.last:
-                logits = net.classifier(X)
-                local = F.cross_entropy(logits, y)
-            else:
-                recv_r.wait()
-                local = beta / (B * n) * ((from_right[0] - X) ** 2).sum()
-                if self.al:
-                    local = local + (from_right[1] * X).sum() / B
-            wrt = params + ([inp] if not st.first else [])
-            grads = torch.autograd.grad(local, wrt, allow_unused=True, materialize_grads=True)
-        pgrads = [g * scale for g in grads[:len(params)]]
-        reg = 0.0
-        if net.reg is not None:          # the reg.* terms belong to the weights' own stages
-            reg, rgrads = regularization(net, net.reg)
-            pgrads = [g + scale * r for g, r in zip(pgrads, rgrads, strict=True)]
-        for p, g in zip(params, pgrads, strict=True):
-            p.grad = g.detach()
+        local = st.local_step(x if st.first else lam.clone(), y,
+                              lambda X: self._penalty(X, from_right, recv_r, beta),
+                              scale, self._noise if st.last and not st.first else None)
         self.busy = (t_busy, time.time())
         violation = 0.0
         if not st.first:
             recv_l.wait()
-            violation = self._correct(idx, lam, kap, from_left, B * grads[-1], beta, tau)
-        for s in sends:
+            violation = self._correct(idx, lam, kap, from_left, len(idx) * local.input_grad,
+                                      beta, tau)
+        for s in sends + local.sends:
             if s is not None:
                 s.wait()
-        msg = net.msg
-        local_sum = msg.allreduce_sum(float(local.detach()) * scale)
-        violation = msg.allreduce_sum(violation)
-        extra = {"violation": violation, "beta": beta, "local_loss": local_sum}
+        return self._info(x, y, local, violation, beta, scale)
+
+    def _post(self, B: int, lam, kap):
+        """The interface messages, posted before any work: lambda (and kappa) go left to the
+        stage whose end they constrain, X_end goes right (sent by the local step)."""
+        st, net = self.stage, self.net
+        shape = st.state_shape(B)
+        from_right = torch.empty((2 if self.al else 1,) + shape, dtype=net.dtype,
+                                 device=net.device)
+        from_left = torch.empty(shape, dtype=net.dtype, device=net.device)
+        recv_r, recv_l = st.recv_right(from_right), st.recv_left(from_left)
+        sends = [st.send_left(torch.stack([lam, kap]) if self.al else lam.unsqueeze(0))
+                 ] if lam is not None else []
+        return from_left, from_right, recv_l, recv_r, sends
+
+    def _penalty(self, X, from_right, recv_r, beta: float) -> torch.Tensor:
+        """Stage k < K-1's objective: (beta/#) |lambda_{k+1} - X|^2 (+ <kappa_{k+1}, X> / B)."""
+        recv_r.wait()
+        B = len(X)
+        local = beta / (B * self.n_state) * ((from_right[0] - X) ** 2).sum()
+        if self.al:
+            local = local + (from_right[1] * X).sum() / B
+        return local
+
+    def _noise(self, inp: torch.Tensor) -> torch.Tensor:
+        """The last stage's input lambda_{K-1} with Gaussian noise (``penalty.noise``)."""
+        if self.cfg.noise <= 0:
+            return inp
+        self.noise.manual_seed(self.net.cfg.seed * 1_000_003 + self.t)
+        return inp + self.cfg.noise * torch.randn(inp.shape, generator=self.noise,
+                                                  dtype=inp.dtype).to(inp.device)
+
+    def _info(self, x, y, local, violation: float, beta: float, scale: float) -> StepInfo:
+        """The step's columns; the logged loss is the honest one of a serial forward pass
+        every ``penalty.honest_every`` steps, else the last stage's own (same on every rank)."""
+        net, c, msg = self.net, self.cfg, self.net.msg
+        value = float(local.objective.detach())
+        extra = {"violation": msg.allreduce_sum(violation), "beta": beta,
+                 "local_loss": msg.allreduce_sum(value * scale)}
+        logits = local.logits
         if c.honest_every and (self.t % c.honest_every == 0 or self.t == 1):
             net.propagate(x)       # the full serial forward pass through all stages
             loss, logits = net.loss(y, with_reg=False)
             extra["honest_loss"] = loss
-        else:            # the last stage's own loss, the same on every rank
-            buf = torch.tensor([float(local.detach()) if st.last else 0.0],
-                               dtype=torch.float64)
+        else:
+            buf = torch.tensor([value if self.stage.last else 0.0], dtype=torch.float64)
             loss = float(msg.bcast_tensor(buf, root=net.chain.ranks[-1])[0])
-        return StepInfo((loss + reg) * scale, correct(logits, y), extra=extra)
+        return StepInfo((loss + local.reg) * scale, correct(logits, y), extra=extra)
 
     @torch.no_grad()
     def _correct(self, idx, lam, kap, x_prev, P, beta: float, tau: float) -> float:

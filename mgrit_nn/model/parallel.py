@@ -23,6 +23,7 @@ from mgrit_nn.model.init import Shapes, init_classifier, init_layers, init_openi
 from mgrit_nn.model.layers import LayerTable
 from mgrit_nn.model.operators import Operator
 from mgrit_nn.model.regularization import neighbour_layers, regularization
+from mgrit_nn.model.stage import open_state
 from mgrit_nn.model.steps import ACTIVATIONS, SCHEMES
 
 
@@ -178,8 +179,7 @@ class ParallelResNet(nn.Module):
 
     def opening(self, x: torch.Tensor) -> torch.Tensor:
         """The state u_0 (for verlet: ``(sigma(W_in x + b_in), 0)``)."""
-        op = self.shapes.op
-        return self.scheme.embed(op, self.act(op.opening(x, self.open_weight, self.open_bias)))
+        return open_state(self, x, self.open_weight, self.open_bias)
 
     def classifier(self, uN: torch.Tensor) -> torch.Tensor:
         """Logits of the final states (for verlet: of their y part)."""

@@ -14,7 +14,6 @@ from pathlib import Path
 import h5py
 import torch
 
-from mgrit_nn.data import batches
 from mgrit_nn.io.checkpoint import (
     CheckpointError,
     checkpoint_path,
@@ -23,7 +22,7 @@ from mgrit_nn.io.checkpoint import (
     write_checkpoint,
 )
 from mgrit_nn.model.layout import ParamLayout
-from mgrit_nn.train.optim import load_optimizer_state, optimizer_state
+from mgrit_nn.optim import load_optimizer_state, optimizer_state
 
 
 def save(trainer, out: Path, step: int) -> Path | None:
@@ -40,7 +39,7 @@ def save(trainer, out: Path, step: int) -> Path | None:
     if optimizer:
         tree["optimizer"] = optimizer
     sched = trainer.schedule
-    attrs = {"step": step, "epoch": trainer.epoch, "batches_left": len(trainer.queue),
+    attrs = {"step": step, "epoch": trainer.epoch, "batches_left": len(trainer.stream.queue),
              "lr": trainer.opt.param_groups[0]["lr"], "config": cfg.to_yaml(),
              "method": cfg.train.method, "optimizer": cfg.train.optimizer,
              "schedule_last_epoch": sched.last_epoch if sched is not None else step,
@@ -99,10 +98,7 @@ def restore(trainer, path: str | Path, weights_only: bool = False) -> int:
             state.update(last_epoch=int(f.attrs["schedule_last_epoch"]), _last_lr=[lr])
             trainer.schedule.load_state_dict(state)
         m.load_state_dict(f)
-        d = trainer.cfg.data
-        trainer.epoch, left = int(f.attrs["epoch"]), int(f.attrs["batches_left"])
-        trainer.queue = batches(len(trainer.x), d.batch_size, d.seed, trainer.epoch - 1)[-left:] \
-            if left else []
+        trainer.stream.restore(int(f.attrs["epoch"]), int(f.attrs["batches_left"]))
         torch.set_rng_state(torch.from_numpy(f["rng/torch"][()]))
         return int(f.attrs["step"])
 

@@ -19,13 +19,13 @@ import torch
 from mpi4py import MPI
 from tqdm import tqdm
 
-from mgrit_nn.data import batches
+from mgrit_nn.data import BatchStream
 from mgrit_nn.methods.base import Batch, Method, StepInfo, TrainData
 from mgrit_nn.methods.registry import METHODS
 from mgrit_nn.model.layout import ParamLayout
+from mgrit_nn.optim import make_optimizer, make_schedule
 from mgrit_nn.runtime import CollectiveError
 from mgrit_nn.setup_run import Run
-from mgrit_nn.train.optim import make_optimizer, make_schedule
 
 log = logging.getLogger("mgrit_nn.train")
 
@@ -53,18 +53,19 @@ class Trainer:
                               d.x_val.to(run.device, run.dtype), d.y_val.to(run.device))
         self.x, self.y, self.xv, self.yv = self.data.x, self.data.y, self.data.xv, self.data.yv
         self.replica, self.replicas = run.data_msg.rank, run.data_msg.size
-        self.epoch, self.queue = 0, []
+        self.stream = BatchStream(len(self.x), self.cfg.data.batch_size, self.cfg.data.seed)
         self.history: list[dict] = []
         self.layout = ParamLayout(run.shapes, self.cfg.model.layers)
         self.method.bind(self.opt)
 
     # -- pieces of one step ------------------------------------------------------------------
+    @property
+    def epoch(self) -> int:
+        """Epochs started so far."""
+        return self.stream.epoch
+
     def next_batch(self) -> torch.Tensor:
-        if not self.queue:
-            d = self.cfg.data
-            self.queue = batches(len(self.x), d.batch_size, d.seed, self.epoch)
-            self.epoch += 1
-        return self.queue.pop(0)
+        return self.stream.next()
 
     def share(self, idx: torch.Tensor) -> tuple[torch.Tensor, float]:
         mine = torch.tensor_split(idx, self.replicas)[self.replica]

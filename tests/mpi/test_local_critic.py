@@ -18,9 +18,9 @@ from mgrit_nn.data import batches
 from mgrit_nn.mgrit.hierarchy import block_starts
 from mgrit_nn.model.critic import build_critic
 from mgrit_nn.model.serial import SerialResNet
+from mgrit_nn.optim import make_optimizer
 from mgrit_nn.setup_run import setup
 from mgrit_nn.train.loop import Trainer
-from mgrit_nn.train.optim import make_optimizer
 
 pytestmark = pytest.mark.mpi
 
