@@ -121,7 +121,7 @@ class PenaltyMethod(PartitionedMethod):
             self.net.propagate(x[lo:lo + chunk])
             if self.lam is not None:
                 self.lam.put(torch.arange(lo, min(lo + chunk, len(x))),
-                             self.net.solver.data[0].u[0])
+                             self.net.solver.ghost())
 
     # -- one step ------------------------------------------------------------------------
     def step(self, batch: Batch) -> StepInfo:

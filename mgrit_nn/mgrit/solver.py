@@ -111,6 +111,25 @@ class MGRIT:
         """This rank's level-0 states (points lo..hi), a view of the solver's storage."""
         return self.data[0].u[1:]
 
+    # -- states by point: what an application reads (no slot arithmetic outside mgrit/) ------
+    def slots(self, first: int, last: int) -> slice:
+        """The level-0 storage rows of this rank's points ``first..last`` (``lo - 1``: the
+        ghost, the left neighbour's last point, valid after a solve or refresh_ghost)."""
+        lev = self.levels[0]
+        assert lev.lo - 1 <= first and last <= lev.hi, (first, last, lev.lo, lev.hi)
+        return slice(lev.slot(first), lev.slot(last) + 1)
+
+    def states(self, first: int | None = None, last: int | None = None) -> torch.Tensor:
+        """Level-0 states at points ``first..last`` (default: the ghost ``lo - 1`` through
+        ``hi``), a view of the solver's storage."""
+        lev = self.levels[0]
+        return self.data[0].u[self.slots(lev.lo - 1 if first is None else first,
+                                          lev.hi if last is None else last)]
+
+    def ghost(self) -> torch.Tensor:
+        """The state at point ``lo - 1`` (the left neighbour's last point)."""
+        return self.data[0].u[0]
+
     # -- initial guess ---------------------------------------------------------------------
     def _initial_guess(self, u0: torch.Tensor | None, shape, init: str,
                        warm: torch.Tensor | None) -> None:

@@ -42,13 +42,16 @@ class AdjointPropagator:
         if self.table is None or self.table.levels is not levels:
             N = net.cfg.layers
             self.table = LayerTable(net, levels, lambda lev, I: N - I * lev.stride)
-            # primal state of the step into tau-point I: forward point N - I M_l (local)
+            # primal state of the step into tau-point I: forward point N - I M_l (local; the
+            # row of a slot without a step, 0, is the forward ghost)
+            fwd = net.solver
             self.state_slot = [
-                torch.tensor([0] + [N - I * lev.stride - net.lo + 1 if I >= 1 else 0
-                                    for I in lev.points()], dtype=torch.long, device=net.device)
+                torch.tensor([0] + [fwd.slots(N - I * lev.stride, N - I * lev.stride).start
+                                    if I >= 1 else 0 for I in lev.points()],
+                             dtype=torch.long, device=net.device)
                 for lev in levels]
         self.table.refresh()
-        primal = net.solver.data[0].u           # forward level-0 storage (slot = i - lo + 1)
+        primal = net.solver.states()            # forward points lo-1 .. hi
         old, self.D = self.D, []
         for l, lev in enumerate(levels):
             slots = torch.arange(lev.n_local + 1, device=net.device)
@@ -96,19 +99,20 @@ def layer_gradients(net) -> tuple[torch.Tensor, torch.Tensor]:
     net.solver.refresh_ghost(0)       # collective with the neighbours: u_{lo-1} (layer lo-1)
     if net.jhi < net.jlo:             # a rank owning only point 0 holds no layer
         return torch.zeros_like(net.weight), torch.zeros_like(net.bias)
-    op, scheme, lo = net.shapes.op, net.scheme, net.lo
+    op, scheme, lo, N = net.shapes.op, net.scheme, net.lo, net.cfg.layers
     K, b = net.weight.detach(), net.bias.detach()
-    fu, lam = net.solver.data[0].u, net.adjoint.data[0].u     # slot = point - lo + 1
+    fwd, adj = net.solver, net.adjoint           # adjoint point of forward point i: N - i
     j0 = max(net.jlo, lo)
     n = net.jhi - j0 + 1                                       # layers j0..jhi
     parts = []
-    if net.jlo < j0:
-        parts.append(scheme.param_grad(op, net.act, fu[0:1], lam[n + 1:n + 2], K[0:1],
-                                       b[0:1], net.h))
-    if n > 0:
+    if net.jlo < j0:                 # layer lo - 1: u_{lo-1} (the ghost) with lam_lo
+        parts.append(scheme.param_grad(op, net.act, fwd.states(lo - 1, lo - 1),
+                                       adj.states(N - lo, N - lo), K[0:1], b[0:1], net.h))
+    if n > 0:                        # layers jhi..j0 (descending): lam_{j+1}, D at u_j
         rows = slice(j0 - net.jlo, net.jhi - net.jlo + 1)
-        gK, gb = scheme.param_grad(op, net.act, fu[j0 - lo + 1:net.jhi - lo + 2].flip(0),
-                                   lam[1:n + 1], K[rows].flip(0), b[rows].flip(0), net.h,
-                                   D=net.adjoint.prop.D[0][2:n + 2])
+        D = adj.prop.D[0][adj.slots(N - net.jhi, N - j0)]
+        gK, gb = scheme.param_grad(op, net.act, fwd.states(j0, net.jhi).flip(0),
+                                   adj.states(N - net.jhi - 1, N - j0 - 1),
+                                   K[rows].flip(0), b[rows].flip(0), net.h, D=D)
         parts.append((gK.flip(0), gb.flip(0)))
     return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
