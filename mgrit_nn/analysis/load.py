@@ -124,12 +124,6 @@ class Study:
     sets: list[str]
     points: list[StudyPoint]
 
-    def with_bench(self) -> list[StudyPoint]:
-        return [p for p in self.points if p.bench is not None]
-
-    def with_run(self) -> list[StudyPoint]:
-        return [p for p in self.points if p.run is not None and p.run.n_steps]
-
 
 def is_study(folder: str | Path) -> bool:
     folder = Path(folder)

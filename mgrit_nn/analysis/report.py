@@ -83,19 +83,9 @@ def _step_time(p: StudyPoint):
     return p.run.step_time() if p.run is not None and p.run.n_steps else None
 
 
-def study_report(study: Study, out: Path) -> list[Path]:
-    """Plots and report.md of a scaling study."""
-    pts = study.points
-    name = Path(study.config).name or study.folder.name
-    kind = study.kind or "scaling"
-    layers = sorted({p.layers for p in pts})
-    n_text = f"N = {layers[0]}" if len(layers) == 1 else f"N = {layers[0]}…{layers[-1]}"
-    title = f"{kind.capitalize()} scaling: {name}, {n_text}"
-    grads = {k: scaling_metrics(pts, _bench_time(k)) for k in GRADIENTS}
-    grads = {k: v for k, v in grads.items() if v}
-    train = scaling_metrics(pts, _step_time)
-    written: list[Path] = []
-
+def _curves(pts, grads: dict, train: dict) -> tuple[dict, dict, dict, dict]:
+    """Time, speed-up and efficiency curves of every gradient and the training step, and
+    the span models' speed-ups."""
     curves_t, curves_s, curves_e, models = {}, {}, {}, {}
     for k, m in grads.items():
         ps = sorted(m)
@@ -116,20 +106,42 @@ def study_report(study: Study, out: Path) -> list[Path]:
     if serial:
         curves_t["serial autograd gradient (rank 0 alone)"] = ([s[0] for s in serial],
                                                          [s[1] for s in serial])
+    return curves_t, curves_s, curves_e, models
+
+
+def _ideal_and_model(pts, one: dict | None):
+    """The one-shot gradient's ideal time curve and the span model's prediction (or None)."""
+    if not one:
+        return None, None
+    ideal = model_t = None
+    ref = min(one)
+    by_p = {p.ranks: p for p in pts}
+    ps = sorted(one)
+    ideal = (ps, [one[ref]["time"] * by_p[p].layers / by_p[ref].layers * ref / p for p in ps])
+    sm = span_model(pts, SPANS["oneshot_grad_s"])
+    if sm:
+        mp = sorted(set(sm) & set(one))
+        model_t = (mp, [one[ref]["time"] * by_p[p].layers / by_p[ref].layers / sm[p]
+                        for p in mp])
+    return ideal, model_t
+
+
+def study_report(study: Study, out: Path) -> list[Path]:
+    """Plots and report.md of a scaling study."""
+    pts = study.points
+    name = Path(study.config).name or study.folder.name
+    kind = study.kind or "scaling"
+    layers = sorted({p.layers for p in pts})
+    n_text = f"N = {layers[0]}" if len(layers) == 1 else f"N = {layers[0]}…{layers[-1]}"
+    title = f"{kind.capitalize()} scaling: {name}, {n_text}"
+    grads = {k: scaling_metrics(pts, _bench_time(k)) for k in GRADIENTS}
+    grads = {k: v for k, v in grads.items() if v}
+    train = scaling_metrics(pts, _step_time)
+    written: list[Path] = []
+
+    curves_t, curves_s, curves_e, models = _curves(pts, grads, train)
     if curves_t:
-        ideal = model_t = None
-        one = grads.get("oneshot_grad_s")
-        if one:
-            ref = min(one)
-            by_p = {p.ranks: p for p in pts}
-            ps = sorted(one)
-            ideal = (ps, [one[ref]["time"] * by_p[p].layers / by_p[ref].layers * ref / p
-                          for p in ps])
-            sm = span_model(pts, SPANS["oneshot_grad_s"])
-            if sm:
-                mp = sorted(set(sm) & set(one))
-                model_t = (mp, [one[ref]["time"] * by_p[p].layers / by_p[ref].layers / sm[p]
-                                for p in mp])
+        ideal, model_t = _ideal_and_model(pts, grads.get("oneshot_grad_s"))
         written.append(plots.plot_runtime(curves_t, ideal, model_t, f"{title}: time",
                                           out / "runtime.png"))
         p_ref = min(min(ps) for ps, _ in curves_s.values())
@@ -152,14 +164,9 @@ def study_report(study: Study, out: Path) -> list[Path]:
     return [w for w in written if w is not None]
 
 
-def _write_study_md(study: Study, grads: dict, train: dict, out: Path, title: str,
-                    figures: list[Path]) -> Path:
-    pts = study.points
-    lines = [f"# {title}", ""]
-    if study.config:
-        sets = " ".join(f"--set {s}" for s in study.sets)
-        lines += [f"Config: `{study.config}` {sets}".rstrip() + f"; study folder `{study.folder}`.",
-                  ""]
+def _machine_lines(pts) -> list[str]:
+    """The machine line of the report (and a warning for oversubscribed rank counts)."""
+    lines: list[str] = []
     bench = next((p.bench for p in pts if p.bench), None)
     if bench:
         m = bench.get("machine", {})
@@ -173,6 +180,44 @@ def _write_study_md(study: Study, grads: dict, train: dict, out: Path, title: st
         if over and bench.get("device", "cpu") == "cpu":
             lines += [f"**Oversubscribed:** {', '.join(map(str, over))} ranks on {cpus} cores; "
                       "waiting ranks busy-poll, so those times do not measure scaling.", ""]
+    return lines
+
+
+def _training_table(pts, train: dict) -> list[str]:
+    """The report's training section: one row per rank count from its history.h5."""
+    lines = ["## Training (`history.h5`)", ""]
+    rows = []
+    for p in pts:
+        r, m = p.run, train.get(p.ranks, {})
+        if r is None or not r.n_steps:
+            rows.append([p.ranks, p.layers, point_status(p)] + ["–"] * 9)
+            continue
+        res = r.result or {}
+        tim = {c: float(np.nansum(r.timing[c])) for c in r.timing} if r.timing else {}
+        total = sum(tim.values())
+        share = (tim.get("comm", 0) + tim.get("wait", 0)) / total if total > 0 else None
+        rows.append([p.ranks, p.layers, point_status(p), r.n_steps, m.get("time"),
+                     m.get("speedup"), m.get("efficiency"), res.get("wall_time_s"),
+                     float(r.steps["loss"][-1]), res.get("val_accuracy"),
+                     _iters(r), share])
+    lines += _table(["ranks", "N", "status", "steps", "step time [s]", "speed-up",
+                     "efficiency", "wall time [s]", "final loss", "val accuracy",
+                     "fwd+adj iterations / step", "comm+wait share"], rows)
+    if train:
+        lines += ["", f"Step time: median over the steps after the first; reference P_ref = "
+                  f"{min(train)}.", ""]
+    return lines
+
+
+def _write_study_md(study: Study, grads: dict, train: dict, out: Path, title: str,
+                    figures: list[Path]) -> Path:
+    pts = study.points
+    lines = [f"# {title}", ""]
+    if study.config:
+        sets = " ".join(f"--set {s}" for s in study.sets)
+        lines += [f"Config: `{study.config}` {sets}".rstrip() + f"; study folder `{study.folder}`.",
+                  ""]
+    lines += _machine_lines(pts)
     ref = {k: min(v) for k, v in grads.items()}
     lines += ["## Gradient (`mgrit-nn bench`)", ""]
     header = ["ranks", "N", "status", "serial [s]"]
@@ -199,27 +244,7 @@ def _write_study_md(study: Study, grads: dict, train: dict, out: Path, title: st
                                                    if study.kind == "weak" else "")
               + ", efficiency = speed-up × P_ref / P; span model = span_speedup(P) / "
               f"span_speedup(P_ref), the critical-path model of `mgrit-nn bench`. {refs}.", ""]
-    lines += ["## Training (`history.h5`)", ""]
-    rows = []
-    for p in pts:
-        r, m = p.run, train.get(p.ranks, {})
-        if r is None or not r.n_steps:
-            rows.append([p.ranks, p.layers, point_status(p)] + ["–"] * 9)
-            continue
-        res = r.result or {}
-        tim = {c: float(np.nansum(r.timing[c])) for c in r.timing} if r.timing else {}
-        total = sum(tim.values())
-        share = (tim.get("comm", 0) + tim.get("wait", 0)) / total if total > 0 else None
-        rows.append([p.ranks, p.layers, point_status(p), r.n_steps, m.get("time"),
-                     m.get("speedup"), m.get("efficiency"), res.get("wall_time_s"),
-                     float(r.steps["loss"][-1]), res.get("val_accuracy"),
-                     _iters(r), share])
-    lines += _table(["ranks", "N", "status", "steps", "step time [s]", "speed-up",
-                     "efficiency", "wall time [s]", "final loss", "val accuracy",
-                     "fwd+adj iterations / step", "comm+wait share"], rows)
-    if train:
-        lines += ["", f"Step time: median over the steps after the first; reference P_ref = "
-                  f"{min(train)}.", ""]
+    lines += _training_table(pts, train)
     lines += ["## Figures", ""] + [f"![{f.stem}]({f.name})" for f in figures] + [""]
     path = out / "report.md"
     path.write_text("\n".join(lines))

@@ -7,6 +7,7 @@ import time
 import torch
 import torch.nn.functional as F
 
+from mgrit_nn.comm import Tag
 from mgrit_nn.model.serial import SerialResNet
 from mgrit_nn.setup_run import Run
 
@@ -26,17 +27,7 @@ def check(run: Run) -> dict:
     t_adj = time.perf_counter() - t0
     adj = net.adj_result
     g_mgrit = net.gather_flat(net.flat(grads))
-
-    # u_N travels from the last rank to rank 0, where the serial reference runs
-    uN = torch.empty((x.shape[0],) + run.shapes.state, dtype=run.dtype, device=run.device)
-    last = net.chain.ranks[-1]
-    if msg.rank == last:
-        uN.copy_(net.final_state())
-    if last != 0:
-        if msg.rank == last:
-            msg.isend(uN, 0, 7).wait()
-        elif msg.rank == 0:
-            msg.irecv(uN, last, 7).wait()
+    uN = _final_state_on_rank0(run, net, x)
     out = None
     if msg.rank == 0:
         serial = SerialResNet(cfg.model, run.shapes, run.dtype, run.device)
@@ -74,6 +65,21 @@ def check(run: Run) -> dict:
             "mgrit_adjoint_s": t_adj,
         }
     return out
+
+
+def _final_state_on_rank0(run: Run, net, x: torch.Tensor) -> torch.Tensor:
+    """u_N travels from the last rank to rank 0, where the serial reference runs."""
+    msg = run.msg
+    uN = torch.empty((x.shape[0],) + run.shapes.state, dtype=run.dtype, device=run.device)
+    last = net.chain.ranks[-1]
+    if msg.rank == last:
+        uN.copy_(net.final_state())
+    if last != 0:
+        if msg.rank == last:
+            msg.isend(uN, 0, Tag.FINAL_STATE).wait()
+        elif msg.rank == 0:
+            msg.irecv(uN, last, Tag.FINAL_STATE).wait()
+    return uN
 
 
 def serial_tensors(serial: SerialResNet) -> list[torch.Tensor]:

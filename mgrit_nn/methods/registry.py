@@ -10,6 +10,9 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal
+
+from mgrit_nn.schema import opt
 
 Check = tuple[bool, str, str]          # (ok, config key, message if not ok)
 
@@ -43,6 +46,64 @@ class MethodSpec:
         return out + (self.checks(cfg, ranks) if self.checks else [])
 
 
+# -- the methods' own config sections ---------------------------------------------------
+@dataclass
+class PenaltyConfig:
+    """``train.method: penalty | al`` (Sun et al., Algorithm 1; docs/training.md)."""
+
+    beta: float = opt(1.0, "penalty coefficient beta of the first phase", gt=0)
+    beta_rise: float = opt(10.0, "beta is multiplied by this at every beta milestone", gt=0)
+    beta_milestones: list[int] = opt([], "steps after which beta is multiplied by beta_rise")
+    tol: float | list[float] = opt(0.0, "tau_j: correct lambda while its mean squared violation "
+                                   "exceeds tau_j; one value or one per beta phase", ge=0)
+    inner_max: int = opt(1, "cap on the lambda (and kappa) corrections per step", ge=1)
+    lr_lambda: float = opt(0.1, "step size of the lambda correction (per-sample gradient)", ge=0)
+    lr_kappa: float = opt(1.0, "al: multiplier step, times the classical 2 beta / n_state", ge=0)
+    noise: float = opt(0.0, "std of Gaussian noise added to lambda_{K-1} in the last stage",
+                       ge=0)
+    honest_every: int = opt(1, "serial forward pass for the logged loss every this many steps "
+                            "(0: never; loss is then the last stage's local loss)", ge=0)
+    store: Literal["memory", "mmap"] = opt("memory", "lambda/kappa storage: memory or "
+                                           "memory-mapped .npy files (data sets beyond RAM)")
+    store_dir: str | None = opt(None, "mmap: directory of the per-rank files (default: temp)")
+
+
+@dataclass
+class CriticConfig:
+    """The local critic networks c_i of ``train.method: local_critic`` (one per layer group
+    except the last): [conv3x3 + ReLU] -> [average pooling] -> [dense + ReLU] -> class scores."""
+
+    kind: Literal["dense", "conv"] = opt("dense", "dense: pooling + dense layers only; "
+                                         "conv: a 3x3 convolution + ReLU first (conv networks)")
+    channels: int = opt(8, "conv critic: output channels of its 3x3 convolution", ge=1)
+    pool: int = opt(0, "conv states: adaptive average pooling to pool x pool first (0: none)",
+                    ge=0)
+    hidden: int = opt(32, "width of the hidden dense layer (ReLU); 0: one linear layer", ge=0)
+    lr: float = opt(0.001, "Adam learning rate of the critics (the paper uses 1e-4)", gt=0)
+
+
+@dataclass
+class ParpasConfig:
+    """``train.method: parpas`` (Parpas & Muir, Algorithm 4; docs/training.md)."""
+
+    coarsen: int = opt(2, "global prediction: the coarse network keeps every coarsen-th layer "
+                       "(step coarsen*h); model.layers must be a multiple", ge=2)
+    coarse_iters: int = opt(100, "global prediction: serial training iterations of the coarse "
+                            "network; 0: the single-level variant (no prediction phase)", ge=0)
+    coarse_lr: float | None = opt(None, "learning rate of the coarse training (null: train.lr)",
+                                gt=0)
+    ridge: float = opt(1e-6, "regression: ridge weight on A, per observed pair (fit: "
+                       "(G/n + ridge I) [A B]^T = X^T P / n)", ge=0)
+    window: int = opt(0, "regression: fit on the pairs of the last this many observations "
+                      "(coarse iterations and steps); 0: all pairs so far", ge=0)
+    per_class: bool = opt(True, "regression: one fit (A, B) per class label of the samples "
+                          "(the co-state depends on the label); false: one fit for all")
+    exact_loss: bool = opt(True, "log the loss of an exact forward sweep of the full network "
+                           "(one serial sweep per step); false: the last sub-system's loss")
+
+
+
+# -- their cross-field checks -----------------------------------------------------------
 def _penalty_checks(cfg, ranks: int) -> list[Check]:
     pe = cfg.penalty
     taus = pe.tol if isinstance(pe.tol, list) else [pe.tol]

@@ -10,8 +10,8 @@ from mgrit_nn.mgrit.restrict import c_slots
 
 def correct(solver, l: int) -> None:
     fine, coarse = solver.data[l], solver.data[l + 1]
-    f_slots, cs = c_slots(solver, l)
-    e = solver.work.get("correct", len(cs), coarse.u)
-    torch.sub(cs.get(coarse.u), cs.get(coarse.v), out=e)
-    f_slots.add_(fine.u, e)
+    fine_c, coarse_c = c_slots(solver, l)
+    e = solver.work.get("correct", len(coarse_c), coarse.u)
+    torch.sub(coarse_c.get(coarse.u), coarse_c.get(coarse.v), out=e)
+    fine_c.add_(fine.u, e)
     f_relax(solver, l)

@@ -84,9 +84,6 @@ class Level:
     def is_c(self, point: int) -> bool:
         return point % self.cfactor == 0
 
-    def fine_index(self, point: int) -> int:
-        return point * self.stride
-
 
 def level_sizes(N: int, cfactors: list[int], max_levels: int, min_coarse: int) -> list[int]:
     """Strides M_l of the levels that fit: stop before a level has < min_coarse intervals."""

@@ -38,10 +38,10 @@ def fine_residual(solver, l: int) -> torch.Tensor:
 def restrict(solver, l: int, r: torch.Tensor | None = None) -> None:
     """``r``: the fine residual if already known (see cycle.py)."""
     fine, coarse = solver.data[l], solver.data[l + 1]
-    f_slots, c_slots_ = c_slots(solver, l)
+    fine_c, coarse_c = c_slots(solver, l)
     if r is None:
         r = fine_residual(solver, l)
-    c_slots_.put(coarse.v, f_slots.get(fine.u))
+    coarse_c.put(coarse.v, fine_c.get(fine.u))
     coarse.u.copy_(coarse.v)
     cslots, phi_c = evaluate(solver, l + 1, "all", with_g=False)
     # the coarse members (I >= 1) are the fine C-points c >= 1, in the same order
@@ -53,7 +53,7 @@ def inject(solver, l: int) -> None:
     """The skipped first down-cycle: level l+1 starts from the injected level-l iterate,
     with no FAS right-hand side (g = 0)."""
     fine, coarse = solver.data[l], solver.data[l + 1]
-    f_slots, c_slots_ = c_slots(solver, l)
-    c_slots_.put(coarse.v, f_slots.get(fine.u))
+    fine_c, coarse_c = c_slots(solver, l)
+    coarse_c.put(coarse.v, fine_c.get(fine.u))
     coarse.u.copy_(coarse.v)
     coarse.g.zero_()

@@ -161,8 +161,8 @@ class MGRIT:
             self.data[L].u[1].copy_(u0)
         sweep(self, L, "all")
         for l in range(L - 1, -1, -1):
-            f_slots, cs = c_slots(self, l)
-            f_slots.put(self.data[l].u, cs.get(self.data[l + 1].u))
+            fine_c, coarse_c = c_slots(self, l)
+            fine_c.put(self.data[l].u, coarse_c.get(self.data[l + 1].u))
             f_relax(self, l)
 
     def _start(self, shape: tuple[int, ...]) -> None:
