@@ -18,11 +18,9 @@ from typing import Any, Literal, Union
 import yaml
 
 from mgrit_nn.methods.registry import (
+    METHOD_SECTIONS,
     METHODS,
     SECTIONS_OF_METHODS,
-    CriticConfig,
-    ParpasConfig,
-    PenaltyConfig,
     method_doc,
 )
 from mgrit_nn.schema import opt
@@ -159,27 +157,26 @@ class RuntimeConfig:
                         "(fuses bias, activation and update; first solve pays the compile)")
 
 
-@dataclass
-class Config:
-    model: ModelConfig = field(default_factory=ModelConfig)
-    mgrit: MgritConfig = field(default_factory=MgritConfig)
-    adjoint: AdjointConfig = field(default_factory=AdjointConfig)
-    reg: RegConfig = field(default_factory=RegConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    critic: CriticConfig = field(default_factory=CriticConfig)
-    penalty: PenaltyConfig = field(default_factory=PenaltyConfig)
-    parpas: ParpasConfig = field(default_factory=ParpasConfig)
-    parallel: ParallelConfig = field(default_factory=ParallelConfig)
-    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
-    bench: BenchConfig = field(default_factory=BenchConfig)
-    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+def _config() -> type:
+    """The whole config: the common sections, with the methods' own sections (from their
+    registry entries, in registry order) after ``train``."""
+    common = {"model": ModelConfig, "mgrit": MgritConfig, "adjoint": AdjointConfig,
+              "reg": RegConfig, "data": DataConfig, "train": TrainConfig}
+    tail = {"parallel": ParallelConfig, "checkpoint": CheckpointConfig, "bench": BenchConfig,
+            "runtime": RuntimeConfig}
+    sections = {**common, **METHOD_SECTIONS, **tail}
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
+    return dataclasses.make_dataclass(
+        "Config", [(name, cls, field(default_factory=cls)) for name, cls in sections.items()],
+        namespace={"to_dict": to_dict, "to_yaml": to_yaml, "__module__": __name__})
+
+
+Config = _config()
 
 
 SECTIONS: dict[str, type] = {f.name: f.default_factory for f in dataclasses.fields(Config)}  # type: ignore[misc]

@@ -23,6 +23,7 @@ class MethodSpec:
     target: str                         # "module:Class", imported only when the method runs
     doc: str                            # one line for docs/config.md
     section: str | None = None          # the config section the method owns (its bounds)
+    schema: type | None = None          # that section's dataclass (joins the Config)
     one_rank: bool = False              # runs on exactly one rank
     line_search: str | None = None      # None: lbfgs works; else why it does not
     replicas: str | None = None         # None: data replicas work; else the message
@@ -103,6 +104,14 @@ class ParpasConfig:
 
 
 
+@dataclass
+class ClipConfig:
+    """``train.method: clipped`` (the worked example of docs/architecture.md)."""
+
+    max_norm: float = opt(1.0, "largest gradient norm: longer gradients are scaled down to it",
+                          gt=0)
+
+
 # -- their cross-field checks -----------------------------------------------------------
 def _penalty_checks(cfg, ranks: int) -> list[Check]:
     pe = cfg.penalty
@@ -136,25 +145,31 @@ METHODS: dict[str, MethodSpec] = {s.name: s for s in (
                one_rank=True),
     MethodSpec("mgrit", _LP, "exact: forward and adjoint MGRIT to tolerance"),
     MethodSpec("oneshot", _LP, "inexact, warm-started: train.fwd_iters + adj_iters iterations"),
-    MethodSpec("penalty", _PENALTY, "stage-parallel, Sun et al.", section="penalty",
-               line_search=_STAGES.format(m="penalty"),
-               replicas="penalty supports one replica only (got {D})", checks=_penalty_checks),
-    MethodSpec("al", _PENALTY, "augmented Lagrangian, Sun et al.", section="penalty",
-               line_search=_STAGES.format(m="al"),
-               replicas="al supports one replica only (got {D})", checks=_penalty_checks),
-    MethodSpec("parpas", "mgrit_nn.methods.parpas:ParpasMethod", "Parpas & Muir",
-               section="parpas",
-               line_search="parpas updates every sub-system from its own (regressed) co-state; "
-               "lbfgs (a line search on the global loss) does not apply: use adam or sgd",
-               replicas="parpas runs one replica, got {D}", checks=_parpas_checks),
     MethodSpec("local_critic", "mgrit_nn.methods.local_critic:LocalCriticMethod",
-               "Lee, Hsieh, Lee", section="critic",
+               "Lee, Hsieh, Lee", section="critic", schema=CriticConfig,
                line_search="local_critic updates each layer group from its own loss; lbfgs (a "
                "line search on the global loss) does not apply: use adam or sgd",
                replicas="local_critic runs one replica, got {D}", checks=_critic_checks),
+    MethodSpec("penalty", _PENALTY, "stage-parallel, Sun et al.",
+               section="penalty", schema=PenaltyConfig,
+               line_search=_STAGES.format(m="penalty"),
+               replicas="penalty supports one replica only (got {D})", checks=_penalty_checks),
+    MethodSpec("al", _PENALTY, "augmented Lagrangian, Sun et al.",
+               section="penalty", schema=PenaltyConfig,
+               line_search=_STAGES.format(m="al"),
+               replicas="al supports one replica only (got {D})", checks=_penalty_checks),
+    MethodSpec("parpas", "mgrit_nn.methods.parpas:ParpasMethod", "Parpas & Muir",
+               section="parpas", schema=ParpasConfig,
+               line_search="parpas updates every sub-system from its own (regressed) co-state; "
+               "lbfgs (a line search on the global loss) does not apply: use adam or sgd",
+               replicas="parpas runs one replica, got {D}", checks=_parpas_checks),
+    MethodSpec("clipped", "mgrit_nn.methods.clipped:ClippedMethod",
+               "exact MGRIT gradient, clipped to clip.max_norm", section="clip",
+               schema=ClipConfig),
 )}
 
-SECTIONS_OF_METHODS = {s.section for s in METHODS.values() if s.section}
+METHOD_SECTIONS: dict[str, type] = {s.section: s.schema for s in METHODS.values() if s.section}
+SECTIONS_OF_METHODS = set(METHOD_SECTIONS)
 
 
 def method_doc() -> str:

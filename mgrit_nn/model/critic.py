@@ -10,12 +10,15 @@ Its weights are drawn, like the main network's, from a generator seeded by
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
-from mgrit_nn.config import CriticConfig
 from mgrit_nn.model.init import Shapes
+
+if TYPE_CHECKING:
+    from mgrit_nn.methods.registry import CriticConfig
 
 CODE = 1 << 31          # generator codes of critics; the main network uses 0, 1, 2 + layer
 
