@@ -81,6 +81,34 @@ class LBFGS(torch.optim.Optimizer):
             alpha *= 0.5
         return new                            # accept the smallest step tried
 
+    def state_dict(self) -> dict:
+        """torch's layout: per parameter index ``prev_x``, ``prev_g``, ``s_k``, ``y_k``; and
+        ``scalars`` of the whole optimizer (``n_pairs``, ``has_prev``, ``rho_k``)."""
+        sd = super().state_dict()
+        n = len(self._params())
+        state: dict[int, dict] = {i: {} for i in range(n)}
+        if self.prev is not None:
+            for i in range(n):
+                state[i]["prev_x"], state[i]["prev_g"] = self.prev[0][i], self.prev[1][i]
+        scalars = {"n_pairs": len(self.pairs), "has_prev": int(self.prev is not None)}
+        for k, (s, y, rho) in enumerate(self.pairs):
+            for i in range(n):
+                state[i][f"s_{k}"], state[i][f"y_{k}"] = s[i], y[i]
+            scalars[f"rho_{k}"] = rho
+        sd["state"], sd["scalars"] = state, scalars
+        return sd
+
+    def load_state_dict(self, sd: dict) -> None:
+        sc, st, n = sd.get("scalars", {}), sd["state"], len(self._params())
+
+        def column(name: str) -> list[torch.Tensor]:
+            return [st[i][name] for i in range(n)]
+        self.prev = (column("prev_x"), column("prev_g")) if sc.get("has_prev") else None
+        self.pairs = [(column(f"s_{k}"), column(f"y_{k}"), sc[f"rho_{k}"])
+                      for k in range(int(sc.get("n_pairs", 0)))]
+        for group, saved in zip(self.param_groups, sd["param_groups"], strict=True):
+            group["lr"] = saved["lr"]
+
 
 def make_optimizer(params: list[torch.Tensor], t: TrainConfig, dot: Callable):
     if t.optimizer == "sgd":
@@ -99,34 +127,43 @@ def make_schedule(opt: torch.optim.Optimizer, t: TrainConfig):
 
 
 def optimizer_state(opt, params: list[torch.Tensor]) -> tuple[dict[str, list], dict[str, float]]:
-    """(per-parameter tensors by name, aligned with ``params``; scalars) of any optimizer here."""
-    if isinstance(opt, LBFGS):
-        tensors, scalars = {}, {"n_pairs": len(opt.pairs), "has_prev": int(opt.prev is not None)}
-        if opt.prev is not None:
-            tensors["prev_x"], tensors["prev_g"] = opt.prev
-        for k, (s, y, rho) in enumerate(opt.pairs):
-            tensors[f"s_{k}"], tensors[f"y_{k}"], scalars[f"rho_{k}"] = s, y, rho
-        return tensors, scalars
+    """(per-parameter tensors by name, aligned with ``params``; scalars) from the optimizer's
+    ``state_dict()``: any torch optimizer, and L-BFGS (whose pair count and rho_k are
+    scalars of the whole optimizer)."""
+    sd = opt.state_dict()
+    state = [sd["state"].get(i, {}) for i in range(len(params))]
     tensors, scalars = {}, {}
-    state = [opt.state.get(p, {}) for p in params]
     for key, value in state[0].items() if state else ():
         if torch.is_tensor(value) and value.shape == params[0].shape:
             tensors[key] = [s[key] for s in state]
         elif value is not None:
             scalars[key] = float(value)
+    scalars.update(sd.get("scalars", {}))
     return tensors, scalars
 
 
 def load_optimizer_state(opt, params: list[torch.Tensor], tensors: dict[str, list],
                          scalars: dict[str, float]) -> None:
-    if isinstance(opt, LBFGS):
-        opt.prev = (tensors["prev_x"], tensors["prev_g"]) if scalars.get("has_prev") else None
-        opt.pairs = [(tensors[f"s_{k}"], tensors[f"y_{k}"], scalars[f"rho_{k}"])
-                     for k in range(int(scalars.get("n_pairs", 0)))]
-        return
-    for i, p in enumerate(params):
+    """The inverse of :func:`optimizer_state`, through ``opt.load_state_dict``."""
+    sd = opt.state_dict()
+    whole = "scalars" in sd                      # L-BFGS: scalars of the whole optimizer
+    state = {}
+    for i in range(len(params)):
         st = {k: v[i].clone() for k, v in tensors.items()}
-        for k, v in scalars.items():      # e.g. Adam's step, kept as a float tensor by torch
-            st[k] = torch.tensor(v, dtype=torch.float32)
+        if not whole:         # e.g. Adam's step, kept as a float32 tensor by torch
+            st.update({k: torch.tensor(v, dtype=torch.float32) for k, v in scalars.items()})
         if st:
-            opt.state[p] = st
+            state[i] = st
+    sd["state"] = state
+    if whole:
+        sd["scalars"] = dict(scalars)
+    opt.load_state_dict(sd)
+
+
+def set_state_scalars(opt, params: list[torch.Tensor], scalars: dict[str, float]) -> None:
+    """Set per-parameter scalars (e.g. Adam's step) of every parameter's state."""
+    sd = opt.state_dict()
+    for i in range(len(params)):
+        sd["state"].setdefault(i, {}).update(
+            {k: torch.tensor(v, dtype=torch.float32) for k, v in scalars.items()})
+    opt.load_state_dict(sd)

@@ -47,6 +47,21 @@ def test_resume_same_ranks_is_bitwise(tmp_path, dtype):
     assert np.array_equal(a[10:], b[10:])
 
 
+def test_resume_lbfgs_keeps_its_pairs(tmp_path):
+    """L-BFGS' (s, y) pairs and rho_k travel through the checkpoint: a resumed run takes the
+    same steps as the straight one (full batch, so the pairs are in use)."""
+    d = ["--set", "train.optimizer=lbfgs", "--set", "train.lr=1.0", "--set", "train.method=mgrit",
+         "--set", "data.batch_size=0", "--set", "checkpoint.every=4"]
+    train(2, tmp_path / "straight", *d, steps=8)
+    train(2, tmp_path / "split", *d, steps=4)
+    with h5py.File(tmp_path / "split/checkpoints/step_00000004.h5") as f:
+        assert int(f.attrs["opt_n_pairs"]) >= 2 and "s_0" in f["optimizer"]
+    train(2, tmp_path / "split", *d, "--resume", "latest", steps=8)
+    a, b = losses(tmp_path / "straight"), losses(tmp_path / "split")
+    assert len(a) == len(b) == 8
+    assert np.array_equal(a, b)
+
+
 @pytest.mark.parametrize("before,after", [(4, 2), (2, 3)])
 def test_resume_on_other_rank_count(tmp_path, before, after):
     train(before, tmp_path / "straight")

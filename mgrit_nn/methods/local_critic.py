@@ -43,7 +43,7 @@ from mgrit_nn.methods.base import Batch, PartitionedMethod, StepInfo, TrainData,
 from mgrit_nn.model.critic import build_critic, n_params
 from mgrit_nn.model.regularization import regularization
 from mgrit_nn.model.stage import Stage
-from mgrit_nn.optim import load_optimizer_state, optimizer_state
+from mgrit_nn.optim import load_optimizer_state, optimizer_state, set_state_scalars
 from mgrit_nn.runtime import CheckpointError, CollectiveError
 from mgrit_nn.setup_run import Run
 
@@ -322,10 +322,10 @@ class LocalCriticMethod(PartitionedMethod):
             self.batches.append(Batch(x[idx], y[idx], idx.clone()))
         h = get("h_in")
         self.h_next = None if h is None else h.to(dev, dt)
-        for name in f[f"{here}/optimizer"] if f"{here}/optimizer" in f else ():
-            for p in self.parameters():
-                self.opt.state[p][name] = torch.tensor(float(get(f"optimizer/{name}")),
-                                                     dtype=torch.float32)
+        if f"{here}/optimizer" in f:            # this group's own counters (Adam's step)
+            set_state_scalars(self.opt, self.parameters(),
+                              {name: float(get(f"optimizer/{name}"))
+                               for name in f[f"{here}/optimizer"]})
         self.pending = None
         if self.critic is None:
             return
