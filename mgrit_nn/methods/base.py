@@ -28,6 +28,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 
@@ -170,6 +171,15 @@ class PartitionedMethod(Method):
 
     def gather_flat(self, local: torch.Tensor) -> torch.Tensor | None:
         return self.net.gather_flat(local)
+
+    def gather_rows(self, local: torch.Tensor | None,
+                    row: tuple[int, ...]) -> np.ndarray | None:
+        """Every rank's rows of shape ``row`` (None: no rows), stacked in chain order into one
+        global array on rank 0 (None elsewhere): the method state of checkpoints."""
+        net = self.net
+        flat = torch.zeros(0, dtype=net.dtype) if local is None else local.flatten()
+        full = net.gather_flat(flat)
+        return None if full is None else full.view((-1,) + tuple(row)).numpy()
 
     def local_from_global(self, flat: torch.Tensor) -> list[torch.Tensor]:
         net = self.net

@@ -106,9 +106,9 @@ class LayerParallelMethod(PartitionedMethod):
                 data.allreduce_tensor(local)
             if flip:      # adjoint slots run backwards in forward point order
                 local = local.flip(0)
-            full = self.net.gather_flat(local.flatten())
+            full = self.gather_rows(local, local.shape[1:])
             if full is not None:
-                out[name] = full.view((-1,) + tuple(local.shape[1:])).numpy()
+                out[name] = full
         return {"warm": out}
 
     def load_state_dict(self, ckpt) -> None:

@@ -236,11 +236,9 @@ class ParpasMethod(PartitionedMethod):
             return {}
         net, d = self.net, self.d
         out = {"interfaces": self._interfaces()}
-        local = self.inputs.flatten() if self.inputs is not None else \
-            torch.zeros(0, dtype=net.dtype, device=net.device)
-        full = net.gather_flat(local)
+        full = self.gather_rows(self.inputs, (self.n,) + tuple(self.run.shapes.state))
         if full is not None:
-            out["inputs"] = full.view((-1, self.n) + tuple(self.run.shapes.state)).numpy()
+            out["inputs"] = full
         groups = self.run.data.n_classes if self.cfg.per_class else 1
         blocks = self.regression.state() if self.regression is not None else \
             torch.zeros((0, groups, d + 1, 2 * d + 1), dtype=torch.float64)

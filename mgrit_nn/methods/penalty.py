@@ -226,12 +226,10 @@ class PenaltyMethod(PartitionedMethod):
         for name, store in (("lambda", self.lam), ("kappa", self.kap)):
             if name == "kappa" and not self.al:
                 continue
-            local = torch.from_numpy(store.array()).flatten() if store is not None \
-                else torch.zeros(0, dtype=self.net.dtype)
-            full = self.net.gather_flat(local)
+            full = self.gather_rows(None if store is None else torch.from_numpy(store.array()),
+                                    (len(self.run.data.x_train),) + tuple(self.run.shapes.state))
             if full is not None:
-                shape = (-1, len(self.run.data.x_train)) + tuple(self.run.shapes.state)
-                out[name] = full.view(shape).numpy()
+                out[name] = full
         out["interfaces"] = interfaces
         return {"penalty": out}
 
