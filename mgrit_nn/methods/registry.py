@@ -1,8 +1,9 @@
 """Every training method, one entry each: name, class, config section, constraints.
 
 Adding a method is one module in ``mgrit_nn/methods/`` (a :class:`~mgrit_nn.methods.base.
-Method`) plus one :class:`MethodSpec` here (docs/architecture.md shows a worked example).
-This module imports no torch: ``train.method``'s choices and the config validation read it.
+Method`) plus one :class:`MethodSpec` here, with its config section's dataclass if it has
+one (docs/architecture.md shows a worked example). This module imports no torch:
+``train.method``'s choices, the ``Config`` sections and the config validation read it.
 """
 
 from __future__ import annotations

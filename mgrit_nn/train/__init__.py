@@ -1,1 +1,1 @@
-"""The training loop and what it owns: optimizers, schedules, checkpoint glue."""
+"""The training loop (``loop.py``) and its checkpoint glue (``checkpoint.py``)."""
