@@ -118,6 +118,16 @@ def _analysis(args) -> int:
     return 0
 
 
+def _check_args(args) -> None:
+    """Arguments that are wrong whatever the config (checked with it: one message, exit 2)."""
+    from mgrit_nn.config import ConfigError
+
+    out = getattr(args, "out", None)
+    if out is not None and not out.strip():
+        raise ConfigError("--out: the output folder is an empty path (leave --out out for "
+                          "the default out/<config name>)")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "schema":
@@ -147,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
         from mgrit_nn.setup_run import setup
 
         node_ranks()            # collective on first call: every rank, before any sub-communicator
-        run = setup(args.config, args.set, comm)
+        run = setup(args.config, args.set, comm, check=lambda: _check_args(args))
         code = 0
         if args.command == "check":
             from mgrit_nn.commands.check import check

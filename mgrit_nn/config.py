@@ -47,7 +47,8 @@ class ModelConfig:
     step: Literal["euler", "verlet"] = opt(
         "euler", "euler: u + h*sigma(K u + b); verlet: Hamiltonian (y, z) pair (docs/mgrit.md)")
     init_std: float = opt(1.0, "std of residual weights, scaled by 1/sqrt(fan_in)", ge=0)
-    seed: int = opt(0, "seed of the weight initialization (rank-count independent)")
+    seed: int = opt(0, "seed of the weight initialization (rank-count independent; seeds "
+                    "equal modulo 2^32 give the same weights)")
 
 
 @dataclass
@@ -119,10 +120,12 @@ class TrainConfig:
     momentum: float = opt(0.9, "sgd momentum")
     weight_decay: float = opt(0.0, "sgd/adam weight decay")
     schedule: Literal["constant", "step", "cosine"] = opt("constant", "learning-rate schedule")
-    milestones: list[int] = opt([], "step schedule: steps where lr is multiplied by factor")
-    factor: float = opt(0.1, "step schedule: lr factor at each milestone")
+    milestones: list[int] = opt([], "step schedule: steps where lr is multiplied by factor",
+                                ge=0)
+    factor: float = opt(0.1, "step schedule: lr factor at each milestone", gt=0)
     lbfgs_memory: int = opt(10, "lbfgs: stored (s, y) pairs", ge=1)
-    lbfgs_max_ls: int = opt(20, "lbfgs: maximum backtracking steps of the Armijo search")
+    lbfgs_max_ls: int = opt(20, "lbfgs: maximum backtracking steps of the Armijo search",
+                            ge=1)
     eval_every: int = opt(10, "validate every this many steps (0: only at the end)", ge=0)
 
 
@@ -277,6 +280,27 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return path, parsed
 
 
+def _one_line(exc: yaml.YAMLError) -> str:
+    """A YAML error as one line: where (line, column) and what."""
+    mark = getattr(exc, "problem_mark", None)
+    what = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    return f"line {mark.line + 1}, column {mark.column + 1}: {what}" if mark else what
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice in one mapping (the last would win)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r}", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
 def load_config(path: str | None = None, overrides: list[str] = ()) -> Config:
     """Read a YAML file (or nothing: defaults) and apply ``--set`` overrides."""
     raw: dict = {}
@@ -285,9 +309,10 @@ def load_config(path: str | None = None, overrides: list[str] = ()) -> Config:
         if not p.is_file():
             raise ConfigError(f"config file not found: {path}")
         try:
-            raw = yaml.safe_load(p.read_text()) or {}
+            raw = yaml.load(p.read_text(), Loader=_UniqueKeyLoader) or {}
         except yaml.YAMLError as exc:
-            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+            raise ConfigError(f"config file {path} is not valid YAML: {_one_line(exc)}") \
+                from None
         if not isinstance(raw, dict):
             raise ConfigError(f"config file {path}: the top level must be a mapping of sections")
     for text in overrides:
@@ -347,6 +372,8 @@ def validate(cfg: Config, ranks: int) -> None:
          "lbfgs needs full-batch training (data.batch_size: 0)"),
         (d.batch_size == 0 or d.batch_size >= D, "data.batch_size",
          f"a batch of {d.batch_size} cannot be shared by {D} replicas"),
+        (d.n_train <= 0 or d.batch_size <= d.n_train, "data.batch_size",
+         f"{d.batch_size} is more than data.n_train = {d.n_train} (0: full batch)"),
         (layer_ranks <= cfg.model.layers + 1, "model.layers",
          f"{layer_ranks} ranks need at least {layer_ranks - 1} layers "
          f"(N+1 = {cfg.model.layers + 1} points, one or more per rank)"),

@@ -50,11 +50,15 @@ def _threads(cfg: Config) -> int:
     return max(1, (os.cpu_count() or 1) // node_ranks())
 
 
-def setup(config_path: str | None, overrides: list[str], comm: MPI.Comm | None = None) -> Run:
-    """Load and validate the config on every rank (one message on failure), then build."""
+def setup(config_path: str | None, overrides: list[str], comm: MPI.Comm | None = None,
+          check=None) -> Run:
+    """Load and validate the config on every rank (one message on failure), then build.
+    ``check()``: the command's own argument checks (raise ConfigError), in the same agreement."""
     comm = comm or MPI.COMM_WORLD
 
     def build():   # no collective calls in here: a rank may fail while others go on
+        if check is not None:
+            check()
         cfg = load_config(config_path, overrides)
         validate(cfg, comm.Get_size())
         if cfg.runtime.device == "cuda" and not torch.cuda.is_available():

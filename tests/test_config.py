@@ -92,3 +92,28 @@ def test_resolved_config_loads_again(tmp_path):
     assert load_config(str(path), []) == cfg
     with pytest.raises(ConfigError, match="mgrit.cfactor: an empty list"):
         validate(load_config(None, ["mgrit.cfactor=[]"]), 1)
+
+
+@pytest.mark.parametrize("text,needle", [
+    ("train:\n  lr: 0.1\n  lr: 0.2\n", "line 3, column 3: duplicate key 'lr'"),
+    ("train:\n  lr: [0.1\n", "is not valid YAML: line 3"),
+])
+def test_yaml_problems_are_one_line_naming_the_place(tmp_path, text, needle):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as e:
+        load_config(str(path))
+    assert needle in str(e.value) and "\n" not in str(e.value), str(e.value)
+
+
+@pytest.mark.parametrize("overrides,needle", [
+    (["train.factor=-0.5"], "train.factor: must be > 0"),
+    (["train.milestones=[10, -3]"], "train.milestones: must be >= 0"),
+    (["train.lbfgs_max_ls=0"], "train.lbfgs_max_ls: must be >= 1"),
+    (["data.n_train=100", "data.batch_size=101"], "data.batch_size: 101 is more than"),
+])
+def test_values_once_accepted_silently(overrides, needle):
+    with pytest.raises(ConfigError, match=needle):
+        validate(load_config(None, overrides), 1)
+    validate(load_config(None, ["data.n_train=100", "data.batch_size=100"]), 1)
+

@@ -37,6 +37,13 @@ def test_bad_config_one_message_every_rank_fails(n, override, needle):
     assert "Traceback" not in p.stderr + p.stdout
 
 
+def test_empty_out_is_one_message():
+    p = mpirun(2, ["-m", "mgrit_nn", "train", "configs/peaks.yaml", "--out", "", "--quiet"])
+    assert p.returncode == 2, p.stderr
+    assert p.stderr.count("--out: the output folder is an empty path") == 1, p.stderr
+    assert "Traceback" not in p.stderr + p.stdout
+
+
 def test_failing_rank_aborts_job_without_hang(tmp_path):
     script = tmp_path / "fail.py"
     script.write_text(

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from mgrit_nn.model.init import Shapes
+from mgrit_nn.model.init import Shapes, generator
 
 if TYPE_CHECKING:
     from mgrit_nn.methods.registry import CriticConfig
@@ -42,7 +42,7 @@ def build_critic(c: CriticConfig, s: Shapes, seed: int, index: int, dtype: torch
         d = c.hidden
     mods.append(nn.Linear(d, n_classes, dtype=torch.float64))
     critic = nn.Sequential(*mods)
-    g = torch.Generator().manual_seed((seed << 32) + CODE + index)
+    g = generator(seed, CODE + index)
     with torch.no_grad():
         for m in critic:
             if isinstance(m, (nn.Linear, nn.Conv2d)):

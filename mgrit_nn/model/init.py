@@ -42,8 +42,20 @@ def shapes(m: ModelConfig, input_shape: tuple[int, ...], n_classes: int) -> Shap
                   layer, classifier)
 
 
+_MIX = 0x9E3779B1      # odd: seed -> code + seed * _MIX (mod 2^32) is one-to-one in the seed
+
+
+def generator(seed: int, code: int) -> torch.Generator:
+    """The generator of tensor ``code`` under ``model.seed``. torch's CPU generator keeps only
+    the low 32 bits of its seed (``(seed << 32) + code``, used before, gave every seed the
+    weights of seed 0), so the pair is folded into 32 bits: ``code + seed * _MIX mod 2^32``
+    differs for every seed (modulo 2^32), and seed 0 keeps the generator of ``code`` it
+    always had."""
+    return torch.Generator().manual_seed((code + seed * _MIX) % 2**32)
+
+
 def _draw(seed: int, code: int, wshape, bshape, std: float):
-    g = torch.Generator().manual_seed((seed << 32) + code)
+    g = generator(seed, code)
     fan_in = math.prod(wshape[1:])
     scale = std / math.sqrt(fan_in)
     w = torch.randn(wshape, generator=g, dtype=torch.float64) * scale
