@@ -100,14 +100,23 @@ EXIT_STOPPED = 75     # stopped by SIGTERM/SIGUSR1 after writing a checkpoint: r
 
 
 class StopSignal:
-    """SIGTERM / SIGUSR1 (SLURM --signal, preemption) ask to stop after the current step."""
+    """SIGTERM / SIGUSR1 (SLURM --signal, preemption) and SIGINT (Ctrl-C, which mpiexec
+    forwards to every rank) ask to stop after the current step: every rank finishes it, a
+    checkpoint is written, the job exits with status 75. A second SIGINT ends this process
+    at once (status 130; mpiexec then ends the others)."""
 
     def __init__(self) -> None:
         self.received = 0
-        for sig in (signal.SIGTERM, signal.SIGUSR1):
+        for sig in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT):
             signal.signal(sig, self._handler)
 
     def _handler(self, signum, frame) -> None:
+        if signum == signal.SIGINT and self.received == signal.SIGINT:
+            os.write(2, b"mgrit-nn: second interrupt: stopping now, without a checkpoint\n")
+            os._exit(130)
+        if signum == signal.SIGINT and not self.received:
+            os.write(2, b"mgrit-nn: interrupt: stopping after this step (checkpoint); "
+                        b"press Ctrl-C again to stop at once\n")
         self.received = signum
 
     def any_rank(self, comm: MPI.Comm) -> bool:

@@ -72,7 +72,10 @@ def test_resume_on_other_rank_count(tmp_path, before, after):
     assert np.max(np.abs(a - b) / np.abs(a)) < 1e-10
 
 
-def test_sigterm_writes_checkpoint_and_exits_75(tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["TERM", "INT"])
+def test_sigterm_writes_checkpoint_and_exits_75(tmp_path, sig):
+    """SIGTERM (SLURM) and SIGINT (Ctrl-C) both end the job after the step, with a
+    checkpoint."""
     out = tmp_path / "run"
     cmd = [MPIEXEC, "-n", "2", sys.executable, "-m", "mgrit_nn", "train", "configs/peaks.yaml",
            "--out", str(out), "--set", "train.steps=1000000", "--set", "checkpoint.every=100000",
@@ -82,13 +85,42 @@ def test_sigterm_writes_checkpoint_and_exits_75(tmp_path):
     while not (out / "history.h5").exists() and time.time() < deadline:
         time.sleep(0.2)
     time.sleep(2)
-    p.send_signal(signal.SIGTERM)           # mpiexec forwards it to every rank
+    p.send_signal(sig)                      # mpiexec forwards it to every rank
     stdout, stderr = p.communicate(timeout=60)
     assert p.returncode == 75, stderr
     result = json.loads(stdout.strip().splitlines()[-1])
     assert result["stopped_by_signal"]
     ckpt = out / "checkpoints" / f"step_{result['steps']:08d}.h5"
     open_checkpoint(ckpt).close()
+
+
+def test_second_interrupt_stops_at_once_and_keeps_the_history(tmp_path):
+    out = tmp_path / "run"
+    cmd = [MPIEXEC, "-n", "2", sys.executable, "-m", "mgrit_nn", "train", "configs/peaks.yaml",
+           "--out", str(out), "--set", "train.steps=1000000", "--set", "model.layers=512",
+           "--set", "data.n_train=20000", "--set", "data.n_val=0", "--quiet"]
+    p = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while not (out / "history.h5").exists() and time.time() < deadline:
+        time.sleep(0.2)
+    time.sleep(2)
+    t0 = time.time()
+    p.send_signal(signal.SIGINT)
+    time.sleep(0.1)
+    p.send_signal(signal.SIGINT)
+    _, stderr = p.communicate(timeout=30)
+    assert p.returncode != 75, stderr        # no stop checkpoint (the exit status is mpiexec's)
+    assert time.time() - t0 < 10
+    assert not list((out / "checkpoints").glob("*.h5")) if (out / "checkpoints").exists() \
+        else True
+    for _ in range(100):                     # the ranks may end just after mpiexec
+        try:
+            losses(out)                      # the rows written so far are readable
+            break
+        except BlockingIOError:
+            time.sleep(0.1)
+    else:
+        losses(out)
 
 
 def test_kill9_never_damages_the_previous_checkpoint(tmp_path):
@@ -126,6 +158,31 @@ def test_corrupt_or_foreign_checkpoint_is_refused(tmp_path):
                    "--resume", str(ckpt)])
     assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr
     assert p.stderr.count(f"checkpoint {ckpt}") == 1, p.stderr
+
+
+def test_resume_latest_skips_a_corrupt_newest_checkpoint_and_stale_tmp_files(tmp_path):
+    """The newest checkpoint is truncated and a crashed write left a .tmp: --resume latest
+    says which it skipped, continues from the newest that verifies, bitwise as if straight,
+    and removes the .tmp."""
+    d = ["--set", "checkpoint.every=5", "--set", "checkpoint.keep=0"]
+    train(2, tmp_path / "straight", *d, steps=15)
+    out = tmp_path / "split"
+    train(2, out, *d, steps=10)
+    newest = out / "checkpoints" / "step_00000010.h5"
+    newest.write_bytes(newest.read_bytes()[:1000])
+    stale = out / "checkpoints" / "step_00000011.h5.tmp"
+    stale.write_bytes(b"partial")
+    for content in ("bytes", "hdf5"):        # not HDF5; HDF5 with the model half written
+        if content == "hdf5":
+            with h5py.File(stale, "w") as f:
+                f.create_group("model")
+        info = mpirun(1, ["-m", "mgrit_nn", "info", str(stale)])
+        assert info.returncode == 2 and "Traceback" not in info.stderr, info.stderr
+        assert len(info.stderr.strip().splitlines()) == 1, info.stderr
+    p = train(2, out, *d, "--resume", "latest", steps=15)
+    assert p.stderr.count("skipped step_00000010.h5") == 1, p.stderr
+    assert not stale.exists()
+    assert np.array_equal(losses(tmp_path / "straight"), losses(out))
 
 
 def test_plain_h5py_rebuilds_the_network_and_its_logged_loss(tmp_path):

@@ -16,10 +16,13 @@ def _config_line(text: str) -> str:
 
 def info(path: str) -> str:
     with h5py.File(path, "r") as f:
-        if "steps" in f:
-            return _history(path, f)
-        if "model" in f:
-            return _checkpoint(path, f)
+        try:
+            if "steps" in f:
+                return _history(path, f)
+            if "model" in f:
+                return _checkpoint(path, f)
+        except KeyError as exc:       # e.g. a .tmp left by an interrupted checkpoint write
+            raise ValueError(f"an incomplete mgrit_nn file: {exc.args[0]}") from None
     raise ValueError("neither an mgrit_nn history nor a checkpoint file")
 
 

@@ -107,11 +107,30 @@ def checkpoint_path(out: Path, step: int) -> Path:
     return out / "checkpoints" / f"step_{step:08d}.h5"
 
 
-def latest_checkpoint(out: Path) -> Path:
+def latest_checkpoint(out: Path, verify=None) -> tuple[Path, list[str]]:
+    """The newest checkpoint in ``out/checkpoints`` that ``verify(path)`` accepts (it raises
+    CheckpointError otherwise), and one line for every newer one it skipped, saying why."""
     files = sorted((out / "checkpoints").glob("step_*.h5"))
     if not files:
         raise CheckpointError(f"--resume latest: no checkpoint in {out / 'checkpoints'}")
-    return files[-1]
+    skipped = []
+    for path in reversed(files):
+        try:
+            if verify is not None:
+                verify(path)
+            return path, skipped
+        except CheckpointError as exc:
+            skipped.append(f"skipped {path.name}: {exc}")
+    raise CheckpointError("--resume latest: no usable checkpoint in "
+                          f"{out / 'checkpoints'} ({'; '.join(skipped)})")
+
+
+def remove_stale(out: Path) -> list[Path]:
+    """Delete ``step_*.h5.tmp`` files a crashed write left in ``out/checkpoints``."""
+    stale = sorted((out / "checkpoints").glob("step_*.h5.tmp"))
+    for f in stale:
+        f.unlink(missing_ok=True)
+    return stale
 
 
 def prune(out: Path, keep: int) -> None:

@@ -204,7 +204,7 @@ class Trainer:
 def train(run: Run, out: str | None, quiet: bool = False, resume: str | None = None,
           init_from: str | None = None) -> dict:
     """The whole command: optional restart, the loop, history and checkpoints in ``out``."""
-    from mgrit_nn.io.checkpoint import latest_checkpoint
+    from mgrit_nn.io.checkpoint import latest_checkpoint, remove_stale
     from mgrit_nn.io.history import History
     from mgrit_nn.runtime import StopSignal, agree_on_config
     from mgrit_nn.train.checkpoint import restore, verify
@@ -215,15 +215,21 @@ def train(run: Run, out: str | None, quiet: bool = False, resume: str | None = N
     rank0 = run.world.Get_rank() == 0
     source = resume or init_from
     if source is not None:
-        def find() -> Path:
-            path = latest_checkpoint(out_dir) if source == "latest" else Path(source)
-            verify(path, trainer.layout)
-            return path
-        path = agree_on_config(find, run.world)   # one message if it is unusable
+        def find() -> tuple[Path, list[str]]:
+            if source == "latest":     # the newest that verifies
+                return latest_checkpoint(out_dir, lambda p: verify(p, trainer.layout))
+            verify(Path(source), trainer.layout)
+            return Path(source), []
+        path, skipped = agree_on_config(find, run.world)   # one message if none is usable
+        for line in skipped if rank0 else ():
+            log.warning("--resume latest: %s", line)
         start = restore(trainer, path, weights_only=resume is None)
         log.info("%s from %s (step %d)", "resumed" if resume else "initialized", path, start)
     else:
         start = 0
+    if rank0:
+        for f in remove_stale(out_dir):
+            log.info("removed %s (left by an interrupted checkpoint write)", f)
     history = History(out_dir / "history.h5", run.cfg.to_yaml(), run.world.Get_size(),
                       run.cfg.train.method, resume_step=start if resume else None) \
         if rank0 else None
