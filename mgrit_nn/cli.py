@@ -32,6 +32,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="continue from a checkpoint (latest: the newest in OUT/checkpoints)")
     g.add_argument("--init-from", metavar="PATH",
                    help="start a fresh run from a checkpoint's model weights")
+    t.add_argument("--overwrite", action="store_true",
+                   help="start over in an --out that holds an earlier run (deletes its "
+                   "history and checkpoints)")
     b = sub.add_parser("bench", help="time one gradient: serial autograd vs one-shot vs exact "
                        "MGRIT; last line on rank 0: one JSON object")
     b.add_argument("config", help="YAML config file")
@@ -177,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
             from mgrit_nn.train.loop import train
 
             out_dir = args.out or str(Path("out") / Path(args.config).stem)
-            out = train(run, out_dir, args.quiet, args.resume, args.init_from)
+            out = train(run, out_dir, args.quiet, args.resume, args.init_from, args.overwrite)
             code = EXIT_STOPPED if out["stopped_by_signal"] else 0
         if comm.Get_rank() == 0:
             print(json.dumps(out), flush=True)

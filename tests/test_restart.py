@@ -185,6 +185,52 @@ def test_resume_latest_skips_a_corrupt_newest_checkpoint_and_stale_tmp_files(tmp
     assert np.array_equal(losses(tmp_path / "straight"), losses(out))
 
 
+def test_two_runs_on_one_out_the_second_is_refused(tmp_path):
+    out = tmp_path / "run"
+    cmd = [MPIEXEC, "-n", "2", sys.executable, "-m", "mgrit_nn", "train", "configs/peaks.yaml",
+           "--out", str(out), "--set", "train.steps=1000000", "--set", "checkpoint.every=100000",
+           *SMALL]
+    first = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True)
+    deadline = time.time() + 60
+    while not (out / "history.h5").exists() and time.time() < deadline:
+        time.sleep(0.2)
+    second = mpirun(2, ["-m", "mgrit_nn", "train", "configs/peaks.yaml", "--out", str(out),
+                        *SMALL, "--resume", "latest"])
+    assert first.poll() is None                  # the first run goes on
+    assert second.returncode == 2, second.stderr
+    assert second.stderr.count("is in use by the run of pid") == 1, second.stderr
+    first.send_signal(signal.SIGTERM)
+    _, stderr = first.communicate(timeout=60)
+    assert first.returncode == 75, stderr
+    losses(out)                                  # its history is intact
+    assert not (out / ".lock").exists()
+
+
+def test_fresh_run_into_a_used_out_is_refused_unless_overwrite(tmp_path):
+    out = tmp_path / "run"
+    train(2, out, "--set", "checkpoint.every=5", steps=10)
+    before = {f.name: f.read_bytes() for f in (out / "checkpoints").iterdir()}
+    p = mpirun(2, ["-m", "mgrit_nn", "train", "configs/peaks.yaml", "--out", str(out), *SMALL,
+                   "--set", "train.steps=3"])
+    assert p.returncode == 2 and p.stderr.count("holds the checkpoints of an earlier run") == 1
+    assert {f.name: f.read_bytes() for f in (out / "checkpoints").iterdir()} == before
+    assert len(losses(out)) == 10
+    train(2, out, "--overwrite", steps=3)
+    assert len(losses(out)) == 3
+    assert sorted(f.name for f in (out / "checkpoints").iterdir()) == ["step_00000003.h5"]
+
+
+def test_the_lock_of_an_ended_run_is_taken_over(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    (out / ".lock").write_text(json.dumps({"pid": dead.pid, "host": os.uname().nodename}))
+    train(1, out, steps=2)
+    assert not (out / ".lock").exists()
+
+
 def test_plain_h5py_rebuilds_the_network_and_its_logged_loss(tmp_path):
     """Full-batch exact training: the loss logged at step k+1 is the loss of checkpoint k."""
     out = tmp_path / "run"

@@ -201,46 +201,63 @@ class Trainer:
         bar.update()
 
 
-def train(run: Run, out: str | None, quiet: bool = False, resume: str | None = None,
-          init_from: str | None = None) -> dict:
-    """The whole command: optional restart, the loop, history and checkpoints in ``out``."""
-    from mgrit_nn.io.checkpoint import latest_checkpoint, remove_stale
-    from mgrit_nn.io.history import History
-    from mgrit_nn.runtime import StopSignal, agree_on_config
+def _restart(trainer: Trainer, out_dir: Path, resume: str | None,
+             init_from: str | None) -> int:
+    """Load ``--resume`` (all state) or ``--init-from`` (weights); the step to go on from."""
+    from mgrit_nn.io.checkpoint import latest_checkpoint
+    from mgrit_nn.runtime import agree_on_config
     from mgrit_nn.train.checkpoint import restore, verify
 
+    source, world = resume or init_from, trainer.run.world
+    if source is None:
+        return 0
+
+    def find() -> tuple[Path, list[str]]:
+        if source == "latest":     # the newest that verifies
+            return latest_checkpoint(out_dir, lambda p: verify(p, trainer.layout))
+        verify(Path(source), trainer.layout)
+        return Path(source), []
+    path, skipped = agree_on_config(find, world)   # one message if none is usable
+    for line in skipped if world.Get_rank() == 0 else ():
+        log.warning("--resume latest: %s", line)
+    start = restore(trainer, path, weights_only=resume is None)
+    log.info("%s from %s (step %d)", "resumed" if resume else "initialized", path, start)
+    return start
+
+
+def train(run: Run, out: str | None, quiet: bool = False, resume: str | None = None,
+          init_from: str | None = None, overwrite: bool = False) -> dict:
+    """The whole command: the run folder claimed, optional restart, the loop, history and
+    checkpoints in ``out``."""
+    from mgrit_nn.io.checkpoint import remove_stale
+    from mgrit_nn.io.history import History
+    from mgrit_nn.runtime import StopSignal, agree_on_config
+    from mgrit_nn.train.rundir import claim, release
+
     out_dir = Path(out)
-    stop = StopSignal()          # from here on a SIGTERM/SIGUSR1 means: checkpoint, then stop
-    trainer = Trainer(run)
     rank0 = run.world.Get_rank() == 0
-    source = resume or init_from
-    if source is not None:
-        def find() -> tuple[Path, list[str]]:
-            if source == "latest":     # the newest that verifies
-                return latest_checkpoint(out_dir, lambda p: verify(p, trainer.layout))
-            verify(Path(source), trainer.layout)
-            return Path(source), []
-        path, skipped = agree_on_config(find, run.world)   # one message if none is usable
-        for line in skipped if rank0 else ():
-            log.warning("--resume latest: %s", line)
-        start = restore(trainer, path, weights_only=resume is None)
-        log.info("%s from %s (step %d)", "resumed" if resume else "initialized", path, start)
-    else:
-        start = 0
-    if rank0:
-        for f in remove_stale(out_dir):
-            log.info("removed %s (left by an interrupted checkpoint write)", f)
-    history = History(out_dir / "history.h5", run.cfg.to_yaml(), run.world.Get_size(),
-                      run.cfg.train.method, resume_step=start if resume else None) \
-        if rank0 else None
+    agree_on_config(lambda: claim(out_dir, resume is not None, overwrite) if rank0 else None,
+                    run.world)                    # one message if the folder is taken
     try:
-        result = trainer.train(quiet, out_dir, start, history, stop)
+        stop = StopSignal()      # from here on a signal means: checkpoint, then stop
+        trainer = Trainer(run)
+        start = _restart(trainer, out_dir, resume, init_from)
+        for f in remove_stale(out_dir) if rank0 else ():
+            log.info("removed %s (left by an interrupted checkpoint write)", f)
+        history = History(out_dir / "history.h5", run.cfg.to_yaml(), run.world.Get_size(),
+                          run.cfg.train.method, resume_step=start if resume else None) \
+            if rank0 else None
+        try:
+            result = trainer.train(quiet, out_dir, start, history, stop)
+        finally:
+            if history is not None:
+                history.close()
+        result["out"] = str(out_dir)
+        if rank0:
+            (out_dir / "config.yaml").write_text(run.cfg.to_yaml())
+            (out_dir / "result.json").write_text(json.dumps(result, indent=1))
     finally:
-        if history is not None:
-            history.close()
-    result["out"] = str(out_dir)
-    if rank0:
-        (out_dir / "config.yaml").write_text(run.cfg.to_yaml())
-        (out_dir / "result.json").write_text(json.dumps(result, indent=1))
+        if rank0:
+            release(out_dir)
     log.info("trained to step %d in %.1f s", result["steps"], result["wall_time_s"])
     return result
