@@ -5,12 +5,26 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line, printed by one rank only (every rank parses the same
+    command line; the launcher's rank variables say which one is rank 0)."""
+
+    def error(self, message: str):
+        rank = next((os.environ[v] for v in ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK",
+                                             "SLURM_PROCID") if v in os.environ), "0")
+        if rank == "0":
+            print(f"{self.prog}: error: {message} (see {self.prog.split()[0]} -h)",
+                  file=sys.stderr, flush=True)
+        sys.exit(2)
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="mgrit-nn", description=(
+    p = _Parser(prog="mgrit-nn", description=(
         "Layer-parallel training of ODE-ResNets with MGRIT. Run under mpiexec/srun; "
         "every rank runs the same command."))
     sub = p.add_subparsers(dest="command", required=True)

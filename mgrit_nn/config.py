@@ -306,6 +306,8 @@ def load_config(path: str | None = None, overrides: list[str] = ()) -> Config:
     raw: dict = {}
     if path is not None:
         p = Path(path)
+        if p.is_dir():
+            raise ConfigError(f"config file {path} is a directory; give a YAML file")
         if not p.is_file():
             raise ConfigError(f"config file not found: {path}")
         try:

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import h5py
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,6 +36,37 @@ def test_bad_config_one_message_every_rank_fails(n, override, needle):
     assert p.returncode == 2, p.stderr
     assert p.stderr.count(needle) == 1, p.stderr
     assert "Traceback" not in p.stderr + p.stdout
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["bogus"], "invalid choice: 'bogus'"),
+    (["train"], "the following arguments are required: config"),
+    (["train", "configs/peaks.yaml", "--resume"], "expected one argument"),
+], ids=["command", "no-config", "flag"])
+def test_usage_errors_are_one_line_from_one_rank(args, needle):
+    p = mpirun(2, ["-m", "mgrit_nn", *args])
+    assert p.returncode == 2, p.stderr
+    lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and needle in lines[0], p.stderr
+
+
+def test_words_that_say_what_is_wrong(tmp_path):
+    p = mpirun(1, ["-m", "mgrit_nn", "check", str(tmp_path)])
+    assert p.returncode == 2 and "is a directory" in p.stderr, p.stderr
+    with h5py.File(tmp_path / "history.h5", "w") as f:
+        f.create_group("steps")
+    p = mpirun(2, ["-m", "mgrit_nn", "train", "configs/peaks.yaml", "--out", str(tmp_path / "o"),
+                   "--resume", str(tmp_path / "history.h5")])
+    assert p.returncode == 2 and p.stderr.count("is a history file, not a checkpoint") == 1
+
+
+def test_divergence_is_said_once(tmp_path):
+    p = mpirun(2, ["-m", "mgrit_nn", "train", "configs/peaks.yaml", "--out", str(tmp_path),
+                   "--set", "train.lr=1e6", "--set", "train.optimizer=sgd", "--set",
+                   "train.steps=12", "--set", "data.n_train=64", "--set", "data.n_val=0",
+                   "--quiet"])
+    assert p.returncode == 0, p.stderr
+    assert p.stderr.count("training diverges: the loss grew") == 1, p.stderr
 
 
 def test_empty_out_is_one_message():

@@ -231,6 +231,15 @@ def test_the_lock_of_an_ended_run_is_taken_over(tmp_path):
     assert not (out / ".lock").exists()
 
 
+def test_resume_with_another_optimizer_is_one_message(tmp_path):
+    out = tmp_path / "run"
+    train(2, out, steps=2)
+    p = mpirun(2, ["-m", "mgrit_nn", "train", "configs/peaks.yaml", "--out", str(out), *SMALL,
+                   "--set", "train.optimizer=sgd", "--resume", "latest"])
+    assert p.returncode == 2, p.stderr
+    assert p.stderr.count("was written by optimizer adam") == 1, p.stderr
+
+
 def test_plain_h5py_rebuilds_the_network_and_its_logged_loss(tmp_path):
     """Full-batch exact training: the loss logged at step k+1 is the loss of checkpoint k."""
     out = tmp_path / "run"

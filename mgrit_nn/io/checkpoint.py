@@ -94,6 +94,10 @@ def open_checkpoint(path: str | Path) -> h5py.File:
     except OSError as exc:
         raise CheckpointError(f"checkpoint {p} is not a readable HDF5 file "
                               f"(truncated or corrupt?): {exc}") from None
+    if "steps" in f and "model" not in f:
+        f.close()
+        raise CheckpointError(f"{p} is a history file, not a checkpoint (checkpoints are in "
+                              f"{p.parent / 'checkpoints'})")
     if f.attrs.get("complete") != 1 or "model" not in f:
         f.close()
         raise CheckpointError(f"checkpoint {p} is incomplete (the write did not finish)")

@@ -64,10 +64,16 @@ def check_compatible(f: h5py.File, layout: ParamLayout, path) -> None:
                                   f"or the data set differ)")
 
 
-def verify(path: str | Path, layout: ParamLayout) -> None:
-    """Raise CheckpointError unless ``path`` is a complete checkpoint of this network."""
+def verify(path: str | Path, layout: ParamLayout, optimizer: str | None = None) -> None:
+    """Raise CheckpointError unless ``path`` is a complete checkpoint of this network (and,
+    to resume it, of this ``train.optimizer``)."""
     with open_checkpoint(path) as f:
         check_compatible(f, layout, path)
+        if optimizer is not None and f.attrs["optimizer"] != optimizer:
+            raise CheckpointError(f"checkpoint {path} was written by optimizer "
+                                  f"{f.attrs['optimizer']}, the config has "
+                                  f"train.optimizer = {optimizer}; "
+                                  "use --init-from to start a new run from its weights")
 
 
 def restore(trainer, path: str | Path, weights_only: bool = False) -> int:
@@ -81,11 +87,6 @@ def restore(trainer, path: str | Path, weights_only: bool = False) -> int:
                 p.copy_(t)
         if weights_only:
             return 0
-        if f.attrs["optimizer"] != trainer.cfg.train.optimizer:
-            raise CheckpointError(f"checkpoint {path} was written by optimizer "
-                                  f"{f.attrs['optimizer']}, the config has "
-                                  f"train.optimizer = {trainer.cfg.train.optimizer}; "
-                                  "use --init-from to start a new run from its weights")
         tensors = {name: m.local_from_global(torch.from_numpy(f[f"optimizer/{name}"][()]))
                    for name in f.get("optimizer", {})}
         scalars = {k[4:]: float(v) for k, v in f.attrs.items() if k.startswith("opt_")}

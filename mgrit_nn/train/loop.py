@@ -55,6 +55,7 @@ class Trainer:
         self.replica, self.replicas = run.data_msg.rank, run.data_msg.size
         self.stream = BatchStream(len(self.x), self.cfg.data.batch_size, self.cfg.data.seed)
         self.history: list[dict] = []
+        self.warned_divergence = False
         self.layout = ParamLayout(run.shapes, self.cfg.model.layers)
         self.method.bind(self.opt)
 
@@ -158,6 +159,8 @@ class Trainer:
             if t.eval_every and (k % t.eval_every == 0 or k == t.steps):
                 row["val_loss"], row["val_accuracy"] = self.evaluate(self.xv, self.yv)
             self.history.append(row)
+            if rank0:
+                self._watch_divergence()
             timing = self._timing(before, row["step_time_s"])
             if history is not None:
                 history.append(row, info.fwd_residuals, info.adj_residuals, timing)
@@ -189,6 +192,18 @@ class Trainer:
         result.update(self.method.report(self.data))
         return result
 
+    def _watch_divergence(self, factor: float = 100.0) -> None:
+        """Warn once when the loss has grown ``factor``-fold over this run's first step (a
+        learning rate too large: training goes on, as asked)."""
+        first, row = self.history[0], self.history[-1]
+        if self.warned_divergence or len(self.history) < 2:
+            return
+        if row["loss"] > factor * max(first["loss"], 1e-3):
+            self.warned_divergence = True
+            log.warning("training diverges: the loss grew from %.3g (step %d) to %.3g (step %d);"
+                        " a smaller train.lr (now %g) may help", first["loss"], first["step"],
+                        row["loss"], row["step"], row["lr"])
+
     @staticmethod
     def _progress(bar, row: dict) -> None:
         post = {"loss": f"{row['loss']:.4f}", "acc": f"{row['train_accuracy']:.3f}"}
@@ -212,10 +227,12 @@ def _restart(trainer: Trainer, out_dir: Path, resume: str | None,
     if source is None:
         return 0
 
+    opt = trainer.cfg.train.optimizer if resume else None     # --init-from: weights only
+
     def find() -> tuple[Path, list[str]]:
         if source == "latest":     # the newest that verifies
-            return latest_checkpoint(out_dir, lambda p: verify(p, trainer.layout))
-        verify(Path(source), trainer.layout)
+            return latest_checkpoint(out_dir, lambda p: verify(p, trainer.layout, opt))
+        verify(Path(source), trainer.layout, opt)
         return Path(source), []
     path, skipped = agree_on_config(find, world)   # one message if none is usable
     for line in skipped if world.Get_rank() == 0 else ():
