@@ -9,6 +9,7 @@ Validation happens before any work, and every problem becomes one
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -117,8 +118,8 @@ class TrainConfig:
     warm_start: bool = opt(True, "oneshot: start each solve from the samples' previous iterates")
     optimizer: Literal["sgd", "adam", "lbfgs"] = opt("adam", "sgd | adam | lbfgs (full batch)")
     lr: float = opt(0.01, "learning rate (lbfgs: initial step of the line search)", gt=0)
-    momentum: float = opt(0.9, "sgd momentum")
-    weight_decay: float = opt(0.0, "sgd/adam weight decay")
+    momentum: float = opt(0.9, "sgd momentum", ge=0)
+    weight_decay: float = opt(0.0, "sgd/adam weight decay", ge=0)
     schedule: Literal["constant", "step", "cosine"] = opt("constant", "learning-rate schedule")
     milestones: list[int] = opt([], "step schedule: steps where lr is multiplied by factor",
                                 ge=0)
@@ -312,6 +313,8 @@ def load_config(path: str | None = None, overrides: list[str] = ()) -> Config:
             raise ConfigError(f"config file not found: {path}")
         try:
             raw = yaml.load(p.read_text(), Loader=_UniqueKeyLoader) or {}
+        except UnicodeDecodeError:
+            raise ConfigError(f"config file {path} is not a text (YAML) file") from None
         except yaml.YAMLError as exc:
             raise ConfigError(f"config file {path} is not valid YAML: {_one_line(exc)}") \
                 from None
@@ -338,11 +341,14 @@ def per_level(value: Any, n: int) -> list:
 
 
 def _out_of_bounds(section: str, obj) -> list[tuple[bool, str, str]]:
-    """The ``ge``/``gt`` bounds of a section's field declarations, as checks."""
+    """The ``ge``/``gt`` bounds of a section's field declarations (and: no float is inf or
+    nan), as checks."""
     out = []
     for f in dataclasses.fields(obj):
         value, ge, gt = getattr(obj, f.name), f.metadata.get("ge"), f.metadata.get("gt")
         numbers = [v for v in (value if isinstance(value, list) else [value]) if v is not None]
+        out.append((all(math.isfinite(v) for v in numbers if isinstance(v, float)),
+                    f"{section}.{f.name}", f"must be a finite number, got {value}"))
         if ge is not None:
             out.append((all(v >= ge for v in numbers), f"{section}.{f.name}",
                         f"must be >= {ge:g}, got {value}"))

@@ -111,9 +111,22 @@ def test_yaml_problems_are_one_line_naming_the_place(tmp_path, text, needle):
     (["train.milestones=[10, -3]"], "train.milestones: must be >= 0"),
     (["train.lbfgs_max_ls=0"], "train.lbfgs_max_ls: must be >= 1"),
     (["data.n_train=100", "data.batch_size=101"], "data.batch_size: 101 is more than"),
+    (["train.momentum=-0.1"], "train.momentum: must be >= 0"),
+    (["train.weight_decay=-1"], "train.weight_decay: must be >= 0"),
+    (["train.lr=.inf"], "train.lr: must be a finite number"),
+    (["model.T=.inf"], "model.T: must be a finite number"),
+    (["mgrit.tol=.nan"], "mgrit.tol: must be a finite number"),
+    (["parallel.data_replicas=0"], "parallel.data_replicas: must be >= 1"),
 ])
 def test_values_once_accepted_silently(overrides, needle):
     with pytest.raises(ConfigError, match=needle):
         validate(load_config(None, overrides), 1)
     validate(load_config(None, ["data.n_train=100", "data.batch_size=100"]), 1)
+
+
+def test_a_binary_config_file_is_named(tmp_path):
+    path = tmp_path / "weights.yaml"
+    path.write_bytes(bytes(range(256)))
+    with pytest.raises(ConfigError, match=f"config file {path} is not a text"):
+        load_config(str(path))
 
