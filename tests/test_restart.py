@@ -231,6 +231,17 @@ def test_the_lock_of_an_ended_run_is_taken_over(tmp_path):
     assert not (out / ".lock").exists()
 
 
+def test_resume_names_every_changed_key(tmp_path):
+    out = tmp_path / "run"
+    train(2, out, "--set", "data.batch_size=0", steps=2)
+    p = train(2, out, "--set", "data.batch_size=8", "--set", "train.lr=0.02", "--resume",
+              "latest", steps=4)
+    lines = [ln for ln in p.stderr.splitlines() if "differs from its run" in ln]
+    assert len(lines) == 1, p.stderr
+    assert "data.batch_size: 0 -> 8" in lines[0] and "train.lr: 0.01 -> 0.02" in lines[0]
+    assert "train.steps" not in lines[0]
+
+
 def test_resume_with_another_optimizer_is_one_message(tmp_path):
     out = tmp_path / "run"
     train(2, out, steps=2)

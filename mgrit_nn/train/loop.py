@@ -239,7 +239,25 @@ def _restart(trainer: Trainer, out_dir: Path, resume: str | None,
         log.warning("--resume latest: %s", line)
     start = restore(trainer, path, weights_only=resume is None)
     log.info("%s from %s (step %d)", "resumed" if resume else "initialized", path, start)
+    if resume and world.Get_rank() == 0:
+        _say_config_changes(path, trainer.cfg)
     return start
+
+
+def _say_config_changes(path: Path, cfg) -> None:
+    """One warning line naming every config key that differs from the checkpoint's run."""
+    import h5py
+    import yaml
+
+    with h5py.File(path, "r") as f:
+        old = yaml.safe_load(f.attrs.get("config", "")) or {}
+    new = cfg.to_dict()
+    changed = [f"{s}.{k}: {old[s][k]!r} -> {v!r}" for s, sec in new.items() for k, v in sec.items()
+               if isinstance(old.get(s), dict) and k in old[s] and old[s][k] != v
+               and (s, k) != ("train", "steps")]
+    if changed:
+        log.warning("resuming %s with a config that differs from its run: %s", path,
+                    "; ".join(changed))
 
 
 def train(run: Run, out: str | None, quiet: bool = False, resume: str | None = None,
