@@ -212,18 +212,16 @@ class ParpasMethod(PartitionedMethod):
     def _info(self, x, y, local, mse: float, p2: float, scale: float) -> StepInfo:
         net, msg, K = self.net, self.net.msg, self.stage.K
         mse, p2 = msg.allreduce_sum(mse), msg.allreduce_sum(p2)
-        stage_loss = torch.tensor([float(local.objective.detach()) if self.stage.last else 0.0],
-                                  dtype=torch.float64)
-        msg.bcast_tensor(stage_loss, root=net.chain.ranks[-1])
+        stage_loss = self.stage.from_last(float(local.objective.detach()))
         extra = {"regression_mse": mse / (K - 1) if K > 1 else float("nan"),
                  "regression_rel_mse": mse / p2 if K > 1 and p2 > 0 else float("nan"),
-                 "stage_loss": float(stage_loss[0])}
+                 "stage_loss": stage_loss}
         logits = local.logits
         if self.cfg.exact_loss:            # the honest loss of the full network (pre-update)
             net.propagate(x)
             loss, logits = net.loss(y)
         else:
-            loss = float(stage_loss[0]) + local.reg
+            loss = stage_loss + local.reg
         return StepInfo(loss * scale, correct(logits, y), extra=extra)
 
     # -- checkpoint: inputs and regression data by interface -----------------------------

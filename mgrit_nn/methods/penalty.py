@@ -192,8 +192,7 @@ class PenaltyMethod(PartitionedMethod):
             loss, logits = net.loss(y, with_reg=False)
             extra["honest_loss"] = loss
         else:
-            buf = torch.tensor([value if self.stage.last else 0.0], dtype=torch.float64)
-            loss = float(msg.bcast_tensor(buf, root=net.chain.ranks[-1])[0])
+            loss = self.stage.from_last(value)
         return StepInfo((loss + local.reg) * scale, correct(logits, y), extra=extra)
 
     @torch.no_grad()

@@ -55,7 +55,8 @@ class PenaltyConfig:
 
     beta: float = opt(1.0, "penalty coefficient beta of the first phase", gt=0)
     beta_rise: float = opt(10.0, "beta is multiplied by this at every beta milestone", gt=0)
-    beta_milestones: list[int] = opt([], "steps after which beta is multiplied by beta_rise")
+    beta_milestones: list[int] = opt([], "steps after which beta is multiplied by beta_rise",
+                                     ge=0)
     tol: float | list[float] = opt(0.0, "tau_j: correct lambda while its mean squared violation "
                                    "exceeds tau_j; one value or one per beta phase", ge=0)
     inner_max: int = opt(1, "cap on the lambda (and kappa) corrections per step", ge=1)
@@ -117,9 +118,8 @@ class ClipConfig:
 def _penalty_checks(cfg, ranks: int) -> list[Check]:
     pe = cfg.penalty
     taus = pe.tol if isinstance(pe.tol, list) else [pe.tol]
-    return [(all(b >= 0 for b in pe.beta_milestones), "penalty.beta_milestones",
-             f"must be steps >= 0, got {pe.beta_milestones}"),
-            (len(taus) >= 1, "penalty.tol", f"must be >= 0, got {pe.tol}")]
+    return [(len(taus) >= 1, "penalty.tol", "an empty list: give one value or one per beta "
+             "phase")]
 
 
 def _critic_checks(cfg, ranks: int) -> list[Check]:

@@ -112,12 +112,16 @@ class MGRIT:
         return self.data[0].u[1:]
 
     # -- states by point: what an application reads (no slot arithmetic outside mgrit/) ------
-    def slots(self, first: int, last: int) -> slice:
-        """The level-0 storage rows of this rank's points ``first..last`` (``lo - 1``: the
-        ghost, the left neighbour's last point, valid after a solve or refresh_ghost)."""
+    def slot(self, point: int) -> int:
+        """The level-0 storage row of this rank's point (``lo - 1``: the ghost, the left
+        neighbour's last point, valid after a solve or refresh_ghost)."""
         lev = self.levels[0]
-        assert lev.lo - 1 <= first and last <= lev.hi, (first, last, lev.lo, lev.hi)
-        return slice(lev.slot(first), lev.slot(last) + 1)
+        assert lev.lo - 1 <= point <= lev.hi, (point, lev.lo, lev.hi)
+        return lev.slot(point)
+
+    def slots(self, first: int, last: int) -> slice:
+        """The level-0 storage rows of this rank's points ``first..last``."""
+        return slice(self.slot(first), self.slot(last) + 1)
 
     def states(self, first: int | None = None, last: int | None = None) -> torch.Tensor:
         """Level-0 states at points ``first..last`` (default: the ghost ``lo - 1`` through

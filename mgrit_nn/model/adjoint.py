@@ -46,8 +46,8 @@ class AdjointPropagator:
             # row of a slot without a step, 0, is the forward ghost)
             fwd = net.solver
             self.state_slot = [
-                torch.tensor([0] + [fwd.slots(N - I * lev.stride, N - I * lev.stride).start
-                                    if I >= 1 else 0 for I in lev.points()],
+                torch.tensor([0] + [fwd.slot(N - I * lev.stride) if I >= 1 else 0
+                                    for I in lev.points()],
                              dtype=torch.long, device=net.device)
                 for lev in levels]
         self.table.refresh()

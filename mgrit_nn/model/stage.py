@@ -69,7 +69,11 @@ class Stage:
         self.left = chain.ranks[pos - 1] if pos > 0 else None
         self.right = chain.ranks[pos + 1] if pos + 1 < self.K else None
         self.first, self.last = net.first, net.last
-        self.n_steps = net.jhi - net.jlo + 1
+
+    def from_last(self, value: float) -> float:
+        """A number only the last stage has (its loss), the same on every rank."""
+        buf = torch.tensor([value if self.last else 0.0], dtype=torch.float64)
+        return float(self.msg.bcast_tensor(buf, root=self.net.chain.ranks[-1])[0])
 
     def state_shape(self, batch: int) -> tuple[int, ...]:
         return (batch,) + self.net.shapes.state

@@ -76,10 +76,12 @@ def verify(path: str | Path, layout: ParamLayout, optimizer: str | None = None) 
                                   "use --init-from to start a new run from its weights")
 
 
-def restore(trainer, path: str | Path, weights_only: bool = False) -> int:
-    """Load a checkpoint into the trainer on every rank; returns the step to continue from."""
+def restore(trainer, path: str | Path, weights_only: bool = False,
+            verified: bool = False) -> int:
+    """Load a checkpoint into the trainer on every rank; returns the step to continue from.
+    ``verified``: :func:`verify` has just checked this file (its checksum is not read again)."""
     m, params, layout = trainer.method, trainer.params, trainer.layout
-    with open_checkpoint(path) as f:
+    with open_checkpoint(path, checksum=not verified) as f:
         check_compatible(f, layout, path)
         model = layout.flat({k: f[f"model/{k}"][()] for k in layout.keys()})
         with torch.no_grad():

@@ -96,11 +96,12 @@ class Trainer:
         """The optimizer's closure: the loss at the current parameters. Its first call
         returns the step's own ``loss`` (SGD and Adam call it once, at no cost); later
         calls (L-BFGS' line search) evaluate :meth:`Method.loss` at the trial point."""
-        calls = [0]
+        first = True
 
         def closure() -> float:
-            calls[0] += 1
-            if calls[0] == 1:
+            nonlocal first
+            if first:
+                first = False
                 return loss
             return self.run.data_msg.allreduce_sum(self.method.loss(batch))
         return closure
@@ -237,7 +238,7 @@ def _restart(trainer: Trainer, out_dir: Path, resume: str | None,
     path, skipped = agree_on_config(find, world)   # one message if none is usable
     for line in skipped if world.Get_rank() == 0 else ():
         log.warning("--resume latest: %s", line)
-    start = restore(trainer, path, weights_only=resume is None)
+    start = restore(trainer, path, weights_only=resume is None, verified=True)
     log.info("%s from %s (step %d)", "resumed" if resume else "initialized", path, start)
     if resume and world.Get_rank() == 0:
         _say_config_changes(path, trainer.cfg)
