@@ -9,12 +9,10 @@ Validation happens before any work, and every problem becomes one
 from __future__ import annotations
 
 import dataclasses
-import math
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Any, Literal
 
 import yaml
 
@@ -24,7 +22,8 @@ from mgrit_nn.methods.registry import (
     SECTIONS_OF_METHODS,
     method_doc,
 )
-from mgrit_nn.schema import opt
+from mgrit_nn.schema import coerce, did_you_mean, opt, out_of_bounds, type_error
+from mgrit_nn.schema import type_name as _type_name  # noqa: F401 (docs.py reads it here)
 
 
 class ConfigError(ValueError):
@@ -55,7 +54,7 @@ class ModelConfig:
 @dataclass
 class MgritConfig:
     levels: int = opt(10, "maximum number of levels; coarsening stops at min_coarse intervals",
-                      ge=1)
+                      ge=1, le=64)      # 64 levels of cfactor >= 2 need over 2^64 layers
     cfactor: int | list[int] = opt(4, "coarsening factor, one value or a list per level", ge=2)
     min_coarse: int = opt(2, "no level with fewer than this many intervals is created", ge=1)
     relax: Relax | list[Relax] = opt("FCF", "F | FCF | FCFCF, one value or a list per level")
@@ -105,7 +104,7 @@ class DataConfig:
     path: str | None = opt(None, "directory of the files of a file data set")
     n_train: int = opt(1000, "training samples (file sets: <= 0 means all)")
     n_val: int = opt(200, "validation samples", ge=0)
-    seed: int = opt(0, "seed of generation, splitting and shuffling")
+    seed: int = opt(0, "seed of generation, splitting and shuffling", ge=0)
     batch_size: int = opt(0, "mini-batch size; 0 means full batch", ge=0)
 
 
@@ -190,50 +189,21 @@ def _section_types() -> dict[str, dict[str, Any]]:
     return {name: typing.get_type_hints(cls) for name, cls in SECTIONS.items()}
 
 
-def _type_name(tp: Any) -> str:
-    origin = typing.get_origin(tp)
-    if origin is Literal:
-        return " | ".join(repr(a) for a in typing.get_args(tp))
-    if origin in (Union, types.UnionType):
-        return " or ".join(_type_name(a) for a in typing.get_args(tp))
-    if origin is list:
-        return f"list of {_type_name(typing.get_args(tp)[0])}"
-    if tp is type(None):
-        return "null"
-    return getattr(tp, "__name__", str(tp))
-
-
-def _coerce(value: Any, tp: Any) -> tuple[bool, Any]:
-    """Return (ok, value) with ints accepted for floats; bools are never numbers."""
-    origin = typing.get_origin(tp)
-    if origin is Literal:
-        return (value in typing.get_args(tp)), value
-    if origin in (Union, types.UnionType):
-        for arg in typing.get_args(tp):
-            ok, v = _coerce(value, arg)
-            if ok:
-                return True, v
-        return False, value
-    if origin is list:                # [] is a valid list (no milestones); per-level options
-        if not isinstance(value, list):   # are checked for emptiness in validate()
-            return False, value
-        (arg,) = typing.get_args(tp)
-        vals = [_coerce(v, arg) for v in value]
-        return all(ok for ok, _ in vals), [v for _, v in vals]
-    if tp is type(None):
-        return value is None, value
-    if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return True, float(value)
-        if isinstance(value, str):  # YAML 1.1 reads 1e-10 (no dot) as a string
-            try:
-                return True, float(value)
-            except ValueError:
-                return False, value
-        return False, value
-    if tp is int:
-        return isinstance(value, int) and not isinstance(value, bool), value
-    return isinstance(value, tp), value
+def _unknown(section: str, key: str | None, types: dict[str, dict[str, Any]]) -> str:
+    """An unknown section (``key`` None) or key, with the nearest known name: the same key in
+    another section, else a near miss (``model.widht``, ``modle``), else the known names."""
+    where = {k: f"{s}.{k}" for s in reversed(types) for k in types[s]}   # first section wins
+    if key is None:
+        hint = did_you_mean(section, list(types)) or \
+            (f"; did you mean '{where[section]}'?" if section in where else "")
+        known = f" (known: {', '.join(types)})"
+        return f"unknown config section '{section}'{hint or known}"
+    elsewhere = [f"{s}.{k}" for s in types for k in types[s] if k == key and s != section]
+    hint = (f"; did you mean {' or '.join(repr(e) for e in elsewhere)}?" if elsewhere else
+            did_you_mean(key, list(types[section]), {k: f"{section}.{k}" for k in types[section]})
+            or did_you_mean(key, list(where), where))
+    known = f" (known: {', '.join(types[section])})"
+    return f"unknown config key '{section}.{key}'{hint or known}"
 
 
 def build_config(raw: dict) -> Config:
@@ -246,21 +216,19 @@ def build_config(raw: dict) -> Config:
     sections = {}
     for name, values in raw.items():
         if name not in types:
-            raise ConfigError(f"unknown config section '{name}' (known: {', '.join(types)})")
+            raise ConfigError(_unknown(str(name), None, types))
         if values is None:
             values = {}
         if not isinstance(values, dict):
-            raise ConfigError(f"config section '{name}' must be a mapping of keys")
+            raise ConfigError(f"config section '{name}' must be a mapping of keys, got "
+                              f"{values!r}")
         kwargs = {}
         for key, value in values.items():
             if key not in types[name]:
-                known = ", ".join(types[name])
-                raise ConfigError(f"unknown config key '{name}.{key}' (known: {known})")
-            ok, v = _coerce(value, types[name][key])
+                raise ConfigError(_unknown(name, str(key), types))
+            ok, v = coerce(value, types[name][key])
             if not ok:
-                raise ConfigError(
-                    f"{name}.{key}: expected {_type_name(types[name][key])}, got {value!r}"
-                )
+                raise ConfigError(type_error(f"{name}.{key}", value, types[name][key]))
             kwargs[key] = v
         sections[name] = SECTIONS[name](**kwargs)
     return Config(**sections)
@@ -277,7 +245,8 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     try:
         parsed = yaml.safe_load(value) if value.strip() else None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"--set {key}: cannot parse value {value!r}: {exc}") from None
+        raise ConfigError(f"--set {key}: cannot parse value {value!r}: {_one_line(exc)}") \
+            from None
     return path, parsed
 
 
@@ -302,9 +271,12 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep)
 
 
-def load_config(path: str | None = None, overrides: list[str] = ()) -> Config:
-    """Read a YAML file (or nothing: defaults) and apply ``--set`` overrides."""
+def read_config(path: str | None = None,
+                overrides: list[str] = ()) -> tuple[Config, list[str]]:
+    """:func:`load_config`, and the warnings of a legal but suspicious input: an empty
+    file, a method's section that the chosen method does not read."""
     raw: dict = {}
+    notes = []
     if path is not None:
         p = Path(path)
         if p.is_dir():
@@ -312,12 +284,15 @@ def load_config(path: str | None = None, overrides: list[str] = ()) -> Config:
         if not p.is_file():
             raise ConfigError(f"config file not found: {path}")
         try:
-            raw = yaml.load(p.read_text(), Loader=_UniqueKeyLoader) or {}
+            raw = yaml.load(p.read_text(), Loader=_UniqueKeyLoader)
         except UnicodeDecodeError:
             raise ConfigError(f"config file {path} is not a text (YAML) file") from None
         except yaml.YAMLError as exc:
             raise ConfigError(f"config file {path} is not valid YAML: {_one_line(exc)}") \
                 from None
+        if raw is None:
+            notes.append(f"config file {path} is empty: every key takes its default")
+            raw = {}
         if not isinstance(raw, dict):
             raise ConfigError(f"config file {path}: the top level must be a mapping of sections")
     for text in overrides:
@@ -326,7 +301,16 @@ def load_config(path: str | None = None, overrides: list[str] = ()) -> Config:
         if not isinstance(sec, dict):
             raise ConfigError(f"config section '{section}' must be a mapping of keys")
         sec[key] = value
-    return build_config(raw)
+    cfg = build_config(raw)
+    method = cfg.train.method
+    notes += [f"{s}: set, but train.method {method} does not read it (its keys have no effect)"
+              for s in raw if s in SECTIONS_OF_METHODS and s != METHODS[method].section]
+    return cfg, notes
+
+
+def load_config(path: str | None = None, overrides: list[str] = ()) -> Config:
+    """Read a YAML file (or nothing: defaults) and apply ``--set`` overrides."""
+    return read_config(path, overrides)[0]
 
 
 def at_level(value: Any, l: int) -> Any:
@@ -340,30 +324,12 @@ def per_level(value: Any, n: int) -> list:
     return [at_level(value, l) for l in range(n)]
 
 
-def _out_of_bounds(section: str, obj) -> list[tuple[bool, str, str]]:
-    """The ``ge``/``gt`` bounds of a section's field declarations (and: no float is inf or
-    nan), as checks."""
-    out = []
-    for f in dataclasses.fields(obj):
-        value, ge, gt = getattr(obj, f.name), f.metadata.get("ge"), f.metadata.get("gt")
-        numbers = [v for v in (value if isinstance(value, list) else [value]) if v is not None]
-        out.append((all(math.isfinite(v) for v in numbers if isinstance(v, float)),
-                    f"{section}.{f.name}", f"must be a finite number, got {value}"))
-        if ge is not None:
-            out.append((all(v >= ge for v in numbers), f"{section}.{f.name}",
-                        f"must be >= {ge:g}, got {value}"))
-        if gt is not None:
-            out.append((all(v > gt for v in numbers), f"{section}.{f.name}",
-                        f"must be > {gt:g}{' (or null)' if f.default is None else ''}, "
-                        f"got {value}"))
-    return out
-
-
 def validate(cfg: Config, ranks: int) -> None:
     """Impossible values, checked before any work; raises one ConfigError. Bounds come from
     the field declarations (a method's own section only when it runs), cross-field checks
     from here and from the method's registry entry."""
     from mgrit_nn.data import check_data
+    from mgrit_nn.memory import ALL_SAMPLES, memory_problem
 
     d, t, D = cfg.data, cfg.train, cfg.parallel.data_replicas
     spec = METHODS[t.method]
@@ -371,7 +337,7 @@ def validate(cfg: Config, ranks: int) -> None:
     for name in SECTIONS:
         if name not in SECTIONS_OF_METHODS or name == spec.section:
             sec = cfg.adjoint.resolved(cfg.mgrit) if name == "adjoint" else getattr(cfg, name)
-            checks += _out_of_bounds(name, sec)
+            checks += out_of_bounds(name, sec)
     layer_ranks = ranks // D if D >= 1 and ranks % D == 0 else ranks
     checks += [
         (D < 1 or ranks % D == 0, "parallel.data_replicas",
@@ -382,6 +348,8 @@ def validate(cfg: Config, ranks: int) -> None:
          f"a batch of {d.batch_size} cannot be shared by {D} replicas"),
         (d.n_train <= 0 or d.batch_size <= d.n_train, "data.batch_size",
          f"{d.batch_size} is more than data.n_train = {d.n_train} (0: full batch)"),
+        (d.n_train >= 1 or d.name in ALL_SAMPLES, "data.n_train",
+         f"must be >= 1 for the generated set '{d.name}' (<= 0 means all only for file sets)"),
         (layer_ranks <= cfg.model.layers + 1, "model.layers",
          f"{layer_ranks} ranks need at least {layer_ranks - 1} layers "
          f"(N+1 = {cfg.model.layers + 1} points, one or more per rank)"),
@@ -394,6 +362,9 @@ def validate(cfg: Config, ranks: int) -> None:
     for ok, key, msg in checks:
         if not ok:
             raise ConfigError(f"{key}: {msg}")
+    memory = memory_problem(cfg, ranks)
+    if memory is not None:
+        raise ConfigError(f"{memory[0]}: {memory[1]}")
     problem = check_data(d.name, d.path)
     if problem is not None:
         raise ConfigError(f"data: {problem}")

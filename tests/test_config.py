@@ -130,3 +130,69 @@ def test_a_binary_config_file_is_named(tmp_path):
     with pytest.raises(ConfigError, match=f"config file {path} is not a text"):
         load_config(str(path))
 
+
+
+@pytest.mark.parametrize("overrides,needle", [
+    (["model.widht=3"], "unknown config key 'model.widht'; did you mean 'model.width'?"),
+    (["modle.width=3"], "unknown config section 'modle'; did you mean 'model'?"),
+    (["model.lr=0.1"], "did you mean 'train.lr' or 'critic.lr'?"),
+    (["model.momentun=0.1"], "did you mean 'train.momentum'?"),
+    (["train.method=oneshoot"], "got 'oneshoot'; did you mean 'oneshot'?"),
+    (["train.optimizer=Adam"], "did you mean 'adam'?"),
+    (["mgrit.relax=[FCF, FFC]"], "got ['FCF', 'FFC']; did you mean 'FCF'?"),
+    (["model.seed=100000000000000000000000"], "model.seed: 100000000000000000000000 does not "
+                                              "fit a 64-bit integer"),
+    (["model.seed=1.0e+23"], "model.seed: expected int, got 1e+23"),
+])
+def test_near_misses_are_named_in_one_line(overrides, needle):
+    with pytest.raises(ConfigError) as e:
+        load_config(None, overrides)
+    assert needle in str(e.value) and "\n" not in str(e.value), str(e.value)
+
+
+def test_no_far_fetched_suggestion():
+    with pytest.raises(ConfigError) as e:
+        load_config(None, ["model.depth=3"])
+    assert "did you mean" not in str(e.value) and "(known: kind, layers" in str(e.value)
+
+
+@pytest.mark.parametrize("overrides,needle", [
+    (["mgrit.levels=65"], "mgrit.levels: must be <= 64"),
+    (["data.seed=-1"], "data.seed: must be >= 0"),
+    (["data.n_train=0"], "data.n_train: must be >= 1 for the generated set 'peaks'"),
+    (["model.width=1000000"], "model.width: needs about"),
+    (["model.layers=100000000"], "model.layers: needs about"),
+    (["data.n_train=10000000000"], "data.n_train: needs about"),
+    (["data.name=digits", "model.kind=conv", "model.channels=100000"], "model.channels: "),
+])
+def test_values_refused_before_any_work(overrides, needle):
+    with pytest.raises(ConfigError, match=needle):
+        validate(load_config(None, overrides), 2)
+
+
+def test_memory_estimate_terms_and_what_fits():
+    from mgrit_nn.memory import estimate_memory, machine_memory
+
+    cfg = load_config(str(ROOT / "configs/peaks.yaml"))
+    terms = estimate_memory(cfg, 1)
+    assert set(terms) == {"weights", "states", "warm start", "data"}
+    # 65 points x 5000 samples x width 8 x 8 bytes, twice for the warm start
+    assert terms["states"] == 65 * 5000 * 8 * 8 and terms["warm start"] == 2 * terms["states"]
+    assert estimate_memory(cfg, 4)["states"] == 17 * 5000 * 8 * 8      # ceil(65 / 4) points
+    assert 0 < sum(terms.values()) < machine_memory()
+    wide = load_config(None, ["model.width=1000000"])
+    assert max(estimate_memory(wide), key=estimate_memory(wide).get) == "weights"
+
+
+def test_warnings_of_legal_but_suspicious_configs(tmp_path):
+    from mgrit_nn.config import read_config
+
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("# nothing\n")
+    cfg, notes = read_config(str(empty))
+    assert cfg == load_config(None) and notes == [f"config file {empty} is empty: every key "
+                                                  "takes its default"]
+    _, notes = read_config(None, ["penalty.beta=-1"])
+    assert notes == ["penalty: set, but train.method oneshot does not read it (its keys have "
+                     "no effect)"]
+    assert read_config(None, ["train.method=penalty", "penalty.beta=2"])[1] == []
