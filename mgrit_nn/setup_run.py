@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 
@@ -9,7 +10,7 @@ import torch
 from mpi4py import MPI
 
 from mgrit_nn.comm import Messenger
-from mgrit_nn.config import Config, ConfigError, load_config, validate
+from mgrit_nn.config import Config, ConfigError, read_config, validate
 from mgrit_nn.data import Dataset, load_dataset
 from mgrit_nn.model.init import Shapes, shapes
 from mgrit_nn.model.parallel import ParallelResNet
@@ -59,7 +60,7 @@ def setup(config_path: str | None, overrides: list[str], comm: MPI.Comm | None =
     def build():   # no collective calls in here: a rank may fail while others go on
         if check is not None:
             check()
-        cfg = load_config(config_path, overrides)
+        cfg, notes = read_config(config_path, overrides)
         validate(cfg, comm.Get_size())
         if cfg.runtime.device == "cuda" and not torch.cuda.is_available():
             raise ConfigError("runtime.device: cuda requested but no CUDA device is visible")
@@ -68,9 +69,11 @@ def setup(config_path: str | None, overrides: list[str], comm: MPI.Comm | None =
             data = load_dataset(d.name, d.path, d.n_train, d.n_val, d.seed)
         except ValueError as exc:
             raise ConfigError(f"data: {exc}") from None
-        return cfg, data, shapes(cfg.model, data.input_shape, data.n_classes)
+        return cfg, notes, data, shapes(cfg.model, data.input_shape, data.n_classes)
 
-    cfg, data, shp = agree_on_config(build, comm)
+    cfg, notes, data, shp = agree_on_config(build, comm)
+    for note in notes if comm.Get_rank() == 0 else ():    # legal but suspicious: once
+        logging.getLogger("mgrit_nn.config").warning("config warning: %s", note)
     device = select_device(cfg.runtime.device, comm)
     layer_comm, data_comm = split_replicas(comm, cfg.parallel.data_replicas)
     torch.set_num_threads(_threads(cfg))
