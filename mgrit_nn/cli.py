@@ -143,6 +143,9 @@ def _check_args(args) -> None:
     if out is not None and not out.strip():
         raise ConfigError("--out: the output folder is an empty path (leave --out out for "
                           "the default out/<config name>)")
+    if getattr(args, "overwrite", False) and getattr(args, "resume", None):
+        raise ConfigError("--overwrite deletes the run that --resume would continue: give one "
+                          "of them")
 
 
 def main(argv: list[str] | None = None) -> int:
