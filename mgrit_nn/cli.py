@@ -182,7 +182,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "check":
             from mgrit_nn.commands.check import check
 
-            out = check(run)
+            out, passed = check(run)
+            code = 0 if passed else 1
         elif args.command == "bench":
             from mgrit_nn.commands.bench import bench
 
