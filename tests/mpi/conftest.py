@@ -6,6 +6,7 @@ failure fails on every rank at once and never leaves ranks waiting.
 
 from __future__ import annotations
 
+import pytest
 import torch
 from mpi4py import MPI
 
@@ -15,6 +16,17 @@ from mgrit_nn.setup_run import setup
 
 WORLD = MPI.COMM_WORLD
 node_ranks()            # collective on first call: every rank, before any sub-communicator
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_configure(config):
+    """No "MPI Information" block (20 lines per rank) at the end of every run: pytest-mpi
+    prints it when its plugin object's flag is set in its own pytest_configure, before this."""
+    import pytest_mpi
+
+    for plugin in config.pluginmanager.get_plugins():
+        if isinstance(plugin, pytest_mpi.MPIPlugin):
+            plugin._is_testing_mpi = False
 
 
 def sets(**kw) -> list[str]:
