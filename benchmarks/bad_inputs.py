@@ -474,6 +474,23 @@ def classify(case: Case, rc: int | None, stderr: str, stdout: str, tmp: Path) ->
     return "clear"
 
 
+def _spawn(cmd: list[str], env: dict, timeout: float) -> tuple[int | None, str, str]:
+    """(exit status or None after the timeout, stdout, stderr) of one command; the whole
+    process group is killed at the timeout."""
+    try:
+        p = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, start_new_session=True)
+    except BlockingIOError as exc:
+        return -1, "", f"probe: cannot start the command: {exc}"
+    try:
+        stdout, stderr = p.communicate(timeout=timeout)
+        return p.returncode, stdout, stderr
+    except subprocess.TimeoutExpired:
+        os.killpg(p.pid, signal.SIGKILL)
+        stdout, stderr = p.communicate()
+        return None, stdout, stderr
+
+
 def run_case(case: Case, root: Path, timeout: float) -> dict:
     tmp = Path(tempfile.mkdtemp(prefix="case_", dir=root))
     if case.setup:
@@ -482,15 +499,11 @@ def run_case(case: Case, root: Path, timeout: float) -> dict:
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
     env.pop("MGRIT_NN_TRACEBACK", None)
     t0 = time.perf_counter()
-    p = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                         text=True, start_new_session=True)
-    try:
-        stdout, stderr = p.communicate(timeout=timeout)
-        rc = p.returncode
-    except subprocess.TimeoutExpired:
-        os.killpg(p.pid, signal.SIGKILL)
-        stdout, stderr = p.communicate()
-        rc = None
+    for attempt in range(4):         # a busy machine may refuse a fork (EAGAIN): try again
+        rc, stdout, stderr = _spawn(cmd, env, timeout)
+        if "Resource temporarily unavailable" not in stderr or attempt == 3:
+            break
+        time.sleep(10)
     cls = classify(case, rc, stderr, stdout, tmp)
     said = [ln for ln in stderr.splitlines() if ln.strip() and not LOG_LINE.match(ln)]
     first = (said or [ln for ln in stderr.splitlines() if ln.strip()] or [""])[0]
@@ -523,8 +536,13 @@ def main() -> int:
     ap.add_argument("--timeout", type=float, default=60.0, help="seconds before a 'hang'")
     ap.add_argument("--json", default=None, help="also write the results as JSON")
     ap.add_argument("--list", action="store_true", help="list the cases and exit")
+    ap.add_argument("--again", action="store_true",
+                    help="keep the results already in --json, run only the other cases")
     args = ap.parse_args()
     cases = [c for c in all_cases() if args.only is None or re.search(args.only, c.name)]
+    done = json.loads(Path(args.json).read_text()) if args.again and args.json and \
+        Path(args.json).is_file() else []
+    cases = [c for c in cases if c.name not in {r["case"] for r in done}]
     if args.list:
         print("\n".join(f"{c.name}: mgrit_nn {' '.join(c.args)}" for c in cases))
         return 0
@@ -533,12 +551,14 @@ def main() -> int:
 
     with ThreadPoolExecutor(max(1, args.jobs)) as pool:
         futures = [pool.submit(run_case, c, root, args.timeout) for c in cases]
-        results = []
+        results = list(done)
         for i, fut in enumerate(futures):
             results.append(fut.result())
             r = results[-1]
             print(f"[{i + 1}/{len(cases)}] {r['class']:>17}  {r['case']}", file=sys.stderr,
                   flush=True)
+            if args.json:                    # what is done survives an interrupted probe
+                Path(args.json).write_text(json.dumps(results, indent=1))
     shutil.rmtree(root, ignore_errors=True)
     print(table(results))
     if args.json:
