@@ -43,12 +43,22 @@ class Run:
                               compile_step=c.runtime.compile)
 
 
-def _threads(cfg: Config) -> int:
-    """runtime.threads, or the node's cores shared by all ranks on the node (of the whole
-    job, not of the communicator the run uses: oversubscribed threads spin and stall)."""
+def _threads(cfg: Config, comm: MPI.Comm) -> int:
+    """runtime.threads, or (0) the node's cores shared by all ranks on the node: the cores
+    the node's ranks may use (the union of their affinity sets) over the ranks of the whole
+    job on the node (not only of the communicator the run uses: oversubscribed threads spin
+    and stall); at least 1 and never more than the cores this process may use (a launcher
+    that binds every rank to its own cores gives each its share)."""
     if cfg.runtime.threads > 0:
         return cfg.runtime.threads
-    return max(1, (os.cpu_count() or 1) // node_ranks())
+    mine = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") \
+        else set(range(os.cpu_count() or 1))               # macOS: no affinity sets
+    local = comm.Split_type(MPI.COMM_TYPE_SHARED)
+    try:
+        node = set().union(*local.allgather(sorted(mine)))
+    finally:
+        local.Free()
+    return max(1, min(len(mine), len(node) // node_ranks()))
 
 
 def setup(config_path: str | None, overrides: list[str], comm: MPI.Comm | None = None,
@@ -76,7 +86,7 @@ def setup(config_path: str | None, overrides: list[str], comm: MPI.Comm | None =
         logging.getLogger("mgrit_nn.config").warning("config warning: %s", note)
     device = select_device(cfg.runtime.device, comm)
     layer_comm, data_comm = split_replicas(comm, cfg.parallel.data_replicas)
-    torch.set_num_threads(_threads(cfg))
+    torch.set_num_threads(_threads(cfg, comm))
     aware = device.type == "cuda" and cuda_aware_mpi(cfg.runtime.cuda_aware)
     return Run(cfg, Messenger(layer_comm, aware), Messenger(data_comm, aware), comm, device,
                DTYPES[cfg.runtime.dtype], data, shp)

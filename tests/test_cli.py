@@ -81,3 +81,53 @@ def test_check_keeps_the_float64_tolerance_unless_it_is_below_round_off():
     out = last_json(p)
     assert 1e-300 < out["fwd_tol"] < 1e-11 and out["passed"]
     assert "tol 1e-300 raised to the float64 rounding floor" in p.stderr
+
+
+# -- runtime.threads: 0, the torch threads of a rank -------------------------------------------
+class _Node:
+    """A stand-in communicator: the affinity sets of the job's ranks on this node."""
+
+    def __init__(self, sets: list[list[int]]) -> None:
+        self.sets = sets
+
+    def Split_type(self, kind):
+        return self
+
+    def allgather(self, mine):
+        return self.sets
+
+    def Free(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("mine,node,ranks,cpus,want", [
+    ({0, 1}, [[0, 1], [0, 1]], 2, 2, 1),                 # 2 unbound ranks on 2 cores
+    ({0, 1}, [[0, 1], [0, 1]], 2, 64, 1),                # a container's 2 cores of 64
+    ({3}, [[3]], 1, 64, 1),                              # taskset -c 3: one core, one process
+    (set(range(4)), [list(range(4))], 1, 4, 4),          # one rank alone: all it may use
+    ({0, 1}, [[0, 1]] * 4, 4, 2, 1),                     # more ranks than cores: at least 1
+    (set(range(8)), [list(range(8 * k, 8 * k + 8)) for k in range(4)], 4, 32, 8),  # bound
+    (set(range(16)), [list(range(16))] * 2 + [list(range(16, 32))] * 2, 4, 32, 8),  # socket
+])
+def test_default_threads_never_oversubscribe(monkeypatch, mine, node, ranks, cpus, want):
+    from types import SimpleNamespace
+
+    from mgrit_nn import setup_run
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(mine), raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: cpus)
+    monkeypatch.setattr(setup_run, "node_ranks", lambda: ranks)
+    cfg = SimpleNamespace(runtime=SimpleNamespace(threads=0))
+    assert setup_run._threads(cfg, _Node(node)) == want
+    cfg.runtime.threads = 3                              # given: taken as it is
+    assert setup_run._threads(cfg, _Node(node)) == 3
+
+
+@pytest.mark.skipif(shutil.which("taskset") is None, reason="no taskset here")
+def test_one_process_pinned_to_one_core_takes_one_thread():
+    code = ("import torch; from mgrit_nn.setup_run import setup; "
+            "setup(None, ['data.n_train=8', 'data.n_val=0']); print(torch.get_num_threads())")
+    p = subprocess.run(["taskset", "-c", "0", sys.executable, "-c", code], cwd=ROOT,
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.split() == ["1"]
