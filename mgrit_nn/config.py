@@ -153,7 +153,8 @@ class ParallelConfig:
 class RuntimeConfig:
     dtype: Literal["float32", "float64"] = opt("float64", "dtype of states, weights and messages")
     device: Literal["auto", "cpu", "cuda"] = opt("auto", "auto: node-local rank's GPU, else CPU")
-    threads: int = opt(0, "torch threads per rank; 0: cores / ranks on the node", ge=0)
+    threads: int = opt(0, "torch threads per rank; 0: cores / ranks on the node", ge=0,
+                       le=4096)     # more than any node has; 10^6 crashed torch (SIGSEGV)
     cuda_aware: bool | None = opt(None, "MPI sends GPU memory directly; null: ask the MPI "
                                   "library (else staged through pinned host buffers)")
     compile: bool = opt(False, "torch.compile the forward step of the MGRIT relaxation "

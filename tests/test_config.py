@@ -158,6 +158,7 @@ def test_no_far_fetched_suggestion():
 
 @pytest.mark.parametrize("overrides,needle", [
     (["mgrit.levels=65"], "mgrit.levels: must be <= 64"),
+    (["runtime.threads=1000000"], "runtime.threads: must be <= 4096"),
     (["data.seed=-1"], "data.seed: must be >= 0"),
     (["data.n_train=0"], "data.n_train: must be >= 1 for the generated set 'peaks'"),
     (["model.width=1000000"], "model.width: needs about"),
