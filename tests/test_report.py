@@ -155,8 +155,8 @@ def test_study_report_with_a_failed_and_a_missing_rank_count(tmp_path):
             (d / "bench.json").write_text(json.dumps({
                 "ranks": p, "layers": 64, "serial_grad_s": 1.0, "oneshot_grad_s": t,
                 "ratio_oneshot": t, "mgrit_grad_s": 3 * t, "span_speedup_oneshot": 0.4 * p,
-                "span_speedup_mgrit": 0.2 * p, "machine": {"cpus": 2, "platform": "test"},
-                "device": "cpu"}))
+                "span_speedup_mgrit": 0.2 * p, "device": "cpu",
+                "machine": {"cpus": 2, "platform": "test", "threads": 1}}))
             write_run(d, "oneshot", p, step_time=0.2 / p)
     (study / "study.json").write_text(json.dumps({"kind": "strong", "config": "peaks.yaml",
                                                   "set": [], "ranks": [1, 2, 4, 8],
@@ -165,9 +165,32 @@ def test_study_report_with_a_failed_and_a_missing_rank_count(tmp_path):
     assert {"runtime.png", "speedup.png", "efficiency.png", "training.png", "residuals.png",
             "timing.png", "report.md"} <= written
     md = (study / "report.md").read_text()
-    assert "| 1 | 64 | ok | 1 | 4 | 1 | 1 | 1 |" in md
-    assert "| 2 | 64 | ok | 1 | 2.2 | 1.82 | 0.909 | 2 |" in md
-    assert "| 4 | 64 | failed: train exit 1: mgrit-nn: rank 3/4 failed: boom |" in md
-    assert "| 8 | 64 | submitted (job 77); no bench.json; no history.h5 |" in md
-    assert "| 2 | 64 | ok | 20 | 0.1 | 2 | 1 |" in md                   # training step times
+    assert "| ranks | N | threads/rank | status | serial [s] |" in md
+    assert "| 1 | 64 | 1 | ok | 1 | 4 | 1 | 1 | 1 |" in md
+    assert "| 2 | 64 | 1 | ok | 1 | 2.2 | 1.82 | 0.909 | 2 |" in md
+    assert "| 4 | 64 | – | failed: train exit 1: mgrit-nn: rank 3/4 failed: boom |" in md
+    assert "| 8 | 64 | – | submitted (job 77); no bench.json; no history.h5 |" in md
+    assert "| 2 | 64 | 1 | ok | 20 | 0.1 | 2 | 1 |" in md               # training step times
     assert "Oversubscribed:** 4, 8 ranks on 2 cores" in md
+    assert "Threads per rank: 1 at every rank count" in md
+
+
+def test_report_says_when_threads_per_rank_differ(tmp_path):
+    """A study whose rank counts ran with different torch threads per rank (as when
+    runtime.threads was 0 and every run took cores / P) does not compare P alone."""
+    study = tmp_path / "study"
+    runs = {}
+    for p, threads in ((1, 2), (2, 1)):
+        d = study / f"ranks_{p:04d}"
+        d.mkdir(parents=True)
+        runs[str(p)] = {"folder": d.name, "layers": 64, "status": "ok"}
+        (d / "bench.json").write_text(json.dumps({
+            "ranks": p, "layers": 64, "serial_grad_s": 1.0, "oneshot_grad_s": 1.0 / p,
+            "device": "cpu", "machine": {"cpus": 2, "threads": threads}}))
+    (study / "study.json").write_text(json.dumps({"kind": "strong", "config": "peaks.yaml",
+                                                  "set": [], "ranks": [1, 2], "runs": runs}))
+    report(study)
+    md = (study / "report.md").read_text()
+    assert "**Threads per rank differ** (P = 1: 2, P = 2: 1)" in md
+    assert "| 1 | 64 | 2 | no history.h5 |" in md and "| 2 | 64 | 1 | no history.h5 |" in md
+    assert "at every rank count" not in md

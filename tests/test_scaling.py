@@ -13,7 +13,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mgrit_nn.commands.scaling import StudyError, launcher_command, layers_for, parse_ranks, prepare
+from mgrit_nn.commands.scaling import (
+    StudyError,
+    launcher_command,
+    layers_for,
+    parse_ranks,
+    prepare,
+    threads_per_rank,
+)
 from mgrit_nn.config import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -78,6 +85,25 @@ def test_weak_study_folders_configs_and_jobs(tmp_path):
     assert sorted(d.name for d in study.glob("ranks_*")) == ["ranks_0001", "ranks_0002"]
 
 
+def test_every_run_of_a_study_has_the_same_threads_per_rank(tmp_path, monkeypatch):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
+    assert threads_per_rank([1, 2, 4], True, {}) == 2            # 8 cores / the largest P
+    assert threads_per_rank([1, 16], True, {}) == 1              # at least one
+    assert threads_per_rank([1, 2, 4], False, {}) == 1           # jobs: CPUS_PER_TASK's default
+    assert threads_per_rank([1, 2, 4], False, {"CPUS_PER_TASK": "4"}) == 4
+    with pytest.raises(StudyError, match="CPUS_PER_TASK"):
+        threads_per_rank([1, 2], False, {"CPUS_PER_TASK": "0"})
+    points = prepare(PEAKS, "strong", [1, 2, 4], tmp_path / "a", threads=2)
+    assert [yaml.safe_load(p.config.read_text())["runtime"]["threads"] for p in points] == \
+        [2, 2, 2]
+    assert json.loads((tmp_path / "a" / "study.json").read_text())["threads"] == 2
+    # the config's own (here from --set) wins, for every run
+    points = prepare(PEAKS, "weak", [1, 2], tmp_path / "b", sets=["runtime.threads=3"],
+                     threads=2)
+    assert [yaml.safe_load(p.config.read_text())["runtime"]["threads"] for p in points] == [3, 3]
+    assert json.loads((tmp_path / "b" / "study.json").read_text())["threads"] == 3
+
+
 def test_impossible_rank_count_is_one_message_before_anything_is_written(tmp_path):
     with pytest.raises(ConfigError, match="9 ranks, N = 4: model.layers"):
         prepare(PEAKS, "strong", [1, 9], tmp_path / "s", sets=["model.layers=4"])
@@ -128,7 +154,7 @@ def test_failing_or_hanging_runs_are_reported_and_exit_nonzero(tmp_path, mode, n
     r = cli("report", str(study))                # a study without any data still reports
     assert r.returncode == 0, r.stderr
     table = (study / "report.md").read_text()
-    assert "| 2 | 8 | failed: bench exit" in table
+    assert "| 2 | 8 | – | failed: bench exit" in table
 
 
 def test_local_strong_study_then_report(tmp_path):
@@ -138,10 +164,12 @@ def test_local_strong_study_then_report(tmp_path):
             "--out", str(study), *TINY)
     assert p.returncode == 0, p.stderr
     assert json.loads(p.stdout.strip().splitlines()[-1])["failed"] == []
+    threads = max(1, len(os.sched_getaffinity(0)) // 2)     # the cores here / the largest P
     for n in (1, 2):
         d = study / f"ranks_{n:04d}"
         bench = json.loads((d / "bench.json").read_text())
         assert bench["ranks"] == n and bench["layers"] == 8 and bench["oneshot_grad_s"] > 0
+        assert bench["machine"]["threads"] == threads           # the same on 1 and 2 ranks
         assert json.loads((d / "result.json").read_text())["steps"] == 3
         assert (d / "history.h5").is_file() and "$ " in (d / "run.log").read_text()
     r = cli("report", str(study))
@@ -155,14 +183,16 @@ def test_local_strong_study_then_report(tmp_path):
     md = (study / "report.md").read_text()
     gradient, training = md.split("## Training")
     for n in (1, 2):
-        assert f"\n| {n} | 8 | ok |" in gradient and f"\n| {n} | 8 | ok | 3 |" in training
-    assert "\n| 1 | 8 | ok | " in gradient and "| 1 | 1 | 1 |" in gradient   # P_ref row
+        assert f"\n| {n} | 8 | {threads} | ok |" in gradient
+        assert f"\n| {n} | 8 | {threads} | ok | 3 |" in training
+    assert "| 1 | 1 | 1 |" in gradient.split("\n| 1 | 8 |")[1].split("\n")[0]   # P_ref row
+    assert f"Threads per rank: {threads} at every rank count" in md
     # a rank count whose run is gone: the report says so instead of failing
     shutil.rmtree(study / "ranks_0002")
     r = cli("report", str(study), "--out", str(tmp_path / "again"))
     assert r.returncode == 0, r.stderr
     md = (tmp_path / "again" / "report.md").read_text()
-    assert "| 2 | 8 | no bench.json; no history.h5 |" in md
+    assert "| 2 | 8 | – | no bench.json; no history.h5 |" in md
 
 
 def test_terminating_the_driver_stops_the_running_ranks(tmp_path):

@@ -184,3 +184,12 @@ def point_status(pt: StudyPoint) -> str:
     lead = {"submitted": f"submitted (job {pt.job_id})", "generated": "not run"}.get(
         pt.status, "" if pt.status == "ok" else pt.status)
     return "; ".join([s for s in [lead] if s] + pt.problems)
+
+
+def point_threads(pt: StudyPoint) -> int | None:
+    """The torch threads per rank of a rank count: what its bench measured with, else the
+    runtime.threads of its run's config (None: not known, or 0 = chosen at run time)."""
+    threads = ((pt.bench or {}).get("machine") or {}).get("threads")
+    if threads is None and pt.run is not None:
+        threads = (pt.run.config.get("runtime") or {}).get("threads") or None
+    return int(threads) if threads is not None else None

@@ -26,6 +26,7 @@ from mgrit_nn.analysis.load import (
     load_run,
     load_study,
     point_status,
+    point_threads,
 )
 
 GRADIENTS = {"oneshot_grad_s": "one-shot gradient", "mgrit_grad_s": "exact MGRIT gradient"}
@@ -180,6 +181,14 @@ def _machine_lines(pts) -> list[str]:
         if over and bench.get("device", "cpu") == "cpu":
             lines += [f"**Oversubscribed:** {', '.join(map(str, over))} ranks on {cpus} cores; "
                       "waiting ranks busy-poll, so those times do not measure scaling.", ""]
+    threads = {p.ranks: point_threads(p) for p in pts if point_threads(p) is not None}
+    if len(set(threads.values())) == 1:
+        lines += [f"Threads per rank: {next(iter(threads.values()))} at every rank count (the "
+                  "cores per rank held fixed: the times change with P only).", ""]
+    elif threads:
+        each = ", ".join(f"P = {p}: {t}" for p, t in threads.items())
+        lines += [f"**Threads per rank differ** ({each}): the times change with the cores per "
+                  "rank too, not only with P.", ""]
     return lines
 
 
@@ -190,18 +199,18 @@ def _training_table(pts, train: dict) -> list[str]:
     for p in pts:
         r, m = p.run, train.get(p.ranks, {})
         if r is None or not r.n_steps:
-            rows.append([p.ranks, p.layers, point_status(p)] + ["–"] * 9)
+            rows.append([p.ranks, p.layers, point_threads(p), point_status(p)] + ["–"] * 9)
             continue
         res = r.result or {}
         tim = {c: float(np.nansum(r.timing[c])) for c in r.timing} if r.timing else {}
         total = sum(tim.values())
         share = (tim.get("comm", 0) + tim.get("wait", 0)) / total if total > 0 else None
-        rows.append([p.ranks, p.layers, point_status(p), r.n_steps, m.get("time"),
-                     m.get("speedup"), m.get("efficiency"), res.get("wall_time_s"),
-                     float(r.steps["loss"][-1]), res.get("val_accuracy"),
-                     _iters(r), share])
-    lines += _table(["ranks", "N", "status", "steps", "step time [s]", "speed-up",
-                     "efficiency", "wall time [s]", "final loss", "val accuracy",
+        rows.append([p.ranks, p.layers, point_threads(p), point_status(p), r.n_steps,
+                     m.get("time"), m.get("speedup"), m.get("efficiency"),
+                     res.get("wall_time_s"), float(r.steps["loss"][-1]),
+                     res.get("val_accuracy"), _iters(r), share])
+    lines += _table(["ranks", "N", "threads/rank", "status", "steps", "step time [s]",
+                     "speed-up", "efficiency", "wall time [s]", "final loss", "val accuracy",
                      "fwd+adj iterations / step", "comm+wait share"], rows)
     if train:
         lines += ["", f"Step time: median over the steps after the first; reference P_ref = "
@@ -220,7 +229,7 @@ def _write_study_md(study: Study, grads: dict, train: dict, out: Path, title: st
     lines += _machine_lines(pts)
     ref = {k: min(v) for k, v in grads.items()}
     lines += ["## Gradient (`mgrit-nn bench`)", ""]
-    header = ["ranks", "N", "status", "serial [s]"]
+    header = ["ranks", "N", "threads/rank", "status", "serial [s]"]
     for k in GRADIENTS:
         if k in grads:
             short = GRADIENTS[k].replace(" gradient", "")
@@ -230,7 +239,7 @@ def _write_study_md(study: Study, grads: dict, train: dict, out: Path, title: st
     rows = []
     for p in pts:
         b = p.bench or {}
-        row = [p.ranks, p.layers, point_status(p), b.get("serial_grad_s")]
+        row = [p.ranks, p.layers, point_threads(p), point_status(p), b.get("serial_grad_s")]
         for k in GRADIENTS:
             if k in grads:
                 m = grads[k].get(p.ranks, {})

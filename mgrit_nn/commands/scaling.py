@@ -6,7 +6,10 @@ last line of ``mgrit-nn bench``), ``history.h5``, ``result.json``, ``checkpoints
 the log. ``study.json`` records what was asked and how every run ended; ``mgrit-nn
 report`` reads it.
 
-strong: every P trains the N of the config. weak: N = layers_per_rank x P.
+strong: every P trains the N of the config. weak: N = layers_per_rank x P. Every run of a
+study has the same torch threads per rank (``runtime.threads`` in every derived config, unless
+the config or ``--set`` gives one): here (``--local``) the cores this process may use over the
+largest P, in jobs the template's ``CPUS_PER_TASK``; so the times change with P only.
 """
 
 from __future__ import annotations
@@ -79,11 +82,13 @@ def layers_for(kind: str, ranks: list[int], config_layers: int,
 
 
 def derived_config(config: str, sets: list[str], layers: int, ranks: int,
-                   steps: int | None) -> str:
-    """The YAML of one run of the study: the config file's settings, the overrides, N and
-    the steps (not the fully resolved config: only what the study sets), validated for P."""
+                   steps: int | None, threads: int | None = None) -> str:
+    """The YAML of one run of the study: the config file's settings, the overrides, N, the
+    steps and the threads per rank (not the fully resolved config: only what the study sets),
+    validated for P."""
     raw = yaml.safe_load(Path(config).read_text()) or {}
-    extra = [f"model.layers={layers}"] + ([f"train.steps={steps}"] if steps is not None else [])
+    extra = [f"model.layers={layers}"] + ([f"train.steps={steps}"] if steps is not None else []) \
+        + ([f"runtime.threads={threads}"] if threads is not None else [])
     for text in list(sets) + extra:
         (section, key), value = parse_override(text)
         if raw.get(section) is None:
@@ -100,11 +105,28 @@ def derived_config(config: str, sets: list[str], layers: int, ranks: int,
     return head + yaml.safe_dump(raw, sort_keys=False)
 
 
+def threads_per_rank(ranks: list[int], local: bool, job_vars: dict[str, str]) -> int:
+    """The torch threads of every rank in every run: ``--local``, the cores this process may
+    use over the largest rank count (at least 1); jobs, the template's CPUS_PER_TASK."""
+    if local:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") \
+            else os.cpu_count() or 1
+        return max(1, cores // max(ranks))
+    from mgrit_nn.commands.job import DEFAULTS
+
+    value = job_vars.get("CPUS_PER_TASK", DEFAULTS["CPUS_PER_TASK"])
+    if not value.isdigit() or int(value) < 1:
+        raise StudyError(f"--var CPUS_PER_TASK={value!r}: expected a positive integer")
+    return int(value)
+
+
 def prepare(config: str, kind: str, ranks: list[int], study: Path, *,
             layers_per_rank: int | None = None, sets: list[str] = (), steps: int | None = None,
             template: str = "cpu", job_vars: dict[str, str] | None = None,
-            ranks_per_node: int | None = None, force: bool = False) -> list[Point]:
-    """Write the study folder: derived configs, job scripts, study.json. Nothing runs."""
+            ranks_per_node: int | None = None, force: bool = False,
+            threads: int | None = None) -> list[Point]:
+    """Write the study folder: derived configs, job scripts, study.json. Nothing runs.
+    ``threads``: runtime.threads of every run, unless the config or ``sets`` give one."""
     if kind not in ("strong", "weak"):
         raise StudyError(f"--kind must be strong or weak, got {kind!r}")
     job_vars = dict(job_vars or {})
@@ -115,7 +137,10 @@ def prepare(config: str, kind: str, ranks: list[int], study: Path, *,
         raise StudyError(f"--steps must be >= 1, got {steps}")
     base = load_config(config, list(sets))
     layers = layers_for(kind, ranks, base.model.layers, layers_per_rank)
-    texts = {p: derived_config(config, sets, layers[p], p, steps) for p in ranks}  # all first
+    if base.runtime.threads > 0:                    # the config's own, held for every run
+        threads = base.runtime.threads
+    held = threads if base.runtime.threads == 0 else None
+    texts = {p: derived_config(config, sets, layers[p], p, steps, held) for p in ranks}
     if (study / STUDY_FILE).exists():
         if not force:
             raise StudyError(f"{study} already holds a study; pass --force to start it again "
@@ -142,7 +167,8 @@ def prepare(config: str, kind: str, ranks: list[int], study: Path, *,
         points.append(pt)
     manifest = {"config": str(Path(config).resolve()), "kind": kind, "ranks": ranks,
                 "layers": {str(p): layers[p] for p in ranks}, "set": list(sets),
-                "steps": steps, "template": template, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                "steps": steps, "threads": threads, "template": template,
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
                 "runs": {str(p): {"folder": rank_folder(study, p).name, "layers": layers[p],
                                   "status": "generated"} for p in ranks}}
     write_manifest(study, manifest)
@@ -289,13 +315,14 @@ def main(args) -> int:
         raise KeyboardInterrupt
     signal.signal(signal.SIGTERM, stop)
     try:
-        ranks = parse_ranks(args.ranks)
+        ranks, job_vars = parse_ranks(args.ranks), parse_vars(args.var)
         study = Path(args.out or Path("studies") / f"{Path(args.config).stem}_{args.kind}")
         prepare(args.config, args.kind, ranks, study, layers_per_rank=args.layers_per_rank,
                 sets=args.set, steps=args.steps, template=args.template,
-                job_vars=parse_vars(args.var), ranks_per_node=args.ranks_per_node,
-                force=args.force)
-        say(f"mgrit-nn scaling: {args.kind} study in {study}, ranks {args.ranks}")
+                job_vars=job_vars, ranks_per_node=args.ranks_per_node, force=args.force,
+                threads=threads_per_rank(ranks, args.local, job_vars))
+        say(f"mgrit-nn scaling: {args.kind} study in {study}, ranks {args.ranks}, "
+            f"{read_manifest(study)['threads']} torch thread(s) per rank in every run")
         result = {"study": str(study), "kind": args.kind, "ranks": ranks}
         code = 0
         if args.local:
