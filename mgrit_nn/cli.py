@@ -10,14 +10,22 @@ import sys
 from pathlib import Path
 
 
+def _launcher(names: tuple[str, ...], default: str) -> str:
+    """A value the MPI launcher put in the environment (MPICH/Hydra, Open MPI, PMIx, SLURM),
+    known before MPI starts."""
+    return next((os.environ[v] for v in names if os.environ.get(v, "").isdigit()), default)
+
+
+def _rank() -> str:
+    return _launcher(("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK", "SLURM_PROCID"), "0")
+
+
 class _Parser(argparse.ArgumentParser):
     """Usage errors as one line, printed by one rank only (every rank parses the same
     command line; the launcher's rank variables say which one is rank 0)."""
 
     def error(self, message: str):
-        rank = next((os.environ[v] for v in ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK",
-                                             "SLURM_PROCID") if v in os.environ), "0")
-        if rank == "0":
+        if _rank() == "0":
             print(f"{self.prog}: error: {message} (see {self.prog.split()[0]} -h)",
                   file=sys.stderr, flush=True)
         sys.exit(2)
@@ -148,8 +156,36 @@ def _check_args(args) -> None:
                           "of them")
 
 
+_WHAT = {
+    "train": "training {config}",
+    "check": "checking {config}: the MGRIT forward solve, adjoint solve and gradient against "
+             "the serial network",
+    "bench": "timing one gradient of {config}: serial autograd, one-shot and exact MGRIT",
+    "init": "writing the initial network of {config}",
+    "scaling": "preparing a {kind} scaling study of {config} on {ranks} ranks",
+    "report": "reading {folder} (loading matplotlib)",
+    "plot": "plotting {history} (loading matplotlib)",
+}
+
+
+def _announce(args) -> None:
+    """The first line of a command, on rank 0's stderr, before anything slow is imported
+    (torch, MPI and matplotlib take seconds to load, more on a busy machine). Not for
+    schema, job and info, whose output is the product and comes at once (info: about 1.5 s
+    on a 2-core machine at load 10)."""
+    if args.command not in _WHAT or _rank() != "0":
+        return
+    what = _WHAT[args.command].format(**vars(args))
+    if args.command in ("train", "check", "bench", "init"):
+        size = _launcher(("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "SLURM_STEP_NUM_TASKS",
+                          "SLURM_NTASKS"), "1")
+        what += f" on {size} rank{'s' if size != '1' else ''}: loading torch, MPI and the config"
+    print(f"mgrit-nn {args.command}: {what} ...", file=sys.stderr, flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    _announce(args)
     if args.command == "schema":
         from mgrit_nn.docs import schema_markdown
 

@@ -131,3 +131,79 @@ def test_one_process_pinned_to_one_core_takes_one_thread():
                        capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stderr
     assert p.stdout.split() == ["1"]
+
+
+# -- the first line of every command -----------------------------------------------------------
+HEAVY = ("torch", "mpi4py", "numpy", "h5py", "matplotlib", "yaml")
+
+
+@pytest.mark.parametrize("args,first", [
+    (["train", "missing.yaml"], "mgrit-nn train: training missing.yaml on 1 rank: loading torch"),
+    (["plot", "missing.h5"], "mgrit-nn plot: plotting missing.h5 (loading matplotlib) ..."),
+    (["scaling", "missing.yaml", "--kind", "weak", "--ranks", "1,2"],
+     "mgrit-nn scaling: preparing a weak scaling study of missing.yaml on 1,2 ranks ..."),
+], ids=lambda a: a[0] if isinstance(a, list) else "")
+def test_first_line_says_what_the_command_does_before_the_slow_imports(args, first):
+    """Python's -X importtime lists every module when its import ends: the line comes
+    before any of torch, mpi4py, numpy, h5py, matplotlib, yaml (seconds to load)."""
+    p = subprocess.run([sys.executable, "-X", "importtime", "-m", "mgrit_nn", *args], cwd=ROOT,
+                       capture_output=True, text=True, timeout=120)
+    lines = p.stderr.splitlines()
+    ours = [k for k, ln in enumerate(lines) if ln.startswith("mgrit-nn")]
+    assert ours and lines[ours[0]].startswith(first), p.stderr[-2000:]
+    before = {ln.split("|")[-1].strip() for ln in lines[:ours[0]]
+              if ln.startswith("import time:")}
+    assert not {m for m in before if m.split(".")[0] in HEAVY}
+    after = {ln.split("|")[-1].strip().split(".")[0] for ln in lines[ours[0]:]}
+    assert after & set(HEAVY), "the command loads nothing heavy: the test shows nothing"
+    assert p.returncode == 2 and p.stdout == ""            # and fails with one message
+
+
+def test_first_line_comes_from_rank_0_only_and_not_for_schema_job_or_info(tmp_path):
+    p = mpirun(2, ["train", "missing.yaml"])
+    assert p.stderr.count("mgrit-nn train: training missing.yaml on 2 ranks") == 1, p.stderr
+    from mgrit_nn.config import Config
+    from mgrit_nn.io.history import History
+
+    History(tmp_path / "history.h5", Config().to_yaml(), 1, "serial").close()
+    for args in (["schema"], ["job", "cpu"], ["info", str(tmp_path / "history.h5")]):
+        p = subprocess.run([sys.executable, "-m", "mgrit_nn", *args], cwd=ROOT,
+                           capture_output=True, text=True, timeout=60)
+        assert p.returncode == 0 and p.stderr == "" and p.stdout, p.stderr
+
+
+# -- mgrit-nn info on the history of a running job --------------------------------------------
+def test_info_and_plot_read_a_history_a_job_is_writing(tmp_path):
+    """The writer (as mgrit-nn train's rank 0) keeps the file open, with HDF5's lock; a row it
+    is appending (in some columns only) is left out."""
+    import numpy as np
+
+    from mgrit_nn.config import Config
+    from mgrit_nn.io.history import History
+
+    path = tmp_path / "history.h5"
+    h = History(path, Config().to_yaml(), 2, "oneshot")
+    try:
+        for k in range(1, 4):
+            h.append({"step": k, "epoch": 0, "loss": 1.0 / k, "val_accuracy": 0.1 * k}, [1e-3],
+                     [1e-4], np.full((2, 3), 0.5))
+        p = subprocess.run([sys.executable, "-m", "mgrit_nn", "info", str(path)], cwd=ROOT,
+                           capture_output=True, text=True, timeout=60)
+        assert p.returncode == 0, p.stderr
+        assert "  3 steps recorded\n" in p.stdout and "last: step=3, loss=0.3333" in p.stdout
+        assert "best validation accuracy 0.3000 at step 3" in p.stdout
+        h.f["steps/step"].resize(4, axis=0)         # the writer is half-way through row 4
+        h.f["steps/step"][3] = 4
+        h.f.flush()
+        p = subprocess.run([sys.executable, "-m", "mgrit_nn", "info", str(path)], cwd=ROOT,
+                           capture_output=True, text=True, timeout=60)
+        assert p.returncode == 0, p.stderr
+        assert "3 steps recorded (and one being written)" in p.stdout
+        assert "last: step=3, loss=0.3333" in p.stdout and "1.50 1.50" in p.stdout
+        p = subprocess.run([sys.executable, "-m", "mgrit_nn", "plot", str(path), "--out",
+                            str(tmp_path / "plots")], cwd=ROOT, capture_output=True, text=True,
+                           timeout=120)
+        assert p.returncode == 0, p.stderr
+        assert (tmp_path / "plots" / "training.png").stat().st_size > 10_000
+    finally:
+        h.close()

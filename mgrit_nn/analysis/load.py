@@ -65,11 +65,14 @@ def load_run(path: str | Path) -> RunData:
             if "steps" not in f:
                 raise AnalysisError(f"{h5}: not an mgrit_nn history file (no /steps)")
             g = f["steps"]
+            # a running writer appends a row column by column: only the rows all columns hold
+            n = min((ds.shape[0] for k in ("steps", "timing") if k in f
+                     for ds in f[k].values()), default=0)
             vlen = ("fwd_residuals", "adj_residuals")
-            steps = {c: g[c][()] for c in g if c not in vlen}
-            res = {c: [np.asarray(r, dtype=float) for r in g[c][()]] if c in g else []
+            steps = {c: g[c][:n] for c in g if c not in vlen}
+            res = {c: [np.asarray(r, dtype=float) for r in g[c][:n]] if c in g else []
                    for c in vlen}
-            timing = {c: f["timing"][c][()] for c in f["timing"]} if "timing" in f else {}
+            timing = {c: f["timing"][c][:n] for c in f["timing"]} if "timing" in f else {}
             attrs = dict(f.attrs)
     except OSError as exc:
         raise AnalysisError(f"{h5}: cannot read it as HDF5 ({exc})") from None

@@ -1,6 +1,12 @@
-"""``mgrit-nn info FILE.h5``: a readable summary of a history or checkpoint file."""
+"""``mgrit-nn info FILE.h5``: a readable summary of a history or checkpoint file.
+
+The file is opened without HDF5's file lock, so the history of a running job (which holds
+the writer's lock) can be read; a row the job is appending just then is left out.
+"""
 
 from __future__ import annotations
+
+import time
 
 import h5py
 import numpy as np
@@ -14,8 +20,19 @@ def _config_line(text: str) -> str:
             f"method={t.get('method')}, optimizer={t.get('optimizer')}")
 
 
-def info(path: str) -> str:
-    with h5py.File(path, "r") as f:
+def info(path: str, tries: int = 3) -> str:
+    for attempt in range(tries):     # a running writer may be in the middle of a flush
+        try:
+            return _summary(path)
+        except OSError:
+            if attempt == tries - 1:
+                raise
+            time.sleep(0.2)
+    raise AssertionError("unreachable")
+
+
+def _summary(path: str) -> str:
+    with h5py.File(path, "r", locking=False) as f:
         try:
             if "steps" in f:
                 return _history(path, f)
@@ -26,23 +43,31 @@ def info(path: str) -> str:
     raise ValueError("neither an mgrit_nn history nor a checkpoint file")
 
 
+def complete_rows(f: h5py.File) -> int:
+    """The rows every column holds: a writer appends a row column by column, so while it
+    runs the last row may be in some columns only."""
+    lengths = [ds.shape[0] for g in ("steps", "timing") if g in f for ds in f[g].values()]
+    return min(lengths, default=0)
+
+
 def _history(path: str, f: h5py.File) -> str:
     s = f["steps"]
-    n = s["step"].shape[0]
+    n = complete_rows(f)
+    partial = " (and one being written)" if s["step"].shape[0] > n else ""
     lines = [f"history {path}", f"  started {f.attrs.get('started')}, ranks {f.attrs.get('ranks')},"
              f" version {f.attrs.get('version')}",
-             f"  {_config_line(f.attrs.get('config', ''))}", f"  {n} steps recorded"]
+             f"  {_config_line(f.attrs.get('config', ''))}", f"  {n} steps recorded{partial}"]
     if f.attrs.get("resumed"):
         lines.append(f"  resumed at step(s) {f.attrs['resumed']}")
     if n:
         last = {c: s[c][n - 1] for c in ("step", "loss", "train_accuracy", "grad_norm",
                                          "fwd_iters", "adj_iters")}
         lines.append("  last: " + ", ".join(f"{k}={v:.4g}" for k, v in last.items()))
-        val = s["val_accuracy"][()]
+        val = s["val_accuracy"][:n]
         if np.isfinite(val).any():
             k = int(np.nanargmax(val))
             lines.append(f"  best validation accuracy {val[k]:.4f} at step {int(s['step'][k])}")
-        t = {c: f["timing"][c][()].sum(axis=0) for c in f["timing"]}
+        t = {c: f["timing"][c][:n].sum(axis=0) for c in f["timing"]}
         for c, v in t.items():
             lines.append(f"  {c:8s} s per rank: " + " ".join(f"{x:.2f}" for x in v))
     return "\n".join(lines)

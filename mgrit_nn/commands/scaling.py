@@ -237,10 +237,11 @@ def _stop_group(proc: subprocess.Popen) -> None:
 
 
 def _last_error(log: Path) -> str:
-    """The line of the log that says what went wrong (mgrit-nn prints one such line)."""
+    """The line of the log that says what went wrong (mgrit-nn prints one such line; its
+    first line, saying what a command is doing, ends with ' ...')."""
     lines = [ln.strip() for ln in log.read_text(errors="replace").splitlines() if ln.strip()]
     for ln in reversed(lines):
-        if ln.startswith("mgrit-nn") or "Error" in ln:
+        if (ln.startswith("mgrit-nn") and not ln.endswith(" ...")) or "Error" in ln:
             return ln
     return lines[-1] if lines else "(no output)"
 
