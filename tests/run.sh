@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite: serial tests, then the MPI tests under mpiexec on 1, 2, 3 and 4 ranks.
 # One pytest output: the serial part, then rank 0's output of every MPI part (the other ranks'
-# only when that part fails), and one closing line over all parts: N passed, N failed, N skipped.
+# only when that part fails, and then only of a rank that failed other tests than rank 0), and
+# one closing line over all parts: N passed, N failed, N skipped.
 # The exit status is non-zero when any part failed.
 # Every MPI test asserts on values shared by all ranks, so a failure never leaves ranks waiting;
 # the timeout is a last guard against a hang.
@@ -30,6 +31,12 @@ PER_RANK='r=${PMI_RANK:-${OMPI_COMM_WORLD_RANK:-${PMIX_RANK:-${SLURM_PROCID:-0}}
 base=$1; shift
 if [ "$r" = 0 ]; then exec "$@" --junitxml="$base.xml"; fi
 exec "$@" --junitxml="$base.rank$r.xml" > "$base.rank$r.log" 2>&1'
+failures() {   # the tests a junit report has failing or in error, one per line
+  python -c 'import sys, xml.etree.ElementTree as ET
+for c in ET.parse(sys.argv[1]).getroot().iter("testcase"):
+    if {x.tag for x in c} & {"failure", "error"}:
+        print(c.get("classname"), c.get("name"))' "$1"
+}
 for n in "${RANKS[@]}"; do
   [ "${#MPI_TESTS[@]}" -gt 0 ] || break
   echo "== MPI tests on $n rank(s)"
@@ -40,8 +47,14 @@ for n in "${RANKS[@]}"; do
     for log in "$base".rank*.log; do
       [ -e "$log" ] || continue
       r=${log##*.rank}
-      echo "== MPI tests on $n rank(s): the output of rank ${r%.log}"
-      cat "$log"
+      r=${r%.log}
+      if [ -s "$base.xml" ] && [ -s "$base.rank$r.xml" ] &&
+          [ "$(failures "$base.xml")" = "$(failures "$base.rank$r.xml")" ]; then
+        echo "== MPI tests on $n rank(s): rank $r failed the same tests as rank 0"
+      else
+        echo "== MPI tests on $n rank(s): the output of rank $r"
+        cat "$log"
+      fi
     done
   fi
 done
