@@ -63,7 +63,8 @@ def main() -> None:
         ckpt = sorted((out / "checkpoints").glob("step_*.h5"))[-1]
         with h5py.File(ckpt) as f:
             for k, v in sorted(datasets(f).items()):
-                if k not in UNSEEDED:
+                timed = k.startswith("history/timing/") or k.split("/")[-1] in TIMED
+                if k not in UNSEEDED and not timed:
                     print(f"{name} checkpoint {k} {v}")
         sys.stdout.flush()
 

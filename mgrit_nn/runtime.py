@@ -140,6 +140,15 @@ class CheckpointError(UsageError):
     """A checkpoint that cannot be used (missing, corrupt, or of another network)."""
 
 
+EXIT_OUTPUT = 74      # an output file could not be written (disk full, quota): EX_IOERR
+
+
+class OutputError(RuntimeError):
+    """A file of the run could not be written (disk full, quota, permissions), raised on
+    the writing rank (rank 0): the job stops at once with this one message, status 74.
+    What was written before stays readable."""
+
+
 def agree_on_config(build, comm: MPI.Comm | None = None):
     """Run ``build()`` on every rank; if it raises ConfigError or UsageError on any rank,
     rank 0 prints the lowest rank's message once and every rank exits with 2."""
@@ -176,6 +185,11 @@ def abort_on_error(comm: MPI.Comm | None = None):
             traceback.print_exc()
         say(f"mgrit-nn: error: {exc}", comm)
         sys.exit(1)
+    except OutputError as exc:           # one rank (the writer): take the others down
+        print(f"mgrit-nn: error: {exc}", file=sys.stderr, flush=True)
+        if comm.Get_size() > 1:
+            comm.Abort(EXIT_OUTPUT)
+        sys.exit(EXIT_OUTPUT)
     except BaseException as exc:  # noqa: BLE001 - any failure must take the job down
         rank, size = comm.Get_rank(), comm.Get_size()
         if os.environ.get("MGRIT_NN_TRACEBACK") == "1":

@@ -20,9 +20,14 @@ and ``sha256`` covers every dataset: a truncated or altered file is refused.
 
 from __future__ import annotations
 
+import gc
 import hashlib
+import io
 import os
+import re
+import sys
 from collections.abc import Mapping
+from contextlib import contextmanager
 from pathlib import Path
 
 import h5py
@@ -30,7 +35,7 @@ import numpy as np
 import torch
 
 from mgrit_nn import __version__
-from mgrit_nn.runtime import CheckpointError
+from mgrit_nn.runtime import CheckpointError, OutputError
 
 __all__ = ["CheckpointError", "checkpoint_path", "flatten", "latest_checkpoint", "open_checkpoint",
            "prune", "write_checkpoint"]
@@ -59,28 +64,80 @@ def flatten(tree: Mapping, prefix: str = "") -> dict[str, np.ndarray]:
     return out
 
 
+# What h5py raises when the disk is full: OSError from file operations, RuntimeError
+# from HDF5's metadata flush or close ("file write failed ... errno = 28").
+WRITE_ERRORS = (OSError, RuntimeError)
+
+
+@contextmanager
+def quiet_failed_writes():
+    """After a failed write, h5py's objects fail again as they are freed, and each prints a
+    traceback ("Exception ignored in ... __dealloc__"): dozens of lines for one full disk.
+    They are dropped here; the caller reports the one failure."""
+    hook, stderr = sys.unraisablehook, sys.stderr
+
+    def drop_h5py(info) -> None:
+        if "h5py" not in repr(getattr(info, "object", "")):
+            hook(info)
+    sys.unraisablehook, sys.stderr = drop_h5py, io.StringIO()
+    try:
+        yield
+    finally:
+        gc.collect()
+        sys.unraisablehook, sys.stderr = hook, stderr
+
+
+def write_failure(exc: BaseException) -> str:
+    """One line saying why a write failed. The first exception of the chain (h5py's close
+    after a failed write raises again, with a message that no longer says why), and of an
+    HDF5 message, its errno part: ``[Errno 28] No space left on device (Unable to flush
+    file)``."""
+    while exc.__context__ is not None:
+        exc = exc.__context__
+    text = " ".join(str(exc).split())
+    m = re.search(r"errno = (\d+), error message = '([^']*)'", text)
+    return f"[Errno {m[1]}] {m[2]} ({text.split(' (')[0]})" if m else text
+
+
+def free_space(path: Path) -> str:
+    """``"N MiB free"`` on the file system of ``path`` (for a failed write's message)."""
+    try:
+        st = os.statvfs(path)
+    except OSError:
+        return "free space unknown"
+    return f"{st.f_bavail * st.f_frsize / 2**20:.1f} MiB free"
+
+
 def write_checkpoint(path: Path, tree: Mapping, attrs: dict) -> Path:
     """Write a nested dict of arrays as HDF5 groups and datasets, atomically: temporary
-    file, flush, fsync, rename (rank 0 only)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with h5py.File(tmp, "w") as f:
-        for name, a in flatten(tree).items():
-            f.create_dataset(name, data=a)
-        for k, v in attrs.items():
-            f.attrs[k] = v
-        f.attrs["version"] = __version__
-        f.attrs["sha256"] = _digest(f)
-        f.attrs["complete"] = 1
-        f.flush()
-    with open(tmp, "rb+") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    dfd = os.open(path.parent, os.O_RDONLY)
+    file, flush, fsync, rename (rank 0 only). A failed write (disk full) removes the
+    temporary file and raises OutputError: the previous checkpoints are untouched."""
+    tmp, arrays = path.with_name(path.name + ".tmp"), flatten(tree)
     try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with quiet_failed_writes(), h5py.File(tmp, "w") as f:
+            for name, a in arrays.items():
+                f.create_dataset(name, data=a)
+            for k, v in attrs.items():
+                f.attrs[k] = v
+            f.attrs["version"] = __version__
+            f.attrs["sha256"] = _digest(f)
+            f.attrs["complete"] = 1
+            f.flush()
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+        dfd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    except WRITE_ERRORS as exc:
+        tmp.unlink(missing_ok=True)
+        older = sorted(path.parent.glob("step_*.h5"))
+        raise OutputError(f"cannot write the checkpoint {path} ({free_space(path.parent)}): "
+                          f"{write_failure(exc)}; the newest complete one is "
+                          f"{older[-1].name if older else 'none'}") from None
     return path
 
 

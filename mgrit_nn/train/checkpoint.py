@@ -25,8 +25,9 @@ from mgrit_nn.model.layout import ParamLayout
 from mgrit_nn.optim import load_optimizer_state, optimizer_state
 
 
-def save(trainer, out: Path, step: int) -> Path | None:
-    """Gather everything on rank 0 and write ``OUT/checkpoints/step_XXXXXXXX.h5`` (collective)."""
+def save(trainer, out: Path, step: int, history=None) -> Path | None:
+    """Gather everything on rank 0 and write ``OUT/checkpoints/step_XXXXXXXX.h5`` (collective);
+    ``history`` (rank 0's :class:`~mgrit_nn.io.history.History`): its rows go in too."""
     m, params, cfg = trainer.method, trainer.params, trainer.cfg
     model = m.gather_flat(m.local_flat(params))
     tensors, scalars = optimizer_state(trainer.opt, params)
@@ -38,12 +39,16 @@ def save(trainer, out: Path, step: int) -> Path | None:
             "rng": {"torch": torch.get_rng_state()}}
     if optimizer:
         tree["optimizer"] = optimizer
+    history_attrs = {}
+    if history is not None:
+        tree["history"], history_attrs["history_attrs"] = history.state_dict()
     sched = trainer.schedule
     attrs = {"step": step, "epoch": trainer.epoch, "batches_left": len(trainer.stream.queue),
              "lr": trainer.opt.param_groups[0]["lr"], "config": cfg.to_yaml(),
              "method": cfg.train.method, "optimizer": cfg.train.optimizer,
              "schedule_last_epoch": sched.last_epoch if sched is not None else step,
-             "layers": trainer.layout.N, **{f"opt_{k}": v for k, v in scalars.items()}}
+             "layers": trainer.layout.N, "run_id": trainer.run_id, **history_attrs,
+             **{f"opt_{k}": v for k, v in scalars.items()}}
     path = write_checkpoint(checkpoint_path(out, step), tree, attrs)
     prune(out, cfg.checkpoint.keep)
     return path
@@ -64,11 +69,16 @@ def check_compatible(f: h5py.File, layout: ParamLayout, path) -> None:
                                   f"or the data set differ)")
 
 
-def verify(path: str | Path, layout: ParamLayout, optimizer: str | None = None) -> None:
+def verify(path: str | Path, layout: ParamLayout, optimizer: str | None = None,
+           run_id: str | None = None) -> None:
     """Raise CheckpointError unless ``path`` is a complete checkpoint of this network (and,
-    to resume it, of this ``train.optimizer``)."""
+    to resume it, of this ``train.optimizer``; of the run ``run_id`` when given)."""
     with open_checkpoint(path) as f:
         check_compatible(f, layout, path)
+        theirs = str(f.attrs.get("run_id", ""))
+        if run_id and theirs and theirs != run_id:
+            raise CheckpointError(f"checkpoint {path} belongs to another run (run id "
+                                  f"{theirs}; the run in this folder is {run_id})")
         if optimizer is not None and f.attrs["optimizer"] != optimizer:
             raise CheckpointError(f"checkpoint {path} was written by optimizer "
                                   f"{f.attrs['optimizer']}, the config has "
@@ -89,6 +99,7 @@ def restore(trainer, path: str | Path, weights_only: bool = False,
                 p.copy_(t)
         if weights_only:
             return 0
+        trainer.run_id = str(f.attrs.get("run_id", "")) or trainer.run_id
         tensors = {name: m.local_from_global(torch.from_numpy(f[f"optimizer/{name}"][()]))
                    for name in f.get("optimizer", {})}
         scalars = {k[4:]: float(v) for k, v in f.attrs.items() if k.startswith("opt_")}
@@ -106,7 +117,7 @@ def restore(trainer, path: str | Path, weights_only: bool = False,
         return int(f.attrs["step"])
 
 
-def save_if_due(trainer, out: Path, step: int, last: bool) -> None:
+def save_if_due(trainer, out: Path, step: int, last: bool, history=None) -> None:
     every = trainer.cfg.checkpoint.every
     if last or (every and step % every == 0):
-        save(trainer, out, step)
+        save(trainer, out, step, history)

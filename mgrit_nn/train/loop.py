@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -55,6 +56,7 @@ class Trainer:
         self.replica, self.replicas = run.data_msg.rank, run.data_msg.size
         self.stream = BatchStream(len(self.x), self.cfg.data.batch_size, self.cfg.data.seed)
         self.history: list[dict] = []
+        self.run_id = ""             # the run's id, in every checkpoint (set by train())
         self.warned_divergence = False
         self.layout = ParamLayout(run.shapes, self.cfg.model.layers)
         self.method.bind(self.opt)
@@ -167,7 +169,7 @@ class Trainer:
                 history.append(row, info.fwd_residuals, info.adj_residuals, timing)
             stopped = stop is not None and stop.any_rank(self.run.world)
             if out is not None:
-                save_if_due(self, out, k, last=(k == t.steps or stopped))
+                save_if_due(self, out, k, last=(k == t.steps or stopped), history=history)
             self._progress(bar, row)
             if stopped:
                 break
@@ -218,21 +220,24 @@ class Trainer:
 
 
 def _restart(trainer: Trainer, out_dir: Path, resume: str | None,
-             init_from: str | None) -> int:
-    """Load ``--resume`` (all state) or ``--init-from`` (weights); the step to go on from."""
+             init_from: str | None) -> tuple[int, Path | None]:
+    """Load ``--resume`` (all state) or ``--init-from`` (weights); the step to go on from
+    and the checkpoint read (None for a fresh run)."""
     from mgrit_nn.io.checkpoint import latest_checkpoint
+    from mgrit_nn.io.history import run_id_of
     from mgrit_nn.runtime import agree_on_config
     from mgrit_nn.train.checkpoint import restore, verify
 
     source, world = resume or init_from, trainer.run.world
     if source is None:
-        return 0
+        return 0, None
 
     opt = trainer.cfg.train.optimizer if resume else None     # --init-from: weights only
 
     def find() -> tuple[Path, list[str]]:
-        if source == "latest":     # the newest that verifies
-            return latest_checkpoint(out_dir, lambda p: verify(p, trainer.layout, opt))
+        if source == "latest":     # the newest that verifies, of the run in this folder
+            ours = run_id_of(out_dir / "history.h5")
+            return latest_checkpoint(out_dir, lambda p: verify(p, trainer.layout, opt, ours))
         verify(Path(source), trainer.layout, opt)
         return Path(source), []
     path, skipped = agree_on_config(find, world)   # one message if none is usable
@@ -242,7 +247,25 @@ def _restart(trainer: Trainer, out_dir: Path, resume: str | None,
     log.info("%s from %s (step %d)", "resumed" if resume else "initialized", path, start)
     if resume and world.Get_rank() == 0:
         _say_config_changes(path, trainer.cfg)
-    return start
+    return start, path if resume else None
+
+
+def _open_history(trainer: Trainer, out_dir: Path, checkpoint: Path | None, start: int):
+    """Rank 0's history writer: a new file, or on resume the file rebuilt from the rows
+    the checkpoint holds (a damaged file is kept aside, never written into)."""
+    import h5py
+
+    from mgrit_nn.io.history import History, resume_rows
+
+    cfg, attrs, rows = trainer.cfg, {"run_id": trainer.run_id}, None
+    if checkpoint is not None:
+        with h5py.File(checkpoint, "r") as f:
+            rows, old, notes = resume_rows(out_dir, f, start)
+        for line in notes:
+            log.warning("history: %s", line)
+        attrs = {**old, **attrs, "resumed": f"{old.get('resumed', '')} {start}".strip()}
+    return History(out_dir / "history.h5", cfg.to_yaml(), trainer.run.world.Get_size(),
+                   cfg.train.method, rows=rows, attrs=attrs)
 
 
 def _say_config_changes(path: Path, cfg) -> None:
@@ -266,7 +289,6 @@ def train(run: Run, out: str | None, quiet: bool = False, resume: str | None = N
     """The whole command: the run folder claimed, optional restart, the loop, history and
     checkpoints in ``out``."""
     from mgrit_nn.io.checkpoint import remove_stale
-    from mgrit_nn.io.history import History
     from mgrit_nn.runtime import StopSignal, agree_on_config
     from mgrit_nn.train.rundir import claim, release
 
@@ -277,12 +299,11 @@ def train(run: Run, out: str | None, quiet: bool = False, resume: str | None = N
     try:
         stop = StopSignal()      # from here on a signal means: checkpoint, then stop
         trainer = Trainer(run)
-        start = _restart(trainer, out_dir, resume, init_from)
+        trainer.run_id = run.world.bcast(uuid.uuid4().hex[:12] if rank0 else None)
+        start, checkpoint = _restart(trainer, out_dir, resume, init_from)
         for f in remove_stale(out_dir) if rank0 else ():
             log.info("removed %s (left by an interrupted checkpoint write)", f)
-        history = History(out_dir / "history.h5", run.cfg.to_yaml(), run.world.Get_size(),
-                          run.cfg.train.method, resume_step=start if resume else None) \
-            if rank0 else None
+        history = _open_history(trainer, out_dir, checkpoint, start) if rank0 else None
         try:
             result = trainer.train(quiet, out_dir, start, history, stop)
         finally:

@@ -18,11 +18,13 @@ import socket
 import time
 from pathlib import Path
 
-from mgrit_nn.runtime import UsageError
+from mgrit_nn.io.checkpoint import free_space
+from mgrit_nn.runtime import OutputError, UsageError
 
 log = logging.getLogger("mgrit_nn.train")
 LOCK = ".lock"
-OUTPUTS = ("history.h5", "result.json", "config.yaml", "checkpoints")
+OUTPUTS = ("history.h5", "history.h5.tmp", "history.h5.damaged", "result.json", "config.yaml",
+           "checkpoints")
 
 
 def _me() -> dict:
@@ -31,8 +33,14 @@ def _me() -> dict:
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
 
 
-def _gone(holder: dict) -> bool:
-    """Whether the lock's holder has ended (or is this job, requeued)."""
+def _gone(holder: dict, path: Path) -> bool:
+    """Whether the lock's holder has ended (or is this job, requeued). A lock that says
+    nothing, and has said nothing for a minute, was left by a writer that failed."""
+    if not holder:
+        try:
+            return time.time() - path.stat().st_mtime > 60
+        except OSError:
+            return True
     if holder.get("job") and holder.get("job") == os.environ.get("SLURM_JOB_ID"):
         return True
     if holder.get("host") != socket.gethostname():
@@ -56,7 +64,7 @@ def _take_lock(out: Path) -> None:
                 holder = json.loads(path.read_text() or "{}")
             except (OSError, ValueError):
                 holder = {}
-            if not _gone(holder):
+            if not _gone(holder, path):
                 raise UsageError(
                     f"--out {out} is in use by the run of pid {holder.get('pid', '?')} on "
                     f"{holder.get('host', '?')} (since {holder.get('started', '?')}); a second "
@@ -65,8 +73,13 @@ def _take_lock(out: Path) -> None:
             log.info("took over the lock of an ended run: %s", holder)
             path.unlink(missing_ok=True)
             continue
-        with os.fdopen(fd, "w") as fh:
-            json.dump(_me(), fh)
+        try:
+            with os.fdopen(fd, "w") as fh:
+                json.dump(_me(), fh)
+        except OSError as exc:                      # e.g. a full disk: leave no empty lock
+            path.unlink(missing_ok=True)
+            raise OutputError(f"--out {out}: cannot write the lock {path} "
+                              f"({free_space(out)}): {exc}") from None
         return
     raise UsageError(f"--out {out}: cannot take the lock {path}")
 
