@@ -36,8 +36,9 @@ def _parser() -> argparse.ArgumentParser:
         "Layer-parallel training of ODE-ResNets with MGRIT. Run under mpiexec/srun; "
         "every rank runs the same command."))
     sub = p.add_subparsers(dest="command", required=True)
-    c = sub.add_parser("check", help="MGRIT forward solve vs. the serial reference; "
-                       "last line on rank 0: one JSON object")
+    c = sub.add_parser("check", help="MGRIT forward, adjoint and gradient vs. the serial "
+                       "network: a verdict on stderr (exit 1 on a failure); last line on "
+                       "rank 0: one JSON object")
     c.add_argument("config", help="YAML config file")
     c.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override a config value (repeatable)")
@@ -70,7 +71,89 @@ def _parser() -> argparse.ArgumentParser:
     f.add_argument("file", help="history.h5 or a checkpoint")
     sub.add_parser("schema", help="print every config key with its default and doc (Markdown)")
     _analysis_parsers(sub)
+    for name, command in sub.choices.items():     # what --help says each command gives
+        command.description = f"{command.description or ''}\n\n{_output(name)}".strip()
+        command.formatter_class = argparse.RawDescriptionHelpFormatter
     return p
+
+
+_OUTPUTS = {
+    "check": """\
+Runs the MGRIT forward solve, the adjoint solve and the gradient on all ranks and checks them
+against the serial network (autograd on rank 0).
+Prints (rank 0, stderr) a verdict: per solve its iterations and final residual against its
+tolerance (mgrit.tol / adjoint.tol, raised to the dtype's rounding floor 10 eps |C-point
+states| where that is larger), the state and gradient relative errors against sqrt(eps), and
+PASS or FAIL. Then, as the last line of rank 0's stdout, one JSON object: fwd_iters,
+fwd_residuals, fwd_conv_factor, state_rel_err, adj_iters, adj_residuals, adj_conv_factor,
+grad_rel_err, grad_max_rel_err, loss_serial, loss_mgrit, the times (serial_gradient_s,
+mgrit_forward_s, mgrit_adjoint_s), the settings (ranks, layers, levels, cfactor, relax, cycle,
+dtype, device, batch), the tolerances used (fwd_tol, adj_tol, err_tol) and the outcome
+(fwd_converged, adj_converged, state_ok, grad_ok, passed). Exit status 1 when a check fails.""",
+    "train": """\
+Writes OUT/history.h5 (one row per step, flushed every step), OUT/checkpoints/step_*.h5,
+OUT/config.yaml and OUT/result.json; shows a progress bar on rank 0's stderr (not with
+--quiet). Prints, as the last line of rank 0's stdout, the JSON object of result.json:
+method, optimizer, ranks, layer_ranks, data_replicas, layers, dtype, steps, epochs,
+stopped_by_signal, loss (of the last step), train_loss, train_accuracy, val_loss,
+val_accuracy (after training), fwd_iters_per_step, adj_iters_per_step, wall_time_s, out,
+and the method's own keys (oneshot/mgrit: warm_store_bytes; local_critic: the accuracy of
+every sub-model). Exit status 75 when stopped by SIGTERM/SIGUSR1/Ctrl-C after writing a
+checkpoint (resume with --resume latest).""",
+    "bench": """\
+Times one gradient of serial autograd (rank 0), of one-shot MGRIT (train.fwd_iters +
+train.adj_iters iterations) and, with bench.exact, of exact MGRIT (to mgrit.tol): medians of
+bench.repeats after bench.warmup. Prints, as the last line of rank 0's stdout, one JSON
+object: serial_grad_s, oneshot_grad_s, ratio_oneshot (one-shot / serial), oneshot_work_sweeps
+(oneshot_fwd_sweeps + oneshot_adj_sweeps: step applications / N), span_speedup_oneshot (the
+critical-path model); with bench.exact also mgrit_grad_s, ratio_mgrit, mgrit_fwd_iters,
+mgrit_adj_iters, mgrit_fwd_factor, mgrit_adj_factor, mgrit_work_sweeps, span_speedup_mgrit;
+the settings (ranks, layers, batch, width, kind, relax, cfactor, cycle, levels, dtype,
+device, repeats, warmup), per_rank (rank, rss_mb, gpu_mb and the seconds per phase of the
+solves, oneshot_phases_s and mgrit_phases_s) and machine (platform, cpus, torch, threads,
+mpi, python).""",
+    "init": "Writes OUT/checkpoints/step_00000000.h5 and prints, as the last line of rank 0's "
+            "stdout, one JSON object: {\"checkpoint\": its path}.",
+    "info": """\
+Prints a readable summary to stdout. A history: when it started, ranks, version, the model
+and method, the steps recorded (of a running job's history too), the last step's loss,
+accuracy, gradient norm and MGRIT iterations, the best validation accuracy, and the compute,
+comm and wait seconds per rank. A checkpoint: whether it is complete (checksum), step,
+epoch, learning rate, model and optimizer state. Exit status 2 for any other file.""",
+    "schema": "Prints the Markdown reference of every config key, its type, default and "
+              "meaning (docs/config.md is this output).",
+    "scaling": """\
+Writes the study folder (--out): study.json (what was asked, the threads per rank, the status
+of every run) and per rank count ranks_PPPP/scaling_config.yaml and job.sbatch; once run,
+also bench.json, history.h5, result.json, checkpoints/ and run.log (--local) or the SLURM log.
+Prints progress on stderr and, as the last line of stdout, one JSON object: study, kind,
+ranks and failed (--local) or jobs (--submit). Exit status 1 when a run failed.""",
+    "report": """\
+Writes into the folder (or --out) report.md (tables: threads per rank, gradient times of
+mgrit-nn bench, training step times, speed-up, efficiency, span model; or, for a folder of
+runs, one row per run) and PNG plots (runtime.png, speedup.png, efficiency.png,
+training.png, residuals.png, mgrit_convergence.png, timing.png, violation.png,
+method_columns.png: those the data allow). Prints one JSON object: {"written": [files]}.""",
+    "plot": """\
+Writes PNG plots next to the history (or into --out): training.png (loss and accuracy),
+residuals.png, mgrit_convergence.png, timing.png (seconds per rank), violation.png and
+method_columns.png (those the data allow). Prints one JSON object: {"written": [files]}.""",
+}
+
+
+def _output(command: str) -> str:
+    if command != "job":
+        return _OUTPUTS[command]
+    import textwrap
+
+    from mgrit_nn.commands.job import DEFAULTS  # re and pathlib only: quick
+
+    settings = ", ".join(f"{k}={v!r}" for k, v in DEFAULTS.items())
+    return textwrap.fill(
+        "Prints a SLURM job script to stdout: the template (cpu, gpu, array or a file of your "
+        "own) with its {{NAME}} settings filled in from --var NAME=VALUE and the defaults. "
+        f"The settings and their defaults: {settings}. A #SBATCH line whose setting is empty "
+        "is left out; NTASKS empty means NODES x NTASKS_PER_NODE.", 92)
 
 
 def _analysis_parsers(sub) -> None:

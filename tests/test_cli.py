@@ -28,6 +28,13 @@ def last_json(p: subprocess.CompletedProcess) -> dict:
     return json.loads(p.stdout.strip().splitlines()[-1])
 
 
+def help_text(command: str) -> str:
+    from mgrit_nn.cli import _parser
+
+    sub = next(a for a in _parser()._actions if a.dest == "command")
+    return sub.choices[command].format_help()
+
+
 # -- mgrit-nn check: a verdict against stated tolerances --------------------------------------
 def test_check_passes_with_a_verdict_a_person_reads():
     p = mpirun(2, ["check", "configs/peaks.yaml", *SMALL])
@@ -47,6 +54,7 @@ def test_check_passes_with_a_verdict_a_person_reads():
     assert any(ln.strip().startswith("adjoint:") and ln.endswith("<= 1e-10 OK") for ln in lines)
     assert any(ln.strip().startswith("gradient:") and ln.endswith("OK") for ln in lines)
     assert "mgrit-nn check: PASS" in lines
+    assert not [k for k in out if k not in help_text("check")]      # --help names every key
 
 
 @pytest.mark.parametrize("cap,failed", [("mgrit.max_iter=1", "forward, state, adjoint, gradient"),
@@ -207,3 +215,61 @@ def test_info_and_plot_read_a_history_a_job_is_writing(tmp_path):
         assert (tmp_path / "plots" / "training.png").stat().st_size > 10_000
     finally:
         h.close()
+
+
+# -- every --help says what the command prints or writes ---------------------------------------
+HELP_WORDS = {
+    "check": ["Prints", "forward solve", "adjoint solve", "gradient", "serial network",
+              "stderr", "PASS", "FAIL", "JSON", "Exit status 1"],
+    "train": ["Writes", "history.h5", "checkpoints", "result.json", "config.yaml", "JSON",
+              "75", "warm_store_bytes"],
+    "bench": ["Prints", "JSON", "serial_grad_s", "oneshot_grad_s", "mgrit_grad_s",
+              "span_speedup_oneshot", "machine"],
+    "init": ["Writes", "step_00000000.h5", "JSON"],
+    "info": ["Prints", "history", "checkpoint", "steps recorded", "per rank"],
+    "schema": ["Prints", "config key", "Markdown"],
+    "job": ["Prints", "SLURM", "--var"],
+    "scaling": ["Writes", "study.json", "scaling_config.yaml", "job.sbatch", "bench.json",
+                "history.h5", "JSON"],
+    "report": ["Writes", "report.md", "runtime.png", "speedup.png", "JSON"],
+    "plot": ["Writes", "training.png", "residuals.png", "timing.png", "JSON"],
+}
+
+
+@pytest.mark.parametrize("command", sorted(HELP_WORDS))
+def test_every_help_says_what_the_command_gives(command):
+    text = help_text(command)
+    missing = [w for w in HELP_WORDS[command] if w not in text]
+    assert not missing, f"mgrit-nn {command} --help lacks {missing}:\n{text}"
+
+
+def test_every_command_has_its_help_checked():
+    from mgrit_nn.cli import _parser
+
+    sub = next(a for a in _parser()._actions if a.dest == "command")
+    assert sorted(sub.choices) == sorted(HELP_WORDS)
+
+
+def test_job_help_lists_every_template_setting():
+    import re
+
+    from mgrit_nn.commands.job import DEFAULTS
+
+    text = help_text("job")
+    used = {m for t in (ROOT / "jobs").glob("*.sbatch")
+            for m in re.findall(r"\{\{([A-Z_][A-Z0-9_]*)\}\}", t.read_text())}
+    assert used and not [v for v in sorted(used | set(DEFAULTS)) if f"{v}=" not in text]
+
+
+def test_train_and_bench_help_name_every_key_of_their_json(tmp_path):
+    p = mpirun(1, ["train", "configs/peaks.yaml", *SMALL, "--set", "train.steps=2", "--quiet",
+                   "--set", "train.method=serial", "--out", str(tmp_path / "run")])
+    assert p.returncode == 0, p.stderr                      # serial: the keys of every run
+    assert not [k for k in last_json(p) if k not in help_text("train")]
+    p = mpirun(2, ["bench", "configs/peaks.yaml", *SMALL, "--set", "bench.repeats=1",
+                   "--set", "bench.warmup=0"])
+    assert p.returncode == 0, p.stderr
+    out = last_json(p)
+    assert "mgrit_grad_s" in out                                # bench.exact: all the keys
+    text = help_text("bench")
+    assert not [k for k in [*out, *out["machine"], *out["per_rank"][0]] if k not in text]
