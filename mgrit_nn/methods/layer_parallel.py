@@ -1,31 +1,44 @@
 """``mgrit`` (exact: forward and adjoint to tolerance) and ``oneshot`` (a fixed few
 warm-started iterations of each per step: the simultaneous, inexact-gradient method).
 
-Warm start (oneshot): every training sample keeps its forward and adjoint iterates
-(this rank's points only) from the last step that used it, so mini-batches work as
-well as the full batch. Memory per rank: 2 x (local points) x n_train x state size.
+Warm start (oneshot): every training sample keeps its forward and adjoint iterates from
+the last step that used it, so mini-batches work as well as the full batch. Only the
+level-0 C-points are kept (``MGRIT.warm_rows``: every solve's first F-relaxation
+recomputes the F-points from them before any is read, so training is bitwise the same as
+with every point kept). Memory per rank: 2 x (local C-points) x n_train x state size,
+1/cfactor of all points.
 """
 
 from __future__ import annotations
+
+import logging
 
 import numpy as np
 import torch
 from mpi4py import MPI
 
 from mgrit_nn.methods.base import Batch, PartitionedMethod, StepInfo, correct
+from mgrit_nn.mgrit import MGRIT, Warm
 from mgrit_nn.runtime import CheckpointError
 from mgrit_nn.setup_run import Run
 
+log = logging.getLogger("mgrit_nn.train")
+
 
 class WarmStore:
-    """Per-sample iterates of one solver (this rank's points), filled as samples are used.
+    """Per-sample iterates of one solver at the rows a warm start reads (this rank's
+    level-0 C-points), filled as samples are used.
 
-    ``last_used[i]`` counts the puts up to the one that stored sample i (-1: never), so
-    replicas, which put once per step each, can tell whose copy of a sample is newest.
+    ``points``: the forward point index of each row (the adjoint's rows are its reversed
+    points). ``last_used[i]`` counts the puts up to the one that stored sample i (-1:
+    never), so replicas, which put once per step each, can tell whose copy is newest.
     """
 
-    def __init__(self, n_samples: int) -> None:
+    def __init__(self, n_samples: int, solver: MGRIT, reverse_of: int | None = None) -> None:
         self.n = n_samples
+        self.rows, points = solver.warm_rows()
+        self.points = np.array([reverse_of - p if reverse_of is not None else p
+                                for p in points], dtype=np.int64)
         self.store: torch.Tensor | None = None
         self.last_used = torch.full((n_samples,), -1, dtype=torch.int64)
         self.clock = 0
@@ -34,22 +47,26 @@ class WarmStore:
         """Full batch in natural order: use the store itself, no gather/scatter copies."""
         return len(idx) == self.n and bool((idx == torch.arange(self.n)).all())
 
-    def get(self, idx: torch.Tensor) -> torch.Tensor | None:
+    def get(self, idx: torch.Tensor) -> Warm | None:
         if self.store is None or not bool((self.last_used[idx] >= 0).any()):
             return None
         if self._everything(idx):
-            return self.store
-        return self.store[:, idx.to(self.store.device)]
+            return self.rows, self.store
+        return self.rows, self.store[:, idx.to(self.store.device)]
 
     def put(self, idx: torch.Tensor, u: torch.Tensor) -> None:
+        """Keep the rows of ``u`` (the solver's level-0 states) for the samples ``idx``."""
         if self.store is None:
-            self.store = u.new_zeros((u.shape[0], self.n) + tuple(u.shape[2:]))
+            self.store = u.new_zeros((len(self.rows), self.n) + tuple(u.shape[2:]))
         if self._everything(idx):
-            self.store.copy_(u)
+            torch.index_select(u, 0, self.rows, out=self.store)
         else:
-            self.store[:, idx.to(u.device)] = u
+            self.store[:, idx.to(u.device)] = u.index_select(0, self.rows)
         self.last_used[idx] = self.clock
         self.clock += 1
+
+    def nbytes(self) -> int:
+        return 0 if self.store is None else self.store.numel() * self.store.element_size()
 
 
 class LayerParallelMethod(PartitionedMethod):
@@ -64,8 +81,9 @@ class LayerParallelMethod(PartitionedMethod):
         self.adj_kw = {} if exact else {"max_iter": t.adj_iters, **never}
         warm = not exact and t.warm_start
         n = len(run.data.x_train)
-        self.fwd_store = WarmStore(n) if warm else None
-        self.adj_store = WarmStore(n) if warm else None
+        net, N = self.net, run.cfg.model.layers
+        self.fwd_store = WarmStore(n, net.solver) if warm else None
+        self.adj_store = WarmStore(n, net.adjoint, reverse_of=N) if warm else None
 
     def step(self, batch: Batch) -> StepInfo:
         """Forward MGRIT (warm-started), loss, adjoint MGRIT (warm-started), layer gradients."""
@@ -90,7 +108,8 @@ class LayerParallelMethod(PartitionedMethod):
         return self.net.loss(batch.y)[0] * batch.scale
 
     def state_dict(self) -> dict:
-        """``warm``: global warm-start iterates by forward point index (on rank 0)."""
+        """``warm``: the global warm-start iterates at the stored points (``<name>_points``,
+        forward point indices, increasing), gathered on rank 0."""
         fs, ads = self.fwd_store, self.adj_store
         if fs is None or fs.store is None:
             return {}
@@ -104,11 +123,12 @@ class LayerParallelMethod(PartitionedMethod):
                 store.store.device)
             if data.size > 1:
                 data.allreduce_tensor(local)
-            if flip:      # adjoint slots run backwards in forward point order
+            if flip:      # adjoint rows run backwards in forward point order
                 local = local.flip(0)
             full = self.gather_rows(local, local.shape[1:])
+            points = self.gather_rows(torch.from_numpy(np.sort(store.points)), ())
             if full is not None:
-                out[name] = full
+                out[name], out[f"{name}_points"] = full, points
         return {"warm": out}
 
     def load_state_dict(self, ckpt) -> None:
@@ -118,11 +138,33 @@ class LayerParallelMethod(PartitionedMethod):
         if warm["forward"].shape[1] != n:
             raise CheckpointError(f"checkpoint warm states are for {warm['forward'].shape[1]} "
                                   f"training samples, this run has {n}")
-        lo, hi = self.net.lo, self.net.hi
+        stores = (("forward", self.fwd_store), ("adjoint", self.adj_store))
+        picked = {name: self._rows_of(warm, name, store.points) for name, store in stores}
+        if any(p is None for p in picked.values()):
+            log.warning("warm starts not restored: the checkpoint holds them at other points "
+                        "(another mgrit.cfactor?); the first steps start cold")
+            return
         last = torch.from_numpy(warm["last_used"][()])
-        for name, store, flip in (("forward", self.fwd_store, False),
-                                  ("adjoint", self.adj_store, True)):
-            local = torch.from_numpy(warm[name][lo:hi + 1])
-            store.store = (local.flip(0) if flip else local).to(self.net.device, self.net.dtype)
+        for name, store in stores:
+            store.store = picked[name].to(self.net.device, self.net.dtype)
             store.last_used = last.clone()
             store.clock = int(warm["clock"][()])
+
+    @staticmethod
+    def _rows_of(warm, name: str, points: np.ndarray) -> torch.Tensor | None:
+        """The checkpoint's states at ``points`` (in that order), or None if it lacks some.
+        Checkpoints that stored every point have no ``<name>_points``."""
+        stored = warm[f"{name}_points"][()] if f"{name}_points" in warm \
+            else np.arange(warm[name].shape[0])
+        pos = np.searchsorted(stored, points)
+        if len(points) and (pos.max() >= len(stored) or (stored[pos] != points).any()):
+            return None
+        order = np.argsort(pos)                 # h5py reads increasing indices
+        rows = np.asarray(warm[name][pos[order]]) if len(points) else \
+            np.zeros((0,) + warm[name].shape[1:])
+        return torch.from_numpy(rows[np.argsort(order)])
+
+    def report(self, data) -> dict:
+        """Bytes of this rank's warm-start stores (rank 0's, as the result reports it)."""
+        stores = [s for s in (self.fwd_store, self.adj_store) if s is not None]
+        return {"warm_store_bytes": sum(s.nbytes() for s in stores)} if stores else {}

@@ -21,6 +21,8 @@ from mgrit_nn.mgrit.relax import f_relax, sweep
 from mgrit_nn.mgrit.restrict import c_slots, fine_residual
 from mgrit_nn.runtime import CollectiveError
 
+Warm = tuple[torch.Tensor, torch.Tensor]   # a warm start: (rows of u, their states)
+
 
 class MGRITDivergence(CollectiveError):
     """NaN or Inf in an MGRIT residual (seen by every rank after the Allreduce)."""
@@ -111,6 +113,18 @@ class MGRIT:
         """This rank's level-0 states (points lo..hi), a view of the solver's storage."""
         return self.data[0].u[1:]
 
+    def warm_rows(self) -> tuple[torch.Tensor, list[int]]:
+        """The rows of :attr:`u` a warm start reads, and their points: this rank's level-0
+        C-points >= 1. Every solve begins with an F-relaxation of level 0 (each scheme
+        starts with one; on a single level, a sweep from ``u0``), which recomputes each
+        F-point from the C-point before it, the left neighbour's last point arriving once
+        final, before any F-point is read: a warm start's F-points are never read."""
+        lev = self.levels[0]
+        points = [i for i in lev.points() if i >= 1 and lev.is_c(i)]
+        rows = torch.tensor([lev.slot(i) - 1 for i in points], dtype=torch.long,
+                            device=self.device)
+        return rows, points
+
     # -- states by point: what an application reads (no slot arithmetic outside mgrit/) ------
     def slot(self, point: int) -> int:
         """The level-0 storage row of this rank's point (``lo - 1``: the ghost, the left
@@ -136,12 +150,14 @@ class MGRIT:
 
     # -- initial guess ---------------------------------------------------------------------
     def _initial_guess(self, u0: torch.Tensor | None, shape, init: str,
-                       warm: torch.Tensor | None) -> None:
+                       warm: Warm | None) -> None:
         for d in self.data[1:]:
             d.g.zero_()
         top = self.data[0].u
-        if warm is not None:
-            top[1:].copy_(warm)
+        if warm is not None:                   # (rows of warm_rows, their states)
+            rows, values = warm
+            top.zero_()
+            top[1:].index_copy_(0, rows, values)
         elif init == "copy":
             buf = u0.clone() if self.first else torch.empty(shape, device=self.device,
                                                              dtype=self.dtype)
@@ -205,13 +221,14 @@ class MGRIT:
         return math.sqrt(self.msg.allreduce_sum(local))
 
     def solve(self, u0: torch.Tensor | None, shape: tuple[int, ...],
-              warm: torch.Tensor | None = None, max_iter: int | None = None,
+              warm: Warm | None = None,
+              max_iter: int | None = None,
               tol: float | None = None) -> SolveResult:
         """Solve from the initial state ``u0`` (given on the first chain rank).
 
-        ``warm``: this rank's level-0 states from an earlier solve (warm start);
-        otherwise the configured initial guess. Returns iterations and residuals;
-        the solution is in :attr:`u`.
+        ``warm``: ``(rows, states)``, this rank's level-0 states at :meth:`warm_rows` from
+        an earlier solve (warm start); otherwise the configured initial guess. Returns
+        iterations and residuals; the solution is in :attr:`u`.
         """
         max_iter = self.opts.max_iter if max_iter is None else max_iter
         tol = self.opts.tol if tol is None else tol

@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 
 from mgrit_nn.config import MgritConfig
-from mgrit_nn.mgrit import MGRIT, Chain, Level, Selection, SolveResult, Workspace
+from mgrit_nn.mgrit import MGRIT, Chain, Level, Selection, SolveResult, Warm, Workspace
 from mgrit_nn.model.layers import LayerTable
 
 
@@ -79,7 +79,7 @@ def adjoint_solver(net, opts: MgritConfig) -> MGRIT:
                  "MGRIT adjoint")
 
 
-def solve_adjoint(net, lam_N: torch.Tensor | None, warm: torch.Tensor | None = None,
+def solve_adjoint(net, lam_N: torch.Tensor | None, warm: Warm | None = None,
                   **kw) -> SolveResult:
     """Solve for lam_0..lam_N from ``lam_N`` (given on the last forward rank)."""
     shape = net.solver.shape

@@ -17,7 +17,7 @@ from torch import nn
 
 from mgrit_nn.comm import Messenger
 from mgrit_nn.config import MgritConfig, ModelConfig, RegConfig
-from mgrit_nn.mgrit import MGRIT, Chain, Level, Selection, SolveResult, Workspace
+from mgrit_nn.mgrit import MGRIT, Chain, Level, Selection, SolveResult, Warm, Workspace
 from mgrit_nn.model.adjoint import adjoint_solver, layer_gradients, solve_adjoint
 from mgrit_nn.model.init import Shapes, init_classifier, init_layers, init_opening
 from mgrit_nn.model.layers import LayerTable
@@ -186,7 +186,7 @@ class ParallelResNet(nn.Module):
         uN = self.scheme.readout(self.shapes.op, uN)
         return F.linear(uN.flatten(1), self.cls_weight, self.cls_bias)
 
-    def solve_forward(self, x: torch.Tensor, warm: torch.Tensor | None = None,
+    def solve_forward(self, x: torch.Tensor, warm: Warm | None = None,
                       **kw) -> SolveResult:
         """MGRIT forward propagation of the batch ``x`` (every rank passes the same batch)."""
         with torch.no_grad():
@@ -220,7 +220,7 @@ class ParallelResNet(nn.Module):
         return float(buf[0]), logits
 
     def backprop(self, x: torch.Tensor, y: torch.Tensor, scale: torch.Tensor | float = 1.0,
-                 warm: torch.Tensor | None = None, **kw) -> list[torch.Tensor]:
+                 warm: Warm | None = None, **kw) -> list[torch.Tensor]:
         """Gradients of ``scale * loss`` for :meth:`local_parameters` (after solve_forward).
 
         lam_N from the classifier and loss on the last rank; the adjoint MGRIT
