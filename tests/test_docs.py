@@ -53,3 +53,23 @@ def test_every_command_and_job_template_is_documented():
         assert f"mgrit-nn {command}" in text, f"mgrit-nn {command} is not in the docs"
     for job in (ROOT / "jobs").glob("*.sbatch"):
         assert f"jobs/{job.name}" in text or f"mgrit-nn job {job.stem}" in text, job.name
+
+
+def readme_methods() -> list[str]:
+    """The methods of README.md's list under "Training methods": every backticked name
+    before the first colon of a "- " item (``- `penalty`, `al`: ...``)."""
+    text = (ROOT / "README.md").read_text()
+    block = text.split("Training methods (`train.method`):", 1)[1].split("\n\n", 2)[1]
+    items = [ln for ln in block.splitlines() if ln.startswith("- ")]
+    return [name for ln in items for name in re.findall(r"`(\w+)`", ln.split(":", 1)[0])]
+
+
+def test_readme_lists_every_method_of_the_registry_and_no_other():
+    from mgrit_nn.methods.registry import METHODS
+
+    listed = readme_methods()
+    assert len(listed) == len(set(listed)), f"README.md lists a method twice: {listed}"
+    missing, extra = sorted(set(METHODS) - set(listed)), sorted(set(listed) - set(METHODS))
+    assert not missing and not extra, (
+        f"README.md's method list is out of date\n  methods it omits: {missing}\n"
+        f"  methods it lists that the code lacks: {extra}")
