@@ -115,6 +115,9 @@ class TrainConfig:
     fwd_iters: int = opt(2, "oneshot: forward MGRIT iterations per step", ge=1)
     adj_iters: int = opt(2, "oneshot: adjoint MGRIT iterations per step", ge=1)
     warm_start: bool = opt(True, "oneshot: start each solve from the samples' previous iterates")
+    warm_dtype: Literal["same", "float32", "bfloat16", "float16"] = opt(
+        "same", "oneshot: dtype the warm starts are stored in (lower: less memory, a "
+        "rounded warm start; same: runtime.dtype)")
     optimizer: Literal["sgd", "adam", "lbfgs"] = opt("adam", "sgd | adam | lbfgs (full batch)")
     lr: float = opt(0.01, "learning rate (lbfgs: initial step of the line search)", gt=0)
     momentum: float = opt(0.9, "sgd momentum", ge=0)

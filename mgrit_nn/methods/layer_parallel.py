@@ -23,6 +23,7 @@ from mgrit_nn.runtime import CheckpointError
 from mgrit_nn.setup_run import Run
 
 log = logging.getLogger("mgrit_nn.train")
+WARM_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 class WarmStore:
@@ -34,8 +35,9 @@ class WarmStore:
     never), so replicas, which put once per step each, can tell whose copy is newest.
     """
 
-    def __init__(self, n_samples: int, solver: MGRIT, reverse_of: int | None = None) -> None:
-        self.n = n_samples
+    def __init__(self, n_samples: int, solver: MGRIT, reverse_of: int | None = None,
+                 dtype: torch.dtype | None = None) -> None:
+        self.n, self.dtype, self.solver_dtype = n_samples, dtype or solver.dtype, solver.dtype
         self.rows, points = solver.warm_rows()
         self.points = np.array([reverse_of - p if reverse_of is not None else p
                                 for p in points], dtype=np.int64)
@@ -50,18 +52,21 @@ class WarmStore:
     def get(self, idx: torch.Tensor) -> Warm | None:
         if self.store is None or not bool((self.last_used[idx] >= 0).any()):
             return None
-        if self._everything(idx):
-            return self.rows, self.store
-        return self.rows, self.store[:, idx.to(self.store.device)]
+        values = self.store if self._everything(idx) else \
+            self.store[:, idx.to(self.store.device)]
+        return self.rows, values.to(self.solver_dtype)
 
     def put(self, idx: torch.Tensor, u: torch.Tensor) -> None:
         """Keep the rows of ``u`` (the solver's level-0 states) for the samples ``idx``."""
         if self.store is None:
-            self.store = u.new_zeros((len(self.rows), self.n) + tuple(u.shape[2:]))
-        if self._everything(idx):
+            self.store = u.new_zeros((len(self.rows), self.n) + tuple(u.shape[2:]),
+                                     dtype=self.dtype)
+        if self._everything(idx) and self.dtype == u.dtype:
             torch.index_select(u, 0, self.rows, out=self.store)
+        elif self._everything(idx):
+            self.store.copy_(u.index_select(0, self.rows))
         else:
-            self.store[:, idx.to(u.device)] = u.index_select(0, self.rows)
+            self.store[:, idx.to(u.device)] = u.index_select(0, self.rows).to(self.dtype)
         self.last_used[idx] = self.clock
         self.clock += 1
 
@@ -82,8 +87,9 @@ class LayerParallelMethod(PartitionedMethod):
         warm = not exact and t.warm_start
         n = len(run.data.x_train)
         net, N = self.net, run.cfg.model.layers
-        self.fwd_store = WarmStore(n, net.solver) if warm else None
-        self.adj_store = WarmStore(n, net.adjoint, reverse_of=N) if warm else None
+        dtype = WARM_DTYPES.get(t.warm_dtype)             # "same": the run's dtype
+        self.fwd_store = WarmStore(n, net.solver, dtype=dtype) if warm else None
+        self.adj_store = WarmStore(n, net.adjoint, reverse_of=N, dtype=dtype) if warm else None
 
     def step(self, batch: Batch) -> StepInfo:
         """Forward MGRIT (warm-started), loss, adjoint MGRIT (warm-started), layer gradients."""
@@ -119,8 +125,8 @@ class LayerParallelMethod(PartitionedMethod):
         out = {"last_used": last, "clock": np.array(fs.clock)}
         for name, store, flip in (("forward", fs, False), ("adjoint", ads, True)):
             mine = (torch.from_numpy(last) == store.last_used) & (store.last_used >= 0)
-            local = store.store * mine.view((1, -1) + (1,) * (store.store.dim() - 2)).to(
-                store.store.device)
+            kept = store.store.to(self.net.dtype)           # checkpoints: the run's dtype
+            local = kept * mine.view((1, -1) + (1,) * (kept.dim() - 2)).to(kept.device)
             if data.size > 1:
                 data.allreduce_tensor(local)
             if flip:      # adjoint rows run backwards in forward point order
@@ -146,7 +152,7 @@ class LayerParallelMethod(PartitionedMethod):
             return
         last = torch.from_numpy(warm["last_used"][()])
         for name, store in stores:
-            store.store = picked[name].to(self.net.device, self.net.dtype)
+            store.store = picked[name].to(self.net.device, store.dtype)
             store.last_used = last.clone()
             store.clock = int(warm["clock"][()])
 

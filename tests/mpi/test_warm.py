@@ -54,3 +54,13 @@ def test_a_checkpoint_of_every_point_loads_its_c_points():
     assert LayerParallelMethod._rows_of(new, "forward", np.array([8, 4])).tolist() == \
         got.tolist()
     assert LayerParallelMethod._rows_of(new, "forward", np.array([6])) is None
+
+
+def test_warm_dtype_stores_rounded_warm_starts_and_still_trains():
+    """``train.warm_dtype: float16``: a quarter of float64's bytes; the solves start from
+    rounded iterates, so the losses differ a little but training goes on."""
+    same, big = train(train__steps=20)
+    half, small = train(train__steps=20, train__warm_dtype="float16")
+    assert big == 4 * small
+    assert half != same
+    assert half[-1] < 0.9 * half[0] and abs(half[-1] - same[-1]) < 0.05 * same[-1]
