@@ -104,10 +104,10 @@ def small_disk(tmp_path):
 def test_a_full_disk_stops_the_run_with_one_message_and_loses_nothing(tmp_path, small_disk):
     d = ["--set", "checkpoint.every=5", "--set", "checkpoint.keep=3"]
     straight = tmp_path / "straight"
-    train(2, straight, *d, steps=30)
+    train(2, straight, *d, steps=20)
     out = small_disk / "run"
     args = ["-m", "mgrit_nn", "train", "configs/peaks.yaml", "--out", str(out),
-            "--set", "train.steps=30", *SMALL, *d]
+            "--set", "train.steps=20", *SMALL, *d]
     p = mpirun(2, args)
     assert p.returncode == 74, p.stderr
     said = [ln for ln in p.stderr.splitlines() if ln.startswith("mgrit-nn: error:")]
