@@ -70,10 +70,12 @@ def test_check_fails_when_a_solve_stops_short(cap, failed):
     assert "BAD TERMINATION" not in p.stdout + p.stderr      # every rank exits with 1 itself
 
 
-def test_check_in_float32_uses_a_tolerance_float32_reaches():
+@pytest.mark.parametrize("step", ["euler", "verlet"])
+def test_check_in_float32_uses_a_tolerance_float32_reaches(step):
     """tol 1e-10 is below float32's rounding: the check raises it to 10 eps |u_C|, says so, and
     stops there instead of running all max_iter iterations."""
-    p = mpirun(2, ["check", "configs/peaks.yaml", *SMALL, "--set", "runtime.dtype=float32"])
+    p = mpirun(2, ["check", "configs/peaks.yaml", *SMALL, "--set", "runtime.dtype=float32",
+                   "--set", f"model.step={step}"])
     assert p.returncode == 0, p.stderr
     out = last_json(p)
     assert out["passed"] and out["fwd_iters"] < 30 and out["adj_iters"] < 30
