@@ -180,7 +180,7 @@ def _analysis_parsers(sub) -> None:
     s.add_argument("--template", default="cpu", help="job template: cpu | gpu | a file")
     s.add_argument("--var", action="append", default=[], metavar="NAME=VALUE",
                    help="job template setting, e.g. ACCOUNT=proj, TIME=00:30:00 (repeatable)")
-    s.add_argument("--ranks-per-node", type=int, default=None,
+    s.add_argument("--ranks-per-node", type=_positive(int), default=None,
                    help="ranks (GPUs) per node of the jobs (default: SLURM places them)")
     w = s.add_mutually_exclusive_group()
     w.add_argument("--local", action="store_true",
@@ -189,7 +189,7 @@ def _analysis_parsers(sub) -> None:
     s.add_argument("--launcher", default=None,
                    help="--local: MPI launcher, e.g. 'mpirun --oversubscribe -n {n}' "
                    "(default: the mpiexec next to this Python, else on PATH)")
-    s.add_argument("--timeout", type=float, default=None,
+    s.add_argument("--timeout", type=_positive(float), default=None,
                    help="--local: stop a command after this many seconds (default: none)")
     r = sub.add_parser("report", help="plots and a Markdown table of a scaling study or of "
                        "a folder of training runs")
@@ -226,6 +226,17 @@ def _analysis(args) -> int:
     return 0
 
 
+def _positive(cast):
+    """An argparse type: a number > 0 (argparse names the flag in its one-line error)."""
+    def parse(text: str):
+        value = cast(text)                  # ValueError: "invalid int value: 'x'"
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"must be > 0, got {text!r}")
+        return value
+    parse.__name__ = cast.__name__
+    return parse
+
+
 def _check_args(args) -> None:
     """Arguments that are wrong whatever the config (checked with it: one message, exit 2)."""
     from mgrit_nn.config import ConfigError
@@ -234,6 +245,8 @@ def _check_args(args) -> None:
     if out is not None and not out.strip():
         raise ConfigError("--out: the output folder is an empty path (leave --out out for "
                           "the default out/<config name>)")
+    if out is not None and Path(out).exists() and not Path(out).is_dir():
+        raise ConfigError(f"--out {out} is a file, not a folder")
     if getattr(args, "overwrite", False) and getattr(args, "resume", None):
         raise ConfigError("--overwrite deletes the run that --resume would continue: give one "
                           "of them")
