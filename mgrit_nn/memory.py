@@ -23,6 +23,7 @@ INPUTS = {"peaks": (2,), "levelset": (2,), "swissroll": (2,), "ellipses": (2,),
           "indian_pines": (200,)}
 ALL_SAMPLES = {"digits": 1797, "mnist": 60000, "cifar10": 50000, "indian_pines": 10249}
 CLASSES = 16            # at most (indian_pines); the classifier is a small term anyway
+WARM_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}     # train.warm_dtype; same: dtype
 # copies of the weights alive in training: weights, gradient, optimizer state
 OPT_COPIES = {"sgd": 3, "adam": 4, "lbfgs": 2}
 # the keys that make each term big (the one furthest above its default is named first)
@@ -42,9 +43,11 @@ def _samples(cfg) -> tuple[int, int]:
 
 def estimate_memory(cfg, ranks: int = 1) -> dict[str, int]:
     """Bytes one rank needs, per term: weights (with gradient and optimizer state), states
-    (every point the rank owns, one batch), warm start (one-shot: 2 per point and sample),
+    (every point the rank owns, one batch), warm start (one-shot: forward and adjoint
+    iterates at the rank's level-0 C-points for every sample, in ``train.warm_dtype``),
     data (the whole set, float64, on every rank). Shapes as the network builds them
     (:func:`mgrit_nn.model.init.shapes`, which allocates nothing)."""
+    from mgrit_nn.config import at_level
     from mgrit_nn.model.init import shapes
 
     shape = INPUTS.get(cfg.data.name, (1,))
@@ -59,9 +62,11 @@ def estimate_memory(cfg, ranks: int = 1) -> dict[str, int]:
     batch = cfg.data.batch_size or n_train
     copies = OPT_COPIES.get(cfg.train.optimizer, 4)
     warm = cfg.train.method == "oneshot" and cfg.train.warm_start
+    c_points = -(-points // at_level(cfg.mgrit.cfactor, 0))
+    warm_bytes = WARM_BYTES.get(getattr(cfg.train, "warm_dtype", "same"), itemsize)
     return {"weights": copies * itemsize * (points * per_layer + ends),
             "states": points * batch * state * itemsize,
-            "warm start": 2 * points * n_train * state * itemsize if warm else 0,
+            "warm start": 2 * c_points * n_train * state * warm_bytes if warm else 0,
             "data": (n_train + n_val) * (math.prod(shape) + 1) * 8}
 
 

@@ -177,9 +177,12 @@ def test_memory_estimate_terms_and_what_fits():
     cfg = load_config(str(ROOT / "configs/peaks.yaml"))
     terms = estimate_memory(cfg, 1)
     assert set(terms) == {"weights", "states", "warm start", "data"}
-    # 65 points x 5000 samples x width 8 x 8 bytes, twice for the warm start
-    assert terms["states"] == 65 * 5000 * 8 * 8 and terms["warm start"] == 2 * terms["states"]
+    # 65 points x 5000 samples x width 8 x 8 bytes; the warm start: forward and adjoint at
+    # ceil(65 / cfactor 4) = 17 C-points, in train.warm_dtype
+    assert terms["states"] == 65 * 5000 * 8 * 8 and terms["warm start"] == 2 * 17 * 5000 * 8 * 8
     assert estimate_memory(cfg, 4)["states"] == 17 * 5000 * 8 * 8      # ceil(65 / 4) points
+    half = load_config(str(ROOT / "configs/peaks.yaml"), ["train.warm_dtype=float32"])
+    assert estimate_memory(half)["warm start"] == terms["warm start"] // 2
     assert 0 < sum(terms.values()) < machine_memory()
     wide = load_config(None, ["model.width=1000000"])
     assert max(estimate_memory(wide), key=estimate_memory(wide).get) == "weights"
