@@ -33,19 +33,16 @@ arrive. With one rank the method is plain gradient descent on the whole network.
 
 from __future__ import annotations
 
-import dataclasses
 import time
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from mgrit_nn.data import BatchStream
 from mgrit_nn.methods.base import Batch, PartitionedMethod, StepInfo, correct
-from mgrit_nn.model.coarse import CoarseNetwork, at_point
+from mgrit_nn.model.coarse import CoarseNetwork, Shallow, at_point
 from mgrit_nn.model.regression import Regression
 from mgrit_nn.model.stage import Stage
-from mgrit_nn.optim import make_optimizer
 from mgrit_nn.runtime import CheckpointError
 
 CHUNK = 4096              # samples per piece of the whole-training-set passes
@@ -105,40 +102,20 @@ class ParpasMethod(PartitionedMethod):
                 send.wait()
 
     def _predict(self, x: torch.Tensor, y: torch.Tensor) -> float:
-        """Train the coarse network; interpolate its weights, states and co-states."""
-        net, c, t = self.net, self.cfg, self.run.cfg.train
-        full = torch.zeros(self.run_layout.size, dtype=net.dtype)
-        got = net.gather_flat(net.flat([p.detach() for p in net.local_parameters()]))
-        if got is not None:
-            full.copy_(got)
-        net.msg.bcast_tensor(full, root=0)
-        coarse = CoarseNetwork(net, full, c.coarsen)
-        params = coarse.parameters()
-        lr = c.coarse_lr if c.coarse_lr is not None else t.lr
-        opt = make_optimizer(params, dataclasses.replace(t, lr=lr), lambda a: a)   # serial
+        """Train the coarse network (:class:`~mgrit_nn.model.coarse.Shallow`, the facility
+        ``penalty.init: shallow`` shares); interpolate its weights, states and co-states."""
+        net, c = self.net, self.cfg
+        shallow = Shallow(net, self.run_layout.size, c.coarsen)
         right = None if self.stage.last else net.hi            # this rank's regression point
-        d = self.run.cfg.data          # its own epochs (-1, -2, ...): not the steps'
-        stream, loss = BatchStream(self.n, d.batch_size, d.seed, first=-1, step=-1), float("nan")
-        for _ in range(c.coarse_iters):
-            idx = stream.next()
-            loss = self._coarse_pass(coarse, x[idx], y[idx], right, params)
-            opt.step()
+        loss = shallow.train(x, y, c.coarse_iters, c.coarse_lr, self.run.cfg.train,
+                             self.run.cfg.data,
+                             lambda co, xb, yb, ps: self._coarse_pass(co, xb, yb, right, ps))
         for lo in range(0, self.n, CHUNK):        # final network: pairs for every sample
-            self._coarse_pass(coarse, x[lo:lo + CHUNK], y[lo:lo + CHUNK], right, [])
+            self._coarse_pass(shallow.net, x[lo:lo + CHUNK], y[lo:lo + CHUNK], right, [])
         with torch.no_grad():
             if not self.stage.first:
-                for lo in range(0, self.n, CHUNK):
-                    states = coarse.states(x[lo:lo + CHUNK])
-                    self.inputs[lo:lo + CHUNK] = at_point(states, net.lo - 1, c.coarsen)
-            rows = torch.arange(net.jlo, net.jhi + 1, device=net.device) // c.coarsen
-            net.weight.copy_(coarse.K.detach().index_select(0, rows))
-            net.bias.copy_(coarse.b.detach().index_select(0, rows))
-            if net.first:
-                net.open_weight.copy_(coarse.open_w.detach())
-                net.open_bias.copy_(coarse.open_b.detach())
-            if net.last:
-                net.cls_weight.copy_(coarse.cls_w.detach())
-                net.cls_bias.copy_(coarse.cls_b.detach())
+                self.inputs.copy_(shallow.state_at(x, net.lo - 1))
+            shallow.inject()
         return loss
 
     def _coarse_pass(self, coarse: CoarseNetwork, x, y, right: int | None,

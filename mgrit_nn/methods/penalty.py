@@ -27,7 +27,12 @@ The multiplier step uses the new lambda_k. The correction is applied once and re
 while the mean squared violation exceeds tau_j, at most ``penalty.inner_max`` times (read
 literally, the paper's while-loop never corrects a feasible start: lambda would stay
 put). ``penalty`` is ``al`` with kappa = 0. With K = 1 the only stage is the whole
-network and the method is serial training.
+network and the method is serial training. ``penalty.literal`` undoes these departures
+one at a time (the ablation of docs/training.md).
+
+``penalty.init: shallow`` (Algorithm 1 step [2]) starts from a trained shallow network
+of every n-th layer, its blocks replicated (:class:`~mgrit_nn.model.coarse.Shallow`, the
+facility parpas' global prediction uses), lambda from it (``penalty.lambda_init``).
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ import numpy as np
 import torch
 
 from mgrit_nn.methods.base import Batch, PartitionedMethod, StepInfo, correct
+from mgrit_nn.model.coarse import Shallow
 from mgrit_nn.model.stage import Stage
 from mgrit_nn.runtime import CheckpointError
 
@@ -97,9 +103,12 @@ class PenaltyMethod(PartitionedMethod):
         self.n_state = math.prod(run.shapes.state)
         self.t = 0                                   # gradient evaluations so far
         self.busy = (0.0, 0.0)                       # wall-clock span of the last local work
+        self.cpu_steps: list[float] = []             # CPU s of each step's local work (no waits)
+        self.wait_cpu = 0.0
         self.noise = torch.Generator(device="cpu")
         n = len(run.data.x_train)
         self.lam = self.kap = None
+        self.started = False
         if not st.first:
             paths = [None, None]
             if self.cfg.store == "mmap":
@@ -112,6 +121,33 @@ class PenaltyMethod(PartitionedMethod):
             if self.al:
                 self.kap = SampleStore(*args, paths[1])
         self._initialize(run.data.x_train.to(run.device, run.dtype))
+
+    def start(self) -> dict[str, float]:
+        """``penalty.init: shallow``: train the shallow network, replicate its blocks into
+        the stages, then lambda from the new network (``penalty.lambda_init``); nothing once
+        done or restored from a checkpoint, nothing with ``init: random``."""
+        c = self.cfg
+        if self.started or c.init != "shallow":
+            self.started = True
+            return {}
+        t0 = time.perf_counter()
+        x = self.run.data.x_train.to(self.net.device, self.net.dtype)
+        y = self.run.data.y_train.to(self.net.device)
+        shallow = Shallow(self.net, self.run_layout.size, self.shallow_every())
+        loss = shallow.train(x, y, c.shallow_steps, c.shallow_lr, self.run.cfg.train,
+                             self.run.cfg.data)
+        shallow.inject()
+        if c.lambda_init == "shallow":
+            if self.lam is not None:
+                self.lam.put(torch.arange(len(x)), shallow.state_at(x, self.net.lo - 1))
+        else:
+            self._initialize(x)
+        self.started = True
+        return {"shallow_loss": loss, "shallow_s": time.perf_counter() - t0}
+
+    def shallow_every(self) -> int:
+        """Fine layers per shallow block: ``penalty.shallow_every``, 0 = L/K (one per stage)."""
+        return self.cfg.shallow_every or self.net.cfg.layers // self.stage.K
 
     @torch.no_grad()
     def _initialize(self, x: torch.Tensor, chunk: int = 4096) -> None:
@@ -134,16 +170,17 @@ class PenaltyMethod(PartitionedMethod):
         lam = None if st.first else self.lam.get(idx)
         kap = self.kap.get(idx) if self.al and not st.first else None
         from_left, from_right, recv_l, recv_r, sends = self._post(len(idx), lam, kap)
-        t_busy = time.time()
+        t_busy, cpu0, self.wait_cpu = time.time(), time.process_time(), 0.0
         local = st.local_step(x if st.first else lam.clone(), y,
                               lambda X: self._penalty(X, from_right, recv_r, beta),
                               scale, self._noise if st.last and not st.first else None)
         self.busy = (t_busy, time.time())
         violation = 0.0
         if not st.first:
-            recv_l.wait()
+            self._wait(recv_l)
             violation = self._correct(idx, lam, kap, from_left, len(idx) * local.input_grad,
                                       beta, tau)
+        self.cpu_steps.append(time.process_time() - cpu0 - self.wait_cpu)
         for s in sends + local.sends:
             if s is not None:
                 s.wait()
@@ -164,12 +201,18 @@ class PenaltyMethod(PartitionedMethod):
 
     def _penalty(self, X, from_right, recv_r, beta: float) -> torch.Tensor:
         """Stage k < K-1's objective: (beta/#) |lambda_{k+1} - X|^2 (+ <kappa_{k+1}, X> / B)."""
-        recv_r.wait()
+        self._wait(recv_r)
         B = len(X)
         local = beta / (B * self.n_state) * ((from_right[0] - X) ** 2).sum()
         if self.al:
             local = local + (from_right[1] * X).sum() / B
         return local
+
+    def _wait(self, req) -> None:
+        """Complete a receive; its CPU time (MPI polls) is not the stage's compute."""
+        c0 = time.process_time()
+        req.wait()
+        self.wait_cpu += time.process_time() - c0
 
     def _noise(self, inp: torch.Tensor) -> torch.Tensor:
         """The last stage's input lambda_{K-1} with Gaussian noise (``penalty.noise``)."""
@@ -195,27 +238,47 @@ class PenaltyMethod(PartitionedMethod):
             loss = self.stage.from_last(value)
         return StepInfo((loss + local.reg) * scale, correct(logits, y), extra=extra)
 
+    def _rates(self, beta: float, B: int) -> tuple[float, float, float, float, float]:
+        """(a, a on lambda's own penalty term, curvature c, kappa rate, scale of B P_k) of
+        the correction; ``penalty.literal`` undoes our departures one by one."""
+        lit, c, n, last = set(self.cfg.literal), self.cfg, self.n_state, self.stage.last
+        per = B if "scaling" in lit else 1        # the paper's # = B n, its P (batch mean)
+        a = 2 * beta / (n * per)
+        a_own = 0.0 if last and "last" in lit else a      # Algorithm 1's last line: no psi
+        curv = 0.0 if "explicit" in lit else (a_own if last else a_own + a)
+        k_rate = c.lr_kappa * (B * n / (2 * beta) if "kappa" in lit else a)
+        return a, a_own, curv, k_rate, 1.0 / per
+
     @torch.no_grad()
     def _correct(self, idx, lam, kap, x_prev, P, beta: float, tau: float) -> float:
         """The lambda (and kappa) correction of this rank's interface; returns the mean
         squared violation |lambda - X^{k-1}_end|^2 / # before it."""
-        c, n = self.cfg, self.n_state
-        a = 2 * beta / n
-        curv = a if self.stage.last else 2 * a    # both penalty terms, stage Jacobian ~ I
+        c = self.cfg
+        a, a_own, curv, k_rate, g_scale = self._rates(beta, len(idx))
+        forced = "loop" not in c.literal
         diff = lam - x_prev
         before = float((diff ** 2).mean())
         psi, it = before, 0
-        while it == 0 or (psi > tau and it < c.inner_max):   # at least one correction
-            g = P if kap is None else P - kap
-            lam = lam - c.lr_lambda * (a * diff + g) / (1 + c.lr_lambda * curv)
+        while (forced and it == 0) or (psi > tau and it < c.inner_max):
+            g = P * g_scale if kap is None else P * g_scale - kap
+            lam = lam - c.lr_lambda * (a_own * diff + g) / (1 + c.lr_lambda * curv)
             diff = lam - x_prev
             if kap is not None:
-                kap = kap - c.lr_kappa * a * diff
+                kap = kap - k_rate * diff
             psi, it = float((diff ** 2).mean()), it + 1
         self.lam.put(idx, lam)
         if kap is not None:
             self.kap.put(idx, kap)
         return before
+
+    def report(self, data) -> dict:
+        """Per-stage CPU seconds of the local work (waits excluded) and the critical-path
+        estimate sum_t max_k cpu_{k,t} (the stages run at once; messages not included)."""
+        steps = self.net.msg.comm.allgather(self.cpu_steps) if self.net.msg.size > 1 \
+            else [self.cpu_steps]
+        per_step = np.max(np.array(steps), axis=0) if steps and steps[0] else np.zeros(0)
+        return {"stage_cpu_s": [float(sum(s)) for s in steps],
+                "critical_path_s": float(per_step.sum())}
 
     # -- checkpoint: lambda, kappa by interface ------------------------------------------
     def state_dict(self) -> dict:
@@ -245,7 +308,7 @@ class PenaltyMethod(PartitionedMethod):
                 f"{self.run.cfg.train.method} on the same number of ranks (or --init-from)")
         if self.al and "kappa" not in f:
             raise CheckpointError("checkpoint has no kappa (written by penalty, not al)")
-        self.t = int(f["t"][()])
+        self.t, self.started = int(f["t"][()]), True
         k = self.stage.k
         if k > 0:
             self.lam.load(lam[k - 1])

@@ -66,6 +66,24 @@ class PenaltyConfig:
                        ge=0)
     honest_every: int = opt(1, "serial forward pass for the logged loss every this many steps "
                             "(0: never; loss is then the last stage's local loss)", ge=0)
+    init: Literal["random", "shallow"] = opt(
+        "random", "initial weights: random (model.seed) or shallow (Sun et al., Algorithm 1 "
+        "step [2]: a shallow network of every shallow_every-th layer, trained for "
+        "shallow_steps, its blocks replicated into the deep network)")
+    shallow_every: int = opt(0, "init: shallow: fine layers per shallow block (its step: "
+                             "shallow_every * h); 0: the layers of one stage, L/K (the paper's n)",
+                             ge=0)
+    shallow_steps: int = opt(100, "init: shallow: training steps of the shallow network "
+                             "(train.optimizer, batches of data.batch_size)", ge=0)
+    shallow_lr: float | None = opt(None, "init: shallow: its learning rate (null: train.lr)",
+                                   gt=0)
+    lambda_init: Literal["forward", "shallow"] = opt(
+        "forward", "lambda_k at the start: forward (one exact pass of the initial deep network: "
+        "a feasible start) or shallow (the shallow network's state at interface k; init: shallow)")
+    literal: list[Literal["scaling", "explicit", "loop", "kappa", "last"]] = opt(
+        [], "departures from the paper's literal rules to undo (ablation; docs/training.md): "
+        "scaling (# = B*n in the lambda step), explicit (no 1/(1+eta c)), loop (no forced first "
+        "correction), kappa (eq. 23: lr_kappa * #/(2 beta)), last (Algorithm 1's last line)")
     store: Literal["memory", "mmap"] = opt("memory", "lambda/kappa storage: memory or "
                                            "memory-mapped .npy files (data sets beyond RAM)")
     store_dir: str | None = opt(None, "mmap: directory of the per-rank files (default: temp)")
@@ -118,8 +136,16 @@ class ClipConfig:
 def _penalty_checks(cfg, ranks: int) -> list[Check]:
     pe = cfg.penalty
     taus = pe.tol if isinstance(pe.tol, list) else [pe.tol]
+    L, every = cfg.model.layers, pe.shallow_every or cfg.model.layers // max(ranks, 1)
+    shallow = pe.init == "shallow"
     return [(len(taus) >= 1, "penalty.tol", "an empty list: give one value or one per beta "
-             "phase")]
+             "phase"),
+            (not shallow or (every >= 1 and L % every == 0), "penalty.shallow_every",
+             f"model.layers = {L} is not a multiple of the shallow block length {every} "
+             f"(shallow_every 0: layers / ranks = {L}/{ranks}): the shallow network needs whole "
+             "blocks"),
+            (shallow or pe.lambda_init == "forward", "penalty.lambda_init",
+             "lambda_init: shallow needs init: shallow (there is no shallow network otherwise)")]
 
 
 def _critic_checks(cfg, ranks: int) -> list[Check]:
