@@ -1,0 +1,179 @@
+"""The papers' tables, one subcommand each (issue 15). Not under mpiexec: every run is its own
+``mpiexec -n K mgrit-nn train`` (K = 1 really is one process), one at a time.
+
+    python benchmarks/paper_tables.py sun [--ks 1,2,3,4] [--methods penalty,al] \\
+        [--set k=v ...] [--out sun.json]
+    python benchmarks/paper_tables.py sun-ablation [--k 4] [--methods penalty,al] \\
+        [--variants ours,shallow,...] [--set k=v ...] [--out ablation.json]
+
+``sun``: Sun et al.'s Table 1 on the level sets (configs/levelset_{penalty,al}.yaml):
+per method and K, the train loss through the full serial forward pass, test accuracy,
+measured wall time and speed-up over K = 1, the critical-path estimate (sum over steps of
+the slowest stage's CPU time of local work, waits excluded, plus the shallow network's
+training: the time with one core per stage, messages not counted) and its speed-up, and
+the constraint violation at the end of every beta phase. With K above the cores the
+measured time is oversubscribed: read the critical-path columns.
+
+``sun-ablation``: at one K, each departure of ours from the paper's literal text undone
+alone (``penalty.literal``), the shallow initialization on/off, the paper's own settings
+(T = 1, the al beta schedule, noise into lambda_{K-1}): test accuracy and final violation.
+
+Add a paper: one function ``table_NAME(args)`` and its entry in ``TABLES`` (``parpas``,
+``lct`` are for later). ``uptime`` is printed before and after: the load average.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+QUIET = ["runtime.threads=1", "train.eval_every=0", "penalty.honest_every=0"]
+
+
+def train(config: str, ranks: int, sets: list[str], out: Path) -> dict:
+    """One training run; its result.json plus the history columns the tables need."""
+    cmd = ["mpiexec", "-n", str(ranks), sys.executable, "-m", "mgrit_nn", "train", config,
+           "--out", str(out), "--quiet", "--overwrite"]
+    for s in QUIET + sets:
+        cmd += ["--set", s]
+    subprocess.run(cmd, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
+    r = json.loads((out / "result.json").read_text())
+    with h5py.File(out / "history.h5") as f:
+        steps = f["steps"]
+        for col in ("violation", "beta", "shallow_s"):
+            if col in steps:
+                r[col] = np.nan_to_num(np.asarray(steps[col][()], dtype=float)).tolist()
+    r["shallow_s"] = float(sum(r.get("shallow_s", [0.0])))
+    r["critical_path_s"] = r.get("critical_path_s", float("nan")) + r["shallow_s"]
+    return r
+
+
+def phase_ends(r: dict) -> list[tuple[float, float]]:
+    """(beta, violation) at the last step of every beta phase."""
+    b, v = r.get("beta", []), r.get("violation", [])
+    return [(b[k], v[k]) for k in range(len(b)) if k + 1 == len(b) or b[k + 1] != b[k]]
+
+
+def config_of(method: str) -> str:
+    return f"configs/levelset_{method}.yaml"
+
+
+def uptime() -> str:
+    return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+
+
+def table_sun(args) -> list[dict]:
+    rows = []
+    for method in args.methods.split(","):
+        for K in (int(k) for k in args.ks.split(",")):
+            with tempfile.TemporaryDirectory() as d:
+                r = train(args.config or config_of(method), K, args.set, Path(d))
+            r["K"] = K
+            rows.append(r)
+            print(f"  done {method} K={K}: acc {r['val_accuracy']:.3f}", file=sys.stderr)
+    print(f"config {args.config or 'configs/levelset_METHOD.yaml'} {' '.join(args.set)}\n")
+    print("| method | K | train loss (serial pass) | test acc | runtime measured [s] "
+          "| speed-up measured | critical path, model [s] | speed-up, model "
+          "| violation at the end of each beta phase |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    base: dict[str, dict] = {}
+    for r in rows:
+        b = base.setdefault(r["method"], r)
+        over = " (oversubscribed)" if r["K"] > (os.cpu_count() or 1) else ""
+        ends = ", ".join(f"{v:.2e} (β={be:g})" for be, v in phase_ends(r)) if r["K"] > 1 \
+            else "-"
+        print(f"| {r['method']} | {r['K']} | {r['train_loss']:.4f} | {r['val_accuracy']:.3f} "
+              f"| {r['wall_time_s']:.1f}{over} | {b['wall_time_s'] / r['wall_time_s']:.2f}x "
+              f"| {r['critical_path_s']:.1f} | {b['critical_path_s'] / r['critical_path_s']:.2f}x"
+              f" | {ends} |")
+    return rows
+
+
+# name -> (what it is, --set overrides; "{k}" is replaced by nothing: one K per table)
+VARIANTS = {
+    "ours": ("the config as it is (shipped ones: random init)", []),
+    "shallow": ("+ shallow init (penalty.init: shallow)", ["penalty.init=shallow"]),
+    "shallow-lambda": ("+ shallow init, lambda from the shallow network",
+                       ["penalty.init=shallow", "penalty.lambda_init=shallow"]),
+    "lit-scaling": ("shallow + literal # = B n scaling of the lambda step",
+                    ["penalty.init=shallow", "penalty.literal=[scaling]"]),
+    "scaling-random": ("literal # = B n scaling alone, random init",
+                       ["penalty.literal=[scaling]"]),
+    "scaling-noise": ("shallow + literal scaling + noise 0.1 into lambda_{K-1}",
+                      ["penalty.init=shallow", "penalty.literal=[scaling]", "penalty.noise=0.1"]),
+    "lit-explicit": ("shallow + literal explicit lambda step",
+                     ["penalty.init=shallow", "penalty.literal=[explicit]"]),
+    "lit-loop": ("shallow + literal while-loop (tau = 0: corrections to inner_max = 5)",
+                 ["penalty.init=shallow", "penalty.literal=[loop]", "penalty.inner_max=5"]),
+    "lit-kappa": ("shallow + literal eq. (23), rate 1e-9 (al only)",
+                  ["penalty.init=shallow", "penalty.literal=[kappa]", "penalty.lr_kappa=1e-9"]),
+    "lit-last": ("shallow + Algorithm 1's last line for lambda_{K-1}",
+                 ["penalty.init=shallow", "penalty.literal=[last]"]),
+    "noise": ("shallow + noise 0.1 into lambda_{K-1}", ["penalty.init=shallow",
+                                                         "penalty.noise=0.1"]),
+    "T1": ("shallow + the paper's T = 1", ["penalty.init=shallow", "model.T=1.0"]),
+    "al-beta": ("shallow + the paper's al beta (0.1, x0.1) and rate 1e-9 (al only)",
+                ["penalty.init=shallow", "penalty.beta=0.1", "penalty.beta_rise=0.1",
+                 "penalty.literal=[kappa]", "penalty.lr_kappa=1e-9"]),
+}
+AL_ONLY = {"lit-kappa", "al-beta"}
+
+
+def table_sun_ablation(args) -> list[dict]:
+    rows = []
+    names = args.variants.split(",") if args.variants else list(VARIANTS)
+    for method in args.methods.split(","):
+        for name in names:
+            if name in AL_ONLY and method != "al":
+                continue
+            with tempfile.TemporaryDirectory() as d:
+                r = train(args.config or config_of(method), args.k, VARIANTS[name][1] + args.set,
+                          Path(d))
+            r["variant"] = name
+            rows.append(r)
+            print(f"  done {method} {name}: acc {r['val_accuracy']:.3f}", file=sys.stderr)
+    print(f"K = {args.k}, config {args.config or 'configs/levelset_METHOD.yaml'} "
+          f"{' '.join(args.set)}\n")
+    print("| method | variant | test acc | train loss (serial pass) | final violation "
+          "| violation at the end of each beta phase |")
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        ends = ", ".join(f"{v:.2e}" for _, v in phase_ends(r))
+        print(f"| {r['method']} | {r['variant']}: {VARIANTS[r['variant']][0]} "
+              f"| {r['val_accuracy']:.3f} | {r['train_loss']:.4f} "
+              f"| {r['violation'][-1]:.2e} | {ends} |")
+    return rows
+
+
+TABLES = {"sun": table_sun, "sun-ablation": table_sun_ablation}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("table", choices=sorted(TABLES))
+    p.add_argument("--config", default=None, help="default: configs/levelset_METHOD.yaml")
+    p.add_argument("--methods", default="penalty,al")
+    p.add_argument("--ks", default="1,2,3,4", help="sun: stage counts K")
+    p.add_argument("--k", type=int, default=4, help="sun-ablation: the K")
+    p.add_argument("--variants", default="", help=f"sun-ablation: of {','.join(VARIANTS)}")
+    p.add_argument("--set", action="append", default=[])
+    p.add_argument("--out", default=None)
+    args = p.parse_args()
+    print(f"load before: {uptime()}\n")
+    rows = TABLES[args.table](args)
+    print(f"\nload after: {uptime()}")
+    if args.out:
+        Path(args.out).write_text(json.dumps(rows))
+
+
+if __name__ == "__main__":
+    main()
