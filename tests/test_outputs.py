@@ -135,3 +135,31 @@ def test_a_full_disk_stops_the_run_with_one_message_and_loses_nothing(tmp_path, 
     p = mpirun(2, args[:5] + [str(tmp_path / "moved")] + args[6:] + ["--resume", "latest"])
     assert p.returncode == 0, p.stderr
     assert np.array_equal(losses(tmp_path / "moved"), losses(straight))
+
+
+def test_files_that_are_not_ours_are_one_line_each(tmp_path):
+    """info, --resume/--init-from and report name what is wrong, never h5py's own text
+    (probe cases of issue 18)."""
+    from mgrit_nn.analysis import AnalysisError, report
+    from mgrit_nn.commands.info import info
+    from mgrit_nn.io.checkpoint import CheckpointError
+
+    text, empty, cut = tmp_path / "a.txt", tmp_path / "e.h5", tmp_path / "cut.h5"
+    text.write_text("hello")
+    empty.write_bytes(b"")
+    with h5py.File(tmp_path / "whole.h5", "w") as f:
+        f.create_dataset("x", data=np.arange(10000.0))
+    cut.write_bytes((tmp_path / "whole.h5").read_bytes()[:3000])
+    cases = {tmp_path / "missing.h5": "does not exist", tmp_path: "is a directory",
+             text: "is not an HDF5 file", empty: "is not an HDF5 file",
+             cut: "a damaged or truncated HDF5 file"}
+    for path, words in cases.items():
+        with pytest.raises(ValueError, match=words):
+            info(str(path))
+        with pytest.raises(CheckpointError, match=f"checkpoint {path} .*{words}"):
+            open_checkpoint(path)
+    study = tmp_path / "study"
+    study.mkdir()
+    (study / "study.json").write_text("{not json")
+    with pytest.raises(AnalysisError, match="is not a study manifest"):
+        report(str(study), None)

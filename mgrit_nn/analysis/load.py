@@ -139,8 +139,12 @@ def load_study(folder: str | Path) -> Study:
     folder = Path(folder)
     manifest_file = folder / "study.json"
     if manifest_file.is_file():
-        m = json.loads(manifest_file.read_text())
-        entries = [(int(p), e) for p, e in m["runs"].items()]
+        try:
+            m = json.loads(manifest_file.read_text())
+            entries = [(int(p), e) for p, e in m["runs"].items()]
+        except (ValueError, KeyError, AttributeError, TypeError) as exc:
+            raise AnalysisError(f"{manifest_file} is not a study manifest of mgrit-nn "
+                                f"scaling ({type(exc).__name__}: {exc})") from None
     else:                                   # a study folder without its manifest
         m = {"kind": "", "config": "", "set": []}
         entries = []

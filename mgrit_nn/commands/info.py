@@ -21,12 +21,19 @@ def _config_line(text: str) -> str:
 
 
 def info(path: str, tries: int = 3) -> str:
+    from pathlib import Path
+
+    from mgrit_nn.io.checkpoint import h5_problem
+
+    why = h5_problem(Path(path))
+    if why is not None:
+        raise ValueError(why)
     for attempt in range(tries):     # a running writer may be in the middle of a flush
         try:
             return _summary(path)
         except OSError:
             if attempt == tries - 1:
-                raise
+                raise ValueError("cannot be read: a damaged or truncated HDF5 file") from None
             time.sleep(0.2)
     raise AssertionError("unreachable")
 

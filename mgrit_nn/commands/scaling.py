@@ -141,6 +141,8 @@ def prepare(config: str, kind: str, ranks: list[int], study: Path, *,
         threads = base.runtime.threads
     held = threads if base.runtime.threads == 0 else None
     texts = {p: derived_config(config, sets, layers[p], p, steps, held) for p in ranks}
+    if study.exists() and not study.is_dir():
+        raise StudyError(f"--out {study} is a file, not a folder: choose another --out")
     if (study / STUDY_FILE).exists():
         if not force:
             raise StudyError(f"{study} already holds a study; pass --force to start it again "

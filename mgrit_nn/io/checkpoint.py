@@ -145,13 +145,14 @@ def open_checkpoint(path: str | Path, checksum: bool = True) -> h5py.File:
     """Open and verify a checkpoint (completeness marker and, unless ``checksum`` is false
     because the caller has just verified it, the checksum: a read of every dataset)."""
     p = Path(path)
-    if not p.is_file():
-        raise CheckpointError(f"checkpoint {p}: no such file")
+    why = h5_problem(p)
+    if why is not None:
+        raise CheckpointError(f"checkpoint {p} {why}")
     try:
         f = h5py.File(p, "r")
-    except OSError as exc:
-        raise CheckpointError(f"checkpoint {p} is not a readable HDF5 file "
-                              f"(truncated or corrupt?): {exc}") from None
+    except OSError:
+        raise CheckpointError(f"checkpoint {p} cannot be read: a damaged or truncated HDF5 "
+                              "file") from None
     if "steps" in f and "model" not in f:
         f.close()
         raise CheckpointError(f"{p} is a history file, not a checkpoint (checkpoints are in "
@@ -163,6 +164,17 @@ def open_checkpoint(path: str | Path, checksum: bool = True) -> h5py.File:
         f.close()
         raise CheckpointError(f"checkpoint {p} is corrupt: its checksum does not match")
     return f
+
+
+def h5_problem(path: Path) -> str | None:
+    """Why ``path`` cannot be an HDF5 file we read (None: it may be), in words."""
+    if path.is_dir():
+        return "is a directory, not a file"
+    if not path.is_file():
+        return "does not exist"
+    if not h5py.is_hdf5(path):
+        return "is not an HDF5 file (empty, truncated, or another format)"
+    return None
 
 
 def checkpoint_path(out: Path, step: int) -> Path:
