@@ -59,6 +59,8 @@ def load_run(path: str | Path) -> RunData:
     h5 = path / "history.h5" if path.is_dir() else path
     if not h5.is_file():
         raise AnalysisError(f"{h5}: no such file")
+    if not h5py.is_hdf5(h5):
+        raise AnalysisError(f"{h5}: not an HDF5 file (empty, truncated, or another format)")
     try:
         # no file lock: a report may read the history of a run that is still writing it
         with h5py.File(h5, "r", locking=False) as f:
@@ -75,7 +77,8 @@ def load_run(path: str | Path) -> RunData:
             timing = {c: f["timing"][c][:n] for c in f["timing"]} if "timing" in f else {}
             attrs = dict(f.attrs)
     except OSError as exc:
-        raise AnalysisError(f"{h5}: cannot read it as HDF5 ({exc})") from None
+        raise AnalysisError(f"{h5}: cannot be read: a damaged or truncated HDF5 file "
+                            f"({type(exc).__name__})") from None
     config = yaml.safe_load(attrs.get("config", "")) or {}
     result_file = h5.parent / "result.json"
     result = None

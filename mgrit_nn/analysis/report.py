@@ -341,6 +341,8 @@ def plot_history(path: str | Path, out: str | Path | None = None) -> list[Path]:
     if not run.n_steps:
         raise AnalysisError(f"{path}: the history has no steps yet")
     out_dir = Path(out) if out else run.folder
+    if out_dir.exists() and not out_dir.is_dir():
+        raise AnalysisError(f"--out {out_dir} is a file, not a folder: choose another --out")
     title = f"{run.label}, N = {run.layers}"
     written = [w for w in _run_plots([run], title, out_dir) if w is not None]
     if run.timing:
