@@ -133,6 +133,20 @@ class ClipConfig:
 
 
 # -- their cross-field checks -----------------------------------------------------------
+def _writable(folder: str | None) -> bool:
+    """Whether the mmap store can put its files in ``folder`` (created if need be)."""
+    import tempfile
+    from pathlib import Path
+
+    try:
+        d = Path(folder or tempfile.gettempdir())
+        d.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=d):
+            return True
+    except OSError:
+        return False
+
+
 def _penalty_checks(cfg, ranks: int) -> list[Check]:
     pe = cfg.penalty
     taus = pe.tol if isinstance(pe.tol, list) else [pe.tol]
@@ -145,7 +159,10 @@ def _penalty_checks(cfg, ranks: int) -> list[Check]:
              f"(shallow_every 0: layers / ranks = {L}/{ranks}): the shallow network needs whole "
              "blocks"),
             (shallow or pe.lambda_init == "forward", "penalty.lambda_init",
-             "lambda_init: shallow needs init: shallow (there is no shallow network otherwise)")]
+             "lambda_init: shallow needs init: shallow (there is no shallow network otherwise)"),
+            (pe.store != "mmap" or _writable(pe.store_dir), "penalty.store_dir",
+             f"{pe.store_dir or 'the temp folder'}: cannot create or write files there (the "
+             "mmap store of lambda/kappa)")]
 
 
 def _critic_checks(cfg, ranks: int) -> list[Check]:
