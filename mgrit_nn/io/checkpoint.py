@@ -148,8 +148,8 @@ def open_checkpoint(path: str | Path, checksum: bool = True) -> h5py.File:
     why = h5_problem(p)
     if why is not None:
         raise CheckpointError(f"checkpoint {p} {why}")
-    try:
-        f = h5py.File(p, "r")
+    try:      # no file lock: a finished checkpoint never changes (and info holds it open so)
+        f = h5py.File(p, "r", locking=False)
     except OSError:
         raise CheckpointError(f"checkpoint {p} cannot be read: a damaged or truncated HDF5 "
                               "file") from None
