@@ -206,13 +206,13 @@ class History:
             self.f = None
 
 
-def readable(path: Path) -> str | None:
-    """None if ``path`` is a history file h5py reads whole, else why not."""
+def read_history(path: Path) -> tuple[Rows, dict] | str:
+    """The rows and attributes of a history file that h5py reads whole, else why not."""
     try:
         with h5py.File(path, "r", locking=False) as f:
-            Rows.from_group(f)
-            return None
-    except Exception as exc:  # noqa: BLE001 - any failure to read means: damaged
+            attrs = {k: v for k, v in f.attrs.items() if k in ("started", "resumed", "run_id")}
+            return Rows.from_group(f), attrs
+    except (OSError, KeyError, ValueError, RuntimeError, TypeError) as exc:   # damaged
         return f"{type(exc).__name__}: {exc}"
 
 
@@ -222,21 +222,20 @@ def resume_rows(out: Path, checkpoint: h5py.File, step: int) -> tuple[Rows, dict
     rows of ``OUT/history.h5`` (a checkpoint written before checkpoints held the history).
     A damaged history file is kept as ``history.h5.damaged``, never deleted."""
     path, notes = out / "history.h5", []
-    why = readable(path) if path.is_file() else "no such file"
-    if why is not None and path.is_file():
+    old = read_history(path) if path.is_file() else "no such file"
+    if isinstance(old, str) and path.is_file():
         aside = path.with_name("history.h5.damaged")
         os.replace(path, aside)
-        notes.append(f"{path} is damaged ({why}); kept as {aside.name}, rebuilt from the "
+        notes.append(f"{path} is damaged ({old}); kept as {aside.name}, rebuilt from the "
                      "checkpoint")
     if "history" in checkpoint:
         attrs = json.loads(checkpoint.attrs.get("history_attrs", "{}"))
         return Rows.from_group(checkpoint["history"]).upto(step), attrs, notes
-    if why is None:
-        with h5py.File(path, "r", locking=False) as f:
-            attrs = {k: v for k, v in f.attrs.items() if k in ("started", "resumed", "run_id")}
-            return Rows.from_group(f).upto(step), attrs, notes
+    if not isinstance(old, str):
+        rows, attrs = old
+        return rows.upto(step), attrs, notes
     notes.append(f"the history before step {step} is lost: the checkpoint has no copy of "
-                 f"it and {path.name} could not be read ({why})")
+                 f"it and {path.name} could not be read ({old})")
     return Rows(), {}, notes
 
 
