@@ -110,6 +110,18 @@ def survived(out: Path) -> tuple[bool, str]:
                 else f"{bad} contiguous={contiguous}")
 
 
+def mid_write(out: Path) -> bool:
+    """Whether a kill left a checkpoint write unfinished: a ``.tmp`` main file, or a shard
+    folder that no main file names (the write had not reached its main file)."""
+    ckpts = out / "checkpoints"
+    named = set()
+    for c in ckpts.glob("step_*.h5"):
+        with h5py.File(c, "r", locking=False) as f:
+            named.add(str(f.attrs.get("shards_dir", "")))
+    return any(ckpts.glob("step_*.h5.tmp")) or \
+        any(d.name not in named for d in ckpts.glob("step_*.shards"))
+
+
 def losses(out: Path) -> np.ndarray:
     with h5py.File(out / "history.h5", "r", locking=False) as f:
         return f["steps/loss"][()]
@@ -127,7 +139,7 @@ def resume_matches(out: Path, reference: np.ndarray) -> bool:
 
 def kill_loop(work: Path, repeats: int, whole_job: bool, reference: np.ndarray) -> dict:
     out = work / ("kill9_job" if whole_job else "kill9_rank")
-    secs, rcs, notes, ok_all = [], [], [], True
+    secs, rcs, notes, ok_all, hits = [], [], [], True, 0
     for i in range(repeats):
         began = time.time()
         p = start(cmd(out, *(["--resume", "latest"] if i else [])))
@@ -151,13 +163,15 @@ def kill_loop(work: Path, repeats: int, whole_job: bool, reference: np.ndarray) 
         secs.append(time.time() - t0)
         rcs.append(p.returncode)
         wait_for(lambda q=p: not ranks_of(q), 10)
+        hits += mid_write(out)
         ok, why = survived(out)
         ok_all &= ok
         if not ok:
             notes.append(f"#{i}: {why}")
     same = resume_matches(out, reference)
     return {"exit": sorted(set(rcs)), "seconds": secs, "survived": ok_all and same,
-            "what": f"{len(secs)} kills; every time all checkpoints verified and the history "
+            "what": f"{len(secs)} kills ({hits} during a checkpoint write: a sharded one on "
+                    f"2 ranks); every time all checkpoints verified and the history "
                     f"was contiguous: {ok_all}; then resumed: = uninterrupted run bitwise: "
                     f"{same}", "notes": notes}
 

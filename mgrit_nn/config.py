@@ -137,6 +137,10 @@ class CheckpointConfig:
     every: int = opt(0, "write OUT/checkpoints/step_XXXXXXXX.h5 every this many steps, 0: at end",
                      ge=0)
     keep: int = opt(3, "keep the newest this many checkpoints (0: keep all)", ge=0)
+    layout: Literal["auto", "single", "sharded"] = opt(
+        "auto", "single: rank 0 gathers and writes one file; sharded: each rank writes its "
+        "own shard, one main file maps them (docs/hdf5.md); auto: sharded on more than one "
+        "layer rank")
 
 
 @dataclass

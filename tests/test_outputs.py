@@ -79,7 +79,8 @@ def test_latest_skips_a_checkpoint_of_another_run(tmp_path):
     ours, other = tmp_path / "ours", tmp_path / "other"
     train(2, ours, *d, steps=10)
     train(2, other, *d, "--set", "model.seed=3", steps=15)
-    shutil.copy(other / "checkpoints/step_00000015.h5", ours / "checkpoints")
+    for f in (other / "checkpoints").glob("step_00000015.*"):     # with its shard folder
+        (shutil.copytree if f.is_dir() else shutil.copy)(f, ours / "checkpoints" / f.name)
     p = train(2, ours, *d, "--resume", "latest")
     assert p.stderr.count("belongs to another run") == 1, p.stderr
     assert len(losses(ours)) == 20                # contiguous: continued from step 10

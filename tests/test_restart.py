@@ -62,14 +62,7 @@ def test_resume_lbfgs_keeps_its_pairs(tmp_path):
     assert np.array_equal(a, b)
 
 
-@pytest.mark.parametrize("before,after", [(4, 2), (2, 3)])
-def test_resume_on_other_rank_count(tmp_path, before, after):
-    train(before, tmp_path / "straight")
-    train(before, tmp_path / "split", steps=10)
-    train(after, tmp_path / "split", "--resume", str(tmp_path / "split/checkpoints/"
-                                                     "step_00000010.h5"))
-    a, b = losses(tmp_path / "straight"), losses(tmp_path / "split")
-    assert np.max(np.abs(a - b) / np.abs(a)) < 1e-10
+# resume on another number of ranks: test_shards.py (4 -> 4 bitwise, 3, 2)
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["TERM", "INT"])
@@ -160,17 +153,29 @@ def test_corrupt_or_foreign_checkpoint_is_refused(tmp_path):
     assert p.stderr.count(f"checkpoint {ckpt}") == 1, p.stderr
 
 
-def test_resume_latest_skips_a_corrupt_newest_checkpoint_and_stale_tmp_files(tmp_path):
-    """The newest checkpoint is truncated and a crashed write left a .tmp: --resume latest
-    says which it skipped, continues from the newest that verifies, bitwise as if straight,
-    and removes the .tmp."""
+def test_resume_latest_skips_broken_newest_checkpoints_and_stale_tmp_files(tmp_path):
+    """The newest checkpoint (sharded: 2 ranks) lost a shard, the one before is truncated,
+    and a crashed write left a .tmp: --resume latest says which it skipped, continues from
+    the newest that verifies, bitwise as if straight, and removes the .tmp."""
     d = ["--set", "checkpoint.every=5", "--set", "checkpoint.keep=0"]
-    train(2, tmp_path / "straight", *d, steps=15)
+    train(2, tmp_path / "straight", *d, steps=20)
     out = tmp_path / "split"
-    train(2, out, *d, steps=10)
-    newest = out / "checkpoints" / "step_00000010.h5"
-    newest.write_bytes(newest.read_bytes()[:1000])
-    stale = out / "checkpoints" / "step_00000011.h5.tmp"
+    train(2, out, *d, steps=15)
+    newest = out / "checkpoints" / "step_00000015.h5"
+    with h5py.File(newest, "r") as f:
+        shard = newest.parent / f.attrs["shards_dir"] / "rank_00001.h5"
+    with h5py.File(shard, "r+") as s:        # one value changed, the shard still complete
+        s["model/layers/00015/bias"][0] += 1.0
+    with pytest.raises(CheckpointError, match="rank_00001.h5 is corrupt"):
+        open_checkpoint(newest)
+    shard.unlink()
+    with pytest.raises(CheckpointError, match="rank_00001.h5 does not exist.*copy or move both"):
+        open_checkpoint(newest, checksum=False)
+    info = mpirun(1, ["-m", "mgrit_nn", "info", str(newest)])
+    assert "NOT USABLE" in info.stdout and "does not exist" in info.stdout, info.stdout
+    second = out / "checkpoints" / "step_00000010.h5"
+    second.write_bytes(second.read_bytes()[:1000])
+    stale = out / "checkpoints" / "step_00000016.h5.tmp"
     stale.write_bytes(b"partial")
     for content in ("bytes", "hdf5"):        # not HDF5; HDF5 with the model half written
         if content == "hdf5":
@@ -179,8 +184,9 @@ def test_resume_latest_skips_a_corrupt_newest_checkpoint_and_stale_tmp_files(tmp
         info = mpirun(1, ["-m", "mgrit_nn", "info", str(stale)])
         assert info.returncode == 2 and "Traceback" not in info.stderr, info.stderr
         assert len(info.stderr.strip().splitlines()) == 1, info.stderr
-    p = train(2, out, *d, "--resume", "latest", steps=15)
-    assert p.stderr.count("skipped step_00000010.h5") == 1, p.stderr
+    p = train(2, out, *d, "--resume", "latest", steps=20)
+    for skipped in ("step_00000015.h5", "step_00000010.h5"):
+        assert p.stderr.count(f"skipped {skipped}") == 1, p.stderr
     assert not stale.exists()
     assert np.array_equal(losses(tmp_path / "straight"), losses(out))
 
@@ -210,15 +216,20 @@ def test_two_runs_on_one_out_the_second_is_refused(tmp_path):
 def test_fresh_run_into_a_used_out_is_refused_unless_overwrite(tmp_path):
     out = tmp_path / "run"
     train(2, out, "--set", "checkpoint.every=5", steps=10)
-    before = {f.name: f.read_bytes() for f in (out / "checkpoints").iterdir()}
+    def files():       # every file under checkpoints/ (2 ranks: main files and shards)
+        return {str(f.relative_to(out)): f.read_bytes()
+                for f in (out / "checkpoints").rglob("*") if f.is_file()}
+    before = files()
+    assert len(before) == 2 * 3                  # steps 5, 10: a main file and 2 shards each
     p = mpirun(2, ["-m", "mgrit_nn", "train", "configs/peaks.yaml", "--out", str(out), *SMALL,
                    "--set", "train.steps=3"])
     assert p.returncode == 2 and p.stderr.count("holds the checkpoints of an earlier run") == 1
-    assert {f.name: f.read_bytes() for f in (out / "checkpoints").iterdir()} == before
+    assert files() == before
     assert len(losses(out)) == 10
     train(2, out, "--overwrite", steps=3)
     assert len(losses(out)) == 3
-    assert sorted(f.name for f in (out / "checkpoints").iterdir()) == ["step_00000003.h5"]
+    assert sorted(f.name.split(".")[0] for f in (out / "checkpoints").iterdir()) == \
+        ["step_00000003"] * 2                     # the main file and its shard folder
 
 
 def test_the_lock_of_an_ended_run_is_taken_over(tmp_path):
@@ -259,6 +270,7 @@ def test_plain_h5py_rebuilds_the_network_and_its_logged_loss(tmp_path):
           "mgrit.tol=1e-12", steps=4)
     data = load_dataset("peaks", None, 48, 16, 0)
     with h5py.File(out / "checkpoints" / "step_00000003.h5", "r") as f:
+        assert f.attrs["layout"] == "sharded"        # 2 ranks: read through virtual datasets
         m = {k: torch.from_numpy(f[f"model/{k}"][()]) for k in
              ("opening/weight", "opening/bias", "classifier/weight", "classifier/bias")}
         layers = [(torch.from_numpy(f[f"model/layers/{j:05d}/weight"][()]),

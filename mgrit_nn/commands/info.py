@@ -100,4 +100,7 @@ def _checkpoint(path: str, f: h5py.File) -> str:
     if "warm" in f:
         lines.append(f"  warm starts: forward {f['warm/forward'].shape}, "
                      f"adjoint {f['warm/adjoint'].shape}")
+    if "shards_dir" in f.attrs:
+        lines.append(f"  layout: sharded, {len(f.attrs['shards_sha256'])} shards in "
+                     f"{f.attrs['shards_dir']}/ (move or copy the file with that folder)")
     return "\n".join(lines)

@@ -1,8 +1,12 @@
-"""Checkpoint files: one HDF5 file per saved step, written by rank 0 from a nested dict.
+"""Checkpoint files: one HDF5 file per saved step, from a nested dict of arrays and Parts.
 
 This module knows the file format only (groups, attributes, atomic write, checksum),
-not what a trainer or a method puts in it (:mod:`mgrit_nn.train.checkpoint`).
-Layout (users' scripts rely on it; see docs/hdf5.md):
+not what a trainer or a method puts in it (:mod:`mgrit_nn.train.checkpoint`). A tree's
+leaves are arrays (rank 0's value is written) or :class:`Part` s (each rank's rows of a
+global array). On one writer, or with ``checkpoint.layout: single``, the Parts are gathered
+on rank 0 and it writes one file; otherwise every rank writes its own shard and rank 0 a
+main file of virtual datasets (:mod:`mgrit_nn.io.shards`). Either way a reader sees one
+file with the layout (users' scripts rely on it; see docs/hdf5.md):
 
     /model/opening/{weight,bias}
     /model/layers/NNNNN/{weight,bias}      global layer index, 5 digits
@@ -23,6 +27,7 @@ from __future__ import annotations
 import gc
 import hashlib
 import io
+import math
 import os
 import re
 import sys
@@ -33,35 +38,81 @@ from pathlib import Path
 import h5py
 import numpy as np
 import torch
+from mpi4py import MPI
 
 from mgrit_nn import __version__
+from mgrit_nn.parts import Part
 from mgrit_nn.runtime import CheckpointError, OutputError
 
-__all__ = ["CheckpointError", "checkpoint_path", "flatten", "latest_checkpoint", "open_checkpoint",
-           "prune", "write_checkpoint"]
+__all__ = ["CheckpointError", "Part", "checkpoint_path", "flatten", "latest_checkpoint",
+           "open_checkpoint", "prune", "write_checkpoint"]
 
 
-def _digest(f: h5py.File) -> str:
+def digest(f: h5py.File) -> str:
+    """sha256 over the names and bytes of a file's own datasets (virtual ones, which a
+    sharded checkpoint's main file maps onto its shards, are each shard's to check)."""
     h = hashlib.sha256()
 
     def visit(name: str, obj) -> None:
-        if isinstance(obj, h5py.Dataset):
+        if isinstance(obj, h5py.Dataset) and not obj.is_virtual:
             h.update(name.encode())
             h.update(np.ascontiguousarray(obj[()]).tobytes())
     f.visititems(visit)
     return h.hexdigest()
 
 
-def flatten(tree: Mapping, prefix: str = "") -> dict[str, np.ndarray]:
-    """A nested dict of arrays as ``{"group/sub/name": array}`` (HDF5 paths)."""
-    out: dict[str, np.ndarray] = {}
+def flatten(tree: Mapping, prefix: str = "") -> dict[str, np.ndarray | Part]:
+    """A nested dict of arrays and Parts as ``{"group/sub/name": leaf}`` (HDF5 paths)."""
+    out: dict[str, np.ndarray | Part] = {}
     for key, value in tree.items():
         path = f"{prefix}{key}"
         if isinstance(value, Mapping):
             out.update(flatten(value, path + "/"))
+        elif isinstance(value, Part):
+            out[path] = value
         else:
             out[path] = value.numpy() if torch.is_tensor(value) else np.asarray(value)
     return out
+
+
+def part_meta(leaves: Mapping) -> dict[str, tuple]:
+    """``{name: (start, local rows, global rows, row shape, dtype)}`` of this rank's Parts
+    (small, to gather)."""
+    return {k: (p.start, len(p.data), p.rows, p.data.shape[1:], p.data.dtype.str)
+            for k, p in leaves.items() if isinstance(p, Part)}
+
+
+def assemble(leaves: dict, comm) -> dict[str, np.ndarray] | None:
+    """Every rank's Parts stitched into their global arrays on rank 0 (None elsewhere); the
+    other leaves as rank 0 has them. Collective over ``comm`` (the writing ranks): one
+    gather of the Parts' shapes, then one Gatherv per distributed dataset."""
+    rank, size = comm.Get_rank(), comm.Get_size()
+    metas = comm.gather(part_meta(leaves), root=0)      # checkpoint only: small pickles
+    names = comm.bcast(sorted({k for m in metas for k in m}) if rank == 0 else None, root=0)
+    out = {k: v for k, v in leaves.items() if not isinstance(v, Part)}
+    for name in names:
+        p = leaves.get(name)
+        send = np.ascontiguousarray(p.data) if p is not None else np.zeros(0)
+        if rank == 0:
+            owners = {r: m[name] for r, m in enumerate(metas) if name in m}
+            _, _, rows, row, dtype = next(iter(owners.values()))
+            full = np.empty((rows,) + tuple(row), dtype=np.dtype(dtype))
+            width = full.itemsize * math.prod(row)
+        width = comm.bcast(width if rank == 0 else None, root=0)
+        if width:          # one row as an MPI type: counts in rows stay far below 2**31
+            row_t = MPI.BYTE.Create_contiguous(width).Commit()
+            recv = None
+            if rank == 0:
+                counts, displs = [0] * size, [0] * size
+                for r, (start, n, *_) in owners.items():
+                    counts[r], displs[r] = n, start
+                recv = [full.view(np.uint8).ravel(), counts, displs, row_t]
+            comm.Gatherv([send.view(np.uint8).ravel(), len(send) if p is not None else 0,
+                          row_t], recv, root=0)
+            row_t.Free()
+        if rank == 0:
+            out[name] = full
+    return out if rank == 0 else None
 
 
 # What h5py raises when the disk is full: OSError from file operations, RuntimeError
@@ -110,42 +161,81 @@ def free_space(path: Path) -> str:
     return f"{st.f_bavail * st.f_frsize / 2**20:.1f} MiB free"
 
 
-def write_checkpoint(path: Path, tree: Mapping, attrs: dict) -> Path:
-    """Write a nested dict of arrays as HDF5 groups and datasets, atomically: temporary
-    file, flush, fsync, rename (rank 0 only). A failed write (disk full) removes the
-    temporary file and raises OutputError: the previous checkpoints are untouched."""
-    tmp, arrays = path.with_name(path.name + ".tmp"), flatten(tree)
+def whole(leaves: Mapping) -> dict[str, np.ndarray]:
+    """The leaves of one writer, whose Parts are whole arrays."""
+    return {k: v.data if isinstance(v, Part) else v for k, v in leaves.items()}
+
+
+def write_checkpoint(path: Path, tree: Mapping, attrs: dict, comm=None,
+                     sharded: bool = False) -> Path | None:
+    """Write a nested dict of arrays and Parts as one checkpoint: collective over ``comm``
+    (the writing ranks; None: this process alone). ``sharded`` (and more than one writer):
+    one shard per rank and a main file of virtual datasets (:mod:`mgrit_nn.io.shards`);
+    otherwise the Parts are gathered on rank 0, which writes one file. Returns the path
+    (None on the other ranks of a single file)."""
+    leaves = flatten(tree)
+    if comm is not None and comm.Get_size() > 1:
+        if sharded:
+            from mgrit_nn.io.shards import write_sharded
+
+            return write_sharded(path, leaves, attrs, comm)
+        arrays = assemble(leaves, comm)
+        if arrays is None:
+            return None
+    else:
+        arrays = whole(leaves)
+    return write_file(path, arrays, attrs)
+
+
+def write_file(path: Path, arrays: Mapping, attrs: dict, virtual=None) -> Path:
+    """One HDF5 file from ``{name: array}``, atomically: temporary file, flush, fsync,
+    rename. ``virtual(f)`` adds a sharded checkpoint's virtual datasets. A failed write
+    (disk full) removes the temporary file and raises OutputError: the previous checkpoints
+    are untouched."""
+    tmp = path.with_name(path.name + ".tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with quiet_failed_writes(), h5py.File(tmp, "w") as f:
             for name, a in arrays.items():
                 f.create_dataset(name, data=a)
+            if virtual is not None:
+                virtual(f)
             for k, v in attrs.items():
                 f.attrs[k] = v
             f.attrs["version"] = __version__
-            f.attrs["sha256"] = _digest(f)
+            f.attrs["sha256"] = digest(f)
             f.attrs["complete"] = 1
             f.flush()
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
+        fsync(tmp)
         os.replace(tmp, path)
-        dfd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+        fsync(path.parent)
     except WRITE_ERRORS as exc:
         tmp.unlink(missing_ok=True)
-        older = sorted(path.parent.glob("step_*.h5"))
-        raise OutputError(f"cannot write the checkpoint {path} ({free_space(path.parent)}): "
-                          f"{write_failure(exc)}; the newest complete one is "
-                          f"{older[-1].name if older else 'none'}") from None
+        raise write_error(path, exc) from None
     return path
 
 
-def open_checkpoint(path: str | Path, checksum: bool = True) -> h5py.File:
+def fsync(path: Path) -> None:
+    """Flush a file or a folder (a rename in it) to the disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_error(path: Path, exc: BaseException) -> OutputError:
+    """The one line of a failed checkpoint write, naming the newest complete checkpoint."""
+    older = sorted(path.parent.glob("step_*.h5"))
+    return OutputError(f"cannot write the checkpoint {path} ({free_space(path.parent)}): "
+                       f"{write_failure(exc)}; the newest complete one is "
+                       f"{older[-1].name if older else 'none'}")
+
+
+def open_checkpoint(path: str | Path, checksum: bool = True, shards: bool = True) -> h5py.File:
     """Open and verify a checkpoint (completeness marker and, unless ``checksum`` is false
-    because the caller has just verified it, the checksum: a read of every dataset)."""
+    because the caller has just verified it, the checksum: a read of every dataset); of a
+    sharded one also every shard (``shards``: false when the caller checks them)."""
     p = Path(path)
     why = h5_problem(p)
     if why is not None:
@@ -162,9 +252,16 @@ def open_checkpoint(path: str | Path, checksum: bool = True) -> h5py.File:
     if f.attrs.get("complete") != 1 or "model" not in f:
         f.close()
         raise CheckpointError(f"checkpoint {p} is incomplete (the write did not finish)")
-    if checksum and _digest(f) != f.attrs.get("sha256"):
+    if checksum and digest(f) != f.attrs.get("sha256"):
         f.close()
         raise CheckpointError(f"checkpoint {p} is corrupt: its checksum does not match")
+    if shards:
+        from mgrit_nn.io.shards import shard_problem
+
+        why = shard_problem(p, f, checksum=checksum)
+        if why is not None:
+            f.close()
+            raise CheckpointError(why)
     return f
 
 
@@ -202,14 +299,30 @@ def latest_checkpoint(out: Path, verify=None) -> tuple[Path, list[str]]:
 
 
 def remove_stale(out: Path) -> list[Path]:
-    """Delete ``step_*.h5.tmp`` files a crashed write left in ``out/checkpoints``."""
+    """Delete what a crashed write left in ``out/checkpoints``: ``step_*.h5.tmp`` files and
+    shard folders no checkpoint names."""
+    from mgrit_nn.io.shards import remove_orphans
+
     stale = sorted((out / "checkpoints").glob("step_*.h5.tmp"))
     for f in stale:
         f.unlink(missing_ok=True)
-    return stale
+    return stale + remove_orphans(out / "checkpoints")
 
 
 def prune(out: Path, keep: int) -> None:
+    """Keep the newest ``keep`` checkpoints (0: all); an older one goes whole, main file
+    first, then its shard folder."""
+    import shutil
+
+    from mgrit_nn.io.shards import shard_folder
+
     files = sorted((out / "checkpoints").glob("step_*.h5"))
     for f in files[:-keep] if keep > 0 else []:
+        try:
+            with h5py.File(f, "r", locking=False) as h:
+                folder = shard_folder(f, h)
+        except OSError:
+            folder = None
         f.unlink()
+        if folder is not None:
+            shutil.rmtree(folder, ignore_errors=True)

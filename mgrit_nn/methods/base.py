@@ -15,11 +15,13 @@ A method is one module of ``mgrit_nn/methods/`` with one class deriving from
     method.report(data)                   # after training: keys added to the result
 
 Checkpoints: ``state_dict()`` returns the method's own groups of the checkpoint as
-a nested dict of numpy arrays in the *global* layout (independent of the rank
-count; the value on rank 0 is written), and ``load_state_dict(ckpt)`` reads them
-back from a read-only mapping of the checkpoint (an HDF5 file or a nested dict),
-every rank taking its own share. Parameter-shaped tensors go through the global
-flat parameter order with ``local_flat`` / ``gather_flat`` / ``local_from_global``.
+a nested dict in the *global* layout (independent of the rank count): numpy arrays,
+of which rank 0's value is written, and :class:`~mgrit_nn.parts.Part` s,
+each rank's rows of a global array (``rows_part``; the writer gathers them or
+writes them as shards). ``load_state_dict(ckpt)`` reads them back from a read-only
+mapping of the checkpoint (an HDF5 file or a nested dict), every rank reading its
+own rows. Parameter-shaped tensors go through the global flat parameter order with
+``local_flat`` / ``share`` / ``local_from_share``.
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+
+from mgrit_nn.parts import Part
 
 
 @dataclass
@@ -132,8 +136,18 @@ class Method(ABC):
         """The global flat vector of every rank's share (on rank 0, None elsewhere)."""
 
     @abstractmethod
+    def share(self) -> tuple[int, int]:
+        """(start, length) of this rank's share in the global flat vector."""
+
+    @abstractmethod
+    def local_from_share(self, share: torch.Tensor) -> list[torch.Tensor]:
+        """This rank's tensors, aligned with :meth:`parameters`, from its share of a global
+        flat vector (checkpoints read only the share)."""
+
     def local_from_global(self, flat: torch.Tensor) -> list[torch.Tensor]:
         """This rank's tensors, aligned with :meth:`parameters`, from a global flat vector."""
+        start, n = self.share()
+        return self.local_from_share(flat[start:start + n])
 
 
 class PartitionedMethod(Method):
@@ -172,18 +186,21 @@ class PartitionedMethod(Method):
     def gather_flat(self, local: torch.Tensor) -> torch.Tensor | None:
         return self.net.gather_flat(local)
 
-    def gather_rows(self, local: torch.Tensor | None,
-                    row: tuple[int, ...]) -> np.ndarray | None:
-        """Every rank's rows of shape ``row`` (None: no rows), stacked in chain order into one
-        global array on rank 0 (None elsewhere): the method state of checkpoints."""
-        net = self.net
-        flat = torch.zeros(0, dtype=net.dtype) if local is None else local.flatten()
-        full = net.gather_flat(flat)
-        return None if full is None else full.view((-1,) + tuple(row)).numpy()
+    def rows_part(self, local: torch.Tensor | None, row: tuple[int, ...]) -> Part:
+        """This rank's rows of shape ``row`` (None: no rows) as its :class:`Part` of the
+        global array that stacks every rank's rows in chain order: the method state of
+        checkpoints (collective over the layer group: the rows before this rank's)."""
+        net, row = self.net, tuple(row)
+        data = np.zeros((0,) + row, dtype=torch.zeros(0, dtype=net.dtype).numpy().dtype) \
+            if local is None else local.detach().cpu().reshape((-1,) + row).numpy()
+        counts = net.msg.comm.allgather(len(data)) if net.msg.size > 1 else [len(data)]
+        return Part(data, sum(counts[:net.msg.rank]), sum(counts))
 
-    def local_from_global(self, flat: torch.Tensor) -> list[torch.Tensor]:
+    def share(self) -> tuple[int, int]:
         net = self.net
-        start = self.run_layout.offset(net.first, net.jlo)
-        n = self.local_flat(self.parameters()).numel()
-        share = flat[start:start + n].to(device=net.device, dtype=net.dtype)
-        return net.unflat(share)
+        return (self.run_layout.offset(net.first, net.jlo),
+                self.local_flat(self.parameters()).numel())
+
+    def local_from_share(self, share: torch.Tensor) -> list[torch.Tensor]:
+        net = self.net
+        return net.unflat(share.to(device=net.device, dtype=net.dtype))

@@ -131,8 +131,8 @@ class LayerParallelMethod(PartitionedMethod):
                 data.allreduce_tensor(local)
             if flip:      # adjoint rows run backwards in forward point order
                 local = local.flip(0)
-            full = self.gather_rows(local, local.shape[1:])
-            points = self.gather_rows(torch.from_numpy(np.sort(store.points)), ())
+            full = self.rows_part(local, local.shape[1:])
+            points = self.rows_part(torch.from_numpy(np.sort(store.points)), ())
             if full is not None:
                 out[name], out[f"{name}_points"] = full, points
         return {"warm": out}

@@ -211,7 +211,7 @@ class ParpasMethod(PartitionedMethod):
             return {}
         net, d = self.net, self.d
         out = {"interfaces": self._interfaces()}
-        full = self.gather_rows(self.inputs, (self.n,) + tuple(self.run.shapes.state))
+        full = self.rows_part(self.inputs, (self.n,) + tuple(self.run.shapes.state))
         if full is not None:
             out["inputs"] = full
         groups = self.run.data.n_classes if self.cfg.per_class else 1

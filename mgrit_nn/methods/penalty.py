@@ -288,7 +288,7 @@ class PenaltyMethod(PartitionedMethod):
         for name, store in (("lambda", self.lam), ("kappa", self.kap)):
             if name == "kappa" and not self.al:
                 continue
-            full = self.gather_rows(None if store is None else torch.from_numpy(store.array()),
+            full = self.rows_part(None if store is None else torch.from_numpy(store.array()),
                                     (len(self.run.data.x_train),) + tuple(self.run.shapes.state))
             if full is not None:
                 out[name] = full

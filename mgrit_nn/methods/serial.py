@@ -48,7 +48,10 @@ class SerialMethod(Method):
     def gather_flat(self, local: torch.Tensor) -> torch.Tensor:
         return local.detach().cpu()
 
-    def local_from_global(self, flat: torch.Tensor) -> list[torch.Tensor]:
+    def share(self) -> tuple[int, int]:
+        return 0, sum(p.numel() for p in self.parameters())
+
+    def local_from_share(self, flat: torch.Tensor) -> list[torch.Tensor]:
         params = self.parameters()
         parts = torch.split(flat, [p.numel() for p in params])
         return [t.view_as(p).to(p) for t, p in zip(parts, params, strict=True)]

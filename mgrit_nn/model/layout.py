@@ -31,11 +31,37 @@ class ParamLayout:
             keys += [f"layers/{j:05d}/weight", f"layers/{j:05d}/bias"]
         return keys + ["classifier/weight", "classifier/bias"]
 
-    def named(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
-        parts = torch.split(flat, self.open + self.layer * self.N + self.cls)
+    def _entries(self) -> list[tuple[str, int, tuple]]:
+        """(name, size, shape) in the global order."""
+        sizes = self.open + self.layer * self.N + self.cls
         shapes = [self.s.opening[0], self.s.opening[1]] + [self.s.layer[0], self.s.layer[1]] \
             * self.N + [self.s.classifier[0], self.s.classifier[1]]
-        return {k: p.view(s) for k, p, s in zip(self.keys(), parts, shapes, strict=True)}
+        return list(zip(self.keys(), sizes, shapes, strict=True))
 
-    def flat(self, named: dict[str, np.ndarray | torch.Tensor]) -> torch.Tensor:
-        return torch.cat([torch.as_tensor(np.asarray(named[k])).flatten() for k in self.keys()])
+    def named(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.named_share(flat, 0)
+
+    def named_share(self, share: torch.Tensor, start: int) -> dict[str, torch.Tensor]:
+        """The named tensors of a rank's share of the flat vector, which starts at ``start``
+        (a share holds whole tensors: see :meth:`offset`)."""
+        out, at = {}, 0
+        for key, size, shape in self._entries():
+            if start <= at and at + size <= start + share.numel():
+                out[key] = share[at - start:at - start + size].view(shape)
+            at += size
+        return out
+
+    def keys_in(self, start: int, n: int) -> list[str]:
+        """The names of the tensors in ``[start, start + n)`` of the flat vector."""
+        out, at = [], 0
+        for key, size, _ in self._entries():
+            if start <= at and at + size <= start + n:
+                out.append(key)
+            at += size
+        return out
+
+    def flat(self, named: dict[str, np.ndarray | torch.Tensor],
+             keys: list[str] | None = None) -> torch.Tensor:
+        """The flat vector (or, of ``keys``, the share) of named tensors."""
+        return torch.cat([torch.as_tensor(np.asarray(named[k])).flatten()
+                          for k in (self.keys() if keys is None else keys)])

@@ -16,6 +16,7 @@ import torch
 
 from mgrit_nn.io.checkpoint import (
     CheckpointError,
+    Part,
     checkpoint_path,
     open_checkpoint,
     prune,
@@ -26,19 +27,23 @@ from mgrit_nn.optim import load_optimizer_state, optimizer_state
 
 
 def save(trainer, out: Path, step: int, history=None) -> Path | None:
-    """Gather everything on rank 0 and write ``OUT/checkpoints/step_XXXXXXXX.h5`` (collective);
-    ``history`` (rank 0's :class:`~mgrit_nn.io.history.History`): its rows go in too."""
-    m, params, cfg = trainer.method, trainer.params, trainer.cfg
-    model = m.gather_flat(m.local_flat(params))
+    """Write ``OUT/checkpoints/step_XXXXXXXX.h5`` (collective): every rank of the first
+    replica gives its share (as :class:`Part` s), rank 0 the rest; gathered into one file or
+    written as shards (``checkpoint.layout``). ``history`` (rank 0's
+    :class:`~mgrit_nn.io.history.History`): its rows go in too. Returns the path on rank 0."""
+    m, params, cfg, run = trainer.method, trainer.params, trainer.cfg, trainer.run
+    start, _ = m.share()
     tensors, scalars = optimizer_state(trainer.opt, params)
-    optimizer = {name: m.gather_flat(m.local_flat(ts)) for name, ts in tensors.items()}
-    method = m.state_dict()
-    if trainer.run.world.Get_rank() != 0:
+    method = m.state_dict()                 # collective (over the replicas too)
+    if run.data_msg.rank != 0:              # the other replicas hold the same shares
         return None
-    tree = {"model": trainer.layout.named(model.cpu()), **method,
-            "rng": {"torch": torch.get_rng_state()}}
-    if optimizer:
-        tree["optimizer"] = optimizer
+    model = m.local_flat(params).cpu()
+    tree = {"model": {k: Part(t.numpy(), 0, t.shape[0])
+                      for k, t in trainer.layout.named_share(model, start).items()},
+            **method, "rng": {"torch": torch.get_rng_state()}}
+    if tensors:
+        tree["optimizer"] = {name: Part(m.local_flat(ts).cpu().numpy(), start,
+                                        trainer.layout.size) for name, ts in tensors.items()}
     history_attrs = {}
     if history is not None:
         tree["history"], history_attrs["history_attrs"] = history.state_dict()
@@ -49,8 +54,11 @@ def save(trainer, out: Path, step: int, history=None) -> Path | None:
              "schedule_last_epoch": sched.last_epoch if sched is not None else step,
              "layers": trainer.layout.N, "run_id": trainer.run_id, **history_attrs,
              **{f"opt_{k}": v for k, v in scalars.items()}}
-    path = write_checkpoint(checkpoint_path(out, step), tree, attrs)
-    prune(out, cfg.checkpoint.keep)
+    writers = run.msg.comm
+    path = write_checkpoint(checkpoint_path(out, step), tree, attrs, writers,
+                            sharded=cfg.checkpoint.layout != "single")
+    if writers.Get_rank() == 0:
+        prune(out, cfg.checkpoint.keep)
     return path
 
 
@@ -70,10 +78,15 @@ def check_compatible(f: h5py.File, layout: ParamLayout, path) -> None:
 
 
 def verify(path: str | Path, layout: ParamLayout, optimizer: str | None = None,
-           run_id: str | None = None) -> None:
+           run_id: str | None = None, comm=None) -> None:
     """Raise CheckpointError unless ``path`` is a complete checkpoint of this network (and,
-    to resume it, of this ``train.optimizer``; of the run ``run_id`` when given)."""
-    with open_checkpoint(path) as f:
+    to resume it, of this ``train.optimizer``; of the run ``run_id`` when given). With
+    ``comm`` (collective): the ranks share the reading of a sharded checkpoint's shards and
+    agree on the verdict."""
+    from mgrit_nn.io.shards import shard_problem
+
+    rank, size = (comm.Get_rank(), comm.Get_size()) if comm is not None else (0, 1)
+    with open_checkpoint(path, shards=False) as f:
         check_compatible(f, layout, path)
         theirs = str(f.attrs.get("run_id", ""))
         if run_id and theirs and theirs != run_id:
@@ -84,6 +97,11 @@ def verify(path: str | Path, layout: ParamLayout, optimizer: str | None = None,
                                   f"{f.attrs['optimizer']}, the config has "
                                   f"train.optimizer = {optimizer}; "
                                   "use --init-from to start a new run from its weights")
+        why = shard_problem(Path(path), f, rank, size)      # last: it reads the shards
+        if size > 1:        # checkpoint only: a small pickled list
+            why = next((w for w in comm.allgather(why) if w is not None), None)
+        if why is not None:
+            raise CheckpointError(why)
 
 
 def restore(trainer, path: str | Path, weights_only: bool = False,
@@ -93,15 +111,17 @@ def restore(trainer, path: str | Path, weights_only: bool = False,
     m, params, layout = trainer.method, trainer.params, trainer.layout
     with open_checkpoint(path, checksum=not verified) as f:
         check_compatible(f, layout, path)
-        model = layout.flat({k: f[f"model/{k}"][()] for k in layout.keys()})
+        start, n = m.share()         # read only this rank's share (of a shard, through the map)
+        share = layout.flat({k: f[f"model/{k}"][()] for k in layout.keys_in(start, n)},
+                            layout.keys_in(start, n))
         with torch.no_grad():
-            for p, t in zip(params, m.local_from_global(model), strict=True):
+            for p, t in zip(params, m.local_from_share(share), strict=True):
                 p.copy_(t)
         if weights_only:
             return 0
         trainer.run_id = str(f.attrs.get("run_id", "")) or trainer.run_id
-        tensors = {name: m.local_from_global(torch.from_numpy(f[f"optimizer/{name}"][()]))
-                   for name in f.get("optimizer", {})}
+        tensors = {name: m.local_from_share(torch.from_numpy(ds[start:start + n]))
+                   for name, ds in f.get("optimizer", {}).items()}
         scalars = {k[4:]: float(v) for k, v in f.attrs.items() if k.startswith("opt_")}
         load_optimizer_state(trainer.opt, params, tensors, scalars)
         lr = float(f.attrs["lr"])

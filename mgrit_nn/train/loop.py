@@ -237,8 +237,9 @@ def _restart(trainer: Trainer, out_dir: Path, resume: str | None,
     def find() -> tuple[Path, list[str]]:
         if source == "latest":     # the newest that verifies, of the run in this folder
             ours = run_id_of(out_dir / "history.h5")
-            return latest_checkpoint(out_dir, lambda p: verify(p, trainer.layout, opt, ours))
-        verify(Path(source), trainer.layout, opt)
+            return latest_checkpoint(out_dir,
+                                     lambda p: verify(p, trainer.layout, opt, ours, world))
+        verify(Path(source), trainer.layout, opt, comm=world)
         return Path(source), []
     path, skipped = agree_on_config(find, world)   # one message if none is usable
     for line in skipped if world.Get_rank() == 0 else ():

@@ -1,0 +1,131 @@
+"""Sharded checkpoints (issue 17): one shard per rank, a main file of virtual datasets."""
+
+from __future__ import annotations
+
+import shutil
+
+import h5py
+import numpy as np
+import pytest
+from mpi4py import MPI
+from test_failures import mpirun
+from test_restart import losses, train
+
+from mgrit_nn.io import shards
+from mgrit_nn.io.checkpoint import (
+    Part,
+    flatten,
+    open_checkpoint,
+    prune,
+    remove_stale,
+)
+from mgrit_nn.runtime import OutputError
+
+
+def datasets(path) -> dict[str, np.ndarray]:
+    """Every dataset of a checkpoint as a plain serial h5py reader sees it."""
+    out = {}
+    with h5py.File(path, "r") as f:
+        f.visititems(lambda k, v: out.update({k: v[()]}) if isinstance(v, h5py.Dataset)
+                     else None)
+    return out
+
+
+def test_sharded_and_single_layouts_hold_the_same_arrays(tmp_path):
+    """The same 2-rank run written both ways: a plain h5py reader sees the same datasets,
+    bit for bit (model, optimizer, warm starts, history), the sharded one through
+    virtual datasets onto one shard per rank."""
+    for layout in ("single", "sharded"):
+        train(2, tmp_path / layout, "--set", f"checkpoint.layout={layout}", steps=4)
+    single = tmp_path / "single/checkpoints/step_00000004.h5"
+    sharded = tmp_path / "sharded/checkpoints/step_00000004.h5"
+    a, b = datasets(single), datasets(sharded)
+    assert sorted(a) == sorted(b) and "warm/forward" in a and "optimizer/exp_avg" in a
+    # what differs between any two runs: timings, and torch's global RNG (which the runs
+    # never seed; the methods draw from their own generators)
+    timed = [k for k in a if k.startswith("history/timing/") or k.endswith("_s")] + \
+        ["rng/torch"]
+    assert "history/steps/step_time_s" in timed
+    for k in sorted(set(a) - set(timed)):
+        nan = a[k].dtype.kind == "f"
+        assert a[k].dtype == b[k].dtype and np.array_equal(a[k], b[k], equal_nan=nan), k
+    with h5py.File(sharded, "r") as f:
+        assert f.attrs["layout"] == "sharded" and len(f.attrs["shards_sha256"]) == 2
+        assert f["model/layers/00015/weight"].is_virtual and f["warm/forward"].is_virtual
+        folder = sharded.parent / f.attrs["shards_dir"]
+    assert sorted(p.name for p in folder.iterdir()) == ["rank_00000.h5", "rank_00001.h5"]
+    with h5py.File(folder / "rank_00001.h5", "r") as s:     # the second rank's own layers
+        assert "model/layers/00015/weight" in s and "model/layers/00000/weight" not in s
+    info = mpirun(1, ["-m", "mgrit_nn", "info", str(sharded)])
+    assert "complete, checksum OK" in info.stdout and "sharded, 2 shards" in info.stdout
+
+
+def test_sharded_checkpoint_of_4_ranks_resumes_on_4_3_and_2(tmp_path):
+    """From the step-10 checkpoint of a 4-rank run: on 4 ranks bitwise the same history,
+    on 3 and 2 to 1e-10 (each rank reads its own rows)."""
+    straight = tmp_path / "straight"
+    train(4, straight, "--set", "checkpoint.every=10", "--set", "checkpoint.keep=0")
+    ckpt = straight / "checkpoints/step_00000010.h5"
+    with h5py.File(ckpt, "r") as f:
+        assert f.attrs["layout"] == "sharded" and len(f.attrs["shards_sha256"]) == 4
+    a = losses(straight)
+    for after in (4, 3, 2):
+        out = tmp_path / f"on{after}"
+        shutil.copytree(straight, out)          # a checkpoint moves with its folder
+        train(after, out, "--resume", str(out / "checkpoints/step_00000010.h5"))
+        b = losses(out)
+        assert len(a) == len(b) == 20
+        if after == 4:
+            assert np.array_equal(a, b)
+        else:
+            assert np.max(np.abs(a - b) / np.abs(a)) < 1e-10, after
+
+
+# a missing or altered shard, and --resume latest skipping it: test_restart.py
+
+
+def write(path, step: int, value: float = 0.0):
+    tree = {"model": {"w": Part(np.full((3, 2), value), 0, 3)}, "rng": {"torch": np.arange(4)}}
+    return shards.write_sharded(path / f"step_{step:08d}.h5", flatten(tree), {"step": step},
+                                MPI.COMM_SELF)
+
+
+def test_a_write_that_fails_before_its_main_file_leaves_the_previous_one(tmp_path,
+                                                                          monkeypatch):
+    """The main file's rename makes the checkpoint: a failure (or a crash) before it leaves
+    the previous checkpoints as they were and a folder no main file names, which the next
+    run removes."""
+    ckpts = tmp_path / "checkpoints"
+    write(ckpts, 1, 1.0)
+
+    def full_disk(f):
+        raise OSError(28, "No space left on device")
+    real = shards.write_file                  # the main file's write fails half-way
+    monkeypatch.setattr(shards, "write_file", lambda p, a, at, v: real(p, a, at, full_disk))
+    with pytest.raises(OutputError, match="newest complete one is step_00000001.h5"):
+        write(ckpts, 2)
+    monkeypatch.undo()
+    assert len(list(ckpts.glob("step_00000002.*.shards"))) == 1
+    assert not (ckpts / "step_00000002.h5").exists()
+    with open_checkpoint(ckpts / "step_00000001.h5") as f:
+        assert f["model/w"][0, 0] == 1.0
+    removed = remove_stale(tmp_path)
+    assert [p.name.split(".")[0] for p in removed] == ["step_00000002"]
+    assert sorted(p.name.split(".")[0] for p in ckpts.iterdir()) == ["step_00000001"] * 2
+
+
+def test_rewriting_a_step_and_pruning_remove_whole_sets(tmp_path):
+    ckpts = tmp_path / "checkpoints"
+    for step in (1, 2, 3):
+        write(ckpts, step)
+    write(ckpts, 3, 7.0)                     # the same step again: the old folder goes
+    assert len(list(ckpts.glob("step_00000003.*.shards"))) == 1
+    with open_checkpoint(ckpts / "step_00000003.h5") as f:
+        assert f["model/w"][1, 1] == 7.0
+    prune(tmp_path, 2)
+    assert sorted(p.name.split(".")[0] for p in ckpts.iterdir()) == \
+        ["step_00000002"] * 2 + ["step_00000003"] * 2
+    moved = tmp_path / "moved"                # a checkpoint moves with its folder
+    shutil.copytree(ckpts, moved)
+    with open_checkpoint(moved / "step_00000002.h5") as f:
+        assert f["model/w"].shape == (3, 2)
