@@ -1,14 +1,29 @@
-"""A cheap pre-flight memory estimate: refuse a run that cannot fit before any work.
+"""The memory pre-flight: estimate each rank's peak memory from the config, refuse what
+cannot fit before any work.
 
-``estimate_memory(cfg, ranks)`` adds up the big arrays of one rank from the config alone
-(no data loaded, no torch): the weights with their gradients and optimizer state, the
-states of the layers the rank owns for one batch, the one-shot warm start, the data set.
-It is an estimate, a lower bound on purpose: MGRIT's coarse levels, autograd's
-intermediates and the libraries come on top. :func:`memory_problem` refuses only a run
-whose estimate exceeds this machine's physical memory, so that ``model.width=1000000`` or
-``model.layers=100000000`` is one message naming the biggest term and the keys to change,
-instead of an allocator error on every rank or the kernel's OOM killer much later.
-A fuller pre-flight (coarse levels, GPU memory, per-method arrays) can grow here.
+``estimate_memory(cfg, ranks)`` adds up, for the most loaded rank and from the config alone
+(no data loaded, no tensor allocated), the terms of what the run holds at its peak:
+
+- ``libraries``: Python, torch, MPI and h5py with their buffers (measured here: a tiny run's
+  peak RSS; on a GPU the CUDA context comes on top, in GPU memory);
+- ``weights``: the rank's layers in every copy alive: weight, gradient, optimizer state,
+  and for the MGRIT methods each solver's weight table and the per-selection gathered rows;
+- ``states``: the network states of one batch, by method: the MGRIT hierarchy of the
+  forward and the adjoint solver (every level's points; FAS storage v, g on coarse levels),
+  their workspaces, the adjoint's linearization on every level and the layer-gradient
+  sweep; or, for the methods that run autograd over their layers (serial, penalty/al,
+  parpas, local_critic), the tensors autograd saves per layer;
+- ``warm start``: the one-shot stores (level-0 C-points only, in ``train.warm_dtype``);
+- ``method``: a method's own per-sample arrays (penalty/al lambda and kappa, parpas'
+  inputs);
+- ``data``: the whole data set, float64, on every rank (and its copy in ``runtime.dtype``).
+
+The level sizes come from the same functions that build the hierarchy
+(:func:`~mgrit_nn.mgrit.hierarchy.build_levels`); the counts of state sets from the code
+(see each constant). ``benchmarks/memory_table.py`` compares the estimate with the
+measured peak RSS. :func:`memory_problem` refuses a run whose ranks on this node need more
+than the node's memory (or, on a GPU, the device's), with one message naming the biggest
+term and the keys to change.
 """
 
 from __future__ import annotations
@@ -26,14 +41,29 @@ CLASSES = 16            # at most (indian_pines); the classifier is a small term
 WARM_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}     # train.warm_dtype; same: dtype
 # copies of the weights alive in training: weights, gradient, optimizer state
 OPT_COPIES = {"sgd": 3, "adam": 4, "lbfgs": 2}
+# the MGRIT methods' extra weight copies: per solver (forward, adjoint) the weight table of
+# every level (own and fetched rows) and the rows gathered per selection (propagator cache)
+SOLVER_WEIGHT_COPIES = 4
+LIBRARIES = 340 * 2**20       # a tiny 1-rank run's peak RSS here (torch 2.13 CPU, MPICH)
+# Per network kind (the Operator's ``unfold`` and ``autograd_sets``): the state sets a
+# batched step's linear map unfolds its input into (conv 3x3: 9, on the largest selection
+# the MGRIT sweeps step at once, level 0's F-points), and the sets autograd keeps per layer,
+# measured as the peak RSS per sample of two batch sizes: dense 4.0, conv 12.4.
+MGRIT_METHODS = ("mgrit", "oneshot", "clipped")
 # the keys that make each term big (the one furthest above its default is named first)
 KEYS = {"weights": ("model.layers", "model.width", "model.channels"),
-        "states": ("data.n_train", "data.batch_size", "model.layers", "model.width",
-                   "model.channels"),
+        "states": ("data.batch_size", "model.layers", "model.width", "model.channels",
+                   "data.n_train"),
         "warm start": ("data.n_train", "model.layers", "model.width", "model.channels"),
-        "data": ("data.n_train", "data.n_val")}
-OTHER = {"weights": "more ranks", "states": "more ranks",
-         "warm start": "train.warm_start: false, or more ranks", "data": "a smaller set"}
+        "method": ("data.n_train", "model.width", "model.channels"),
+        "data": ("data.n_train", "data.n_val"),
+        "evaluation": ("data.n_train", "model.layers", "model.width", "model.channels"),
+        "libraries": ()}
+OTHER = {"weights": "more ranks", "states": "more ranks", "method": "more ranks",
+         "warm start": "train.warm_start: false, or more ranks", "data": "a smaller set",
+         "evaluation": "more ranks",
+         "libraries": "a machine with more memory"}
+
 
 def _samples(cfg) -> tuple[int, int]:
     d = cfg.data
@@ -41,12 +71,46 @@ def _samples(cfg) -> tuple[int, int]:
     return n, max(d.n_val, 0)
 
 
+def _level_points(cfg, layer_ranks: int) -> list[int]:
+    """Points per level on the most loaded rank (rank 0 of the block distribution)."""
+    from mgrit_nn.mgrit.hierarchy import Chain, build_levels
+
+    m = cfg.mgrit
+    levels = build_levels(Chain.block(cfg.model.layers, layer_ranks), 0, m.cfactor
+                          if isinstance(m.cfactor, list) else [m.cfactor], m.levels,
+                          m.min_coarse)
+    return [lev.n_local for lev in levels]
+
+
+def _operator(cfg):
+    from mgrit_nn.model.init import shapes
+
+    return shapes(cfg.model, INPUTS.get(cfg.data.name, (1,)), CLASSES).op
+
+
+def mgrit_state_sets(cfg, layer_ranks: int) -> float:
+    """State sets of one batch the forward and adjoint MGRIT solvers hold on the rank:
+    level storage u (level 0) and u, v, g (coarse levels); the relaxation workspace (the
+    F-points stepped together, level 0) and the step's scratch (as many rows); the C-point
+    evaluations of every level; the adjoint's linearization D on every level and the primal
+    states it gathers; the layer-gradient sweep (D * lambda and the step's products)."""
+    from mgrit_nn.config import at_level
+
+    n = _level_points(cfg, layer_ranks)
+    c0 = at_level(cfg.mgrit.cfactor, 0)
+    storage = (n[0] + 1) + 3 * sum(k + 1 for k in n[1:])
+    f_rows = n[0] * (c0 - 1) / c0
+    evals = sum(k / at_level(cfg.mgrit.cfactor, lv) for lv, k in enumerate(n))
+    per_solver = storage + 2 * f_rows + evals
+    adjoint_extra = sum(k + 1 for k in n) + (n[0] + 1)
+    gradient = 2 * n[0]
+    unfold = _operator(cfg).unfold * f_rows
+    return 2 * per_solver + adjoint_extra + gradient + unfold
+
+
 def estimate_memory(cfg, ranks: int = 1) -> dict[str, int]:
-    """Bytes one rank needs, per term: weights (with gradient and optimizer state), states
-    (every point the rank owns, one batch), warm start (one-shot: forward and adjoint
-    iterates at the rank's level-0 C-points for every sample, in ``train.warm_dtype``),
-    data (the whole set, float64, on every rank). Shapes as the network builds them
-    (:func:`mgrit_nn.model.init.shapes`, which allocates nothing)."""
+    """Bytes the most loaded rank needs at its peak, per term (module docstring). Shapes as
+    the network builds them (:func:`mgrit_nn.model.init.shapes`, which allocates nothing)."""
     from mgrit_nn.config import at_level
     from mgrit_nn.model.init import shapes
 
@@ -56,18 +120,35 @@ def estimate_memory(cfg, ranks: int = 1) -> dict[str, int]:
     state = math.prod(shp.state)
     per_layer = sum(math.prod(s) for s in shp.layer)
     ends = sum(math.prod(s) for s in (*shp.opening, *shp.classifier))
-    layer_ranks = max(1, ranks // max(1, cfg.parallel.data_replicas))
+    D = max(1, cfg.parallel.data_replicas)
+    layer_ranks = max(1, ranks // D)
     points = -(-(cfg.model.layers + 1) // layer_ranks)            # the rank's share of 0..N
     n_train, n_val = _samples(cfg)
-    batch = cfg.data.batch_size or n_train
-    copies = OPT_COPIES.get(cfg.train.optimizer, 4)
-    warm = cfg.train.method == "oneshot" and cfg.train.warm_start
+    batch = -(-(cfg.data.batch_size or n_train) // D)             # this replica's share
+    method = cfg.train.method
+    copies = OPT_COPIES.get(cfg.train.optimizer, 4) + \
+        (SOLVER_WEIGHT_COPIES if method in MGRIT_METHODS else 0)
+    one_set = batch * state * itemsize                            # one state per sample
+    mgrit = method in MGRIT_METHODS
+    sets = mgrit_state_sets(cfg, layer_ranks) if mgrit \
+        else shp.op.autograd_sets * points
+    # the exact forward pass over the whole training set (evaluation, penalty's honest loss)
+    # keeps the rank's states, after a step's own are freed: only what exceeds them counts;
+    # an MGRIT solver reuses its storage when the shapes agree
+    whole = 0 if mgrit and batch == n_train else (points + 1) * n_train * state * itemsize
+    whole = max(0, whole - int(sets * one_set))
+    warm = method == "oneshot" and cfg.train.warm_start
     c_points = -(-points // at_level(cfg.mgrit.cfactor, 0))
-    warm_bytes = WARM_BYTES.get(getattr(cfg.train, "warm_dtype", "same"), itemsize)
-    return {"weights": copies * itemsize * (points * per_layer + ends),
-            "states": points * batch * state * itemsize,
+    warm_bytes = WARM_BYTES.get(cfg.train.warm_dtype, itemsize)
+    per_sample = {"penalty": 1, "al": 2, "parpas": 1}.get(method, 0)   # lambda (kappa), inputs
+    data = (n_train + n_val) * (math.prod(shape) + 1) * (8 + (itemsize if itemsize != 8 else 0))
+    return {"libraries": LIBRARIES,
+            "weights": copies * itemsize * (points * per_layer + ends),
+            "states": int(sets * one_set),
+            "evaluation": whole,
             "warm start": 2 * c_points * n_train * state * warm_bytes if warm else 0,
-            "data": (n_train + n_val) * (math.prod(shape) + 1) * 8}
+            "method": per_sample * n_train * state * itemsize if layer_ranks > 1 else 0,
+            "data": data}
 
 
 def machine_memory() -> int:
@@ -119,17 +200,44 @@ def _culprit(cfg, term: str) -> list[str]:
     return sorted((k for k in KEYS[term] if _applies(cfg, k)), key=growth, reverse=True)
 
 
+ON_DEVICE = ("weights", "states", "warm start", "method", "data")   # runtime.device: cuda
+
+
+def gpu_memory() -> int:
+    """Memory of this node's first GPU in bytes (0: none visible)."""
+    import torch
+
+    try:
+        return torch.cuda.get_device_properties(0).total_memory \
+            if torch.cuda.is_available() else 0
+    except RuntimeError:
+        return 0
+
+
 def memory_problem(cfg, ranks: int) -> tuple[str, str] | None:
-    """(key, message) when the estimate for the ranks on this node exceeds its memory."""
-    total = machine_memory()
+    """(key, message) when the estimate for the ranks on this node exceeds its memory (on
+    ``runtime.device: cuda``, also when a rank's device terms exceed one GPU's)."""
     terms = estimate_memory(cfg, ranks)
     here = min(ranks, ranks_here())
-    if not total or here * sum(terms.values()) <= total:
-        return None
-    big = max(terms, key=terms.get)
-    keys = _culprit(cfg, big)
-    ranks_said = f" x {here} ranks on this node" if here > 1 else ""
-    return keys[0], (f"needs about {_size(sum(terms.values()))} of memory per rank{ranks_said}"
-                     f" ({big} {_size(terms[big])}), more than this machine's {_size(total)}: "
-                     f"lower {keys[0]} (or {', '.join(keys[1:])}; {OTHER[big]}) - an estimate, "
-                     "see docs/troubleshooting.md, Memory")
+    checks = [(machine_memory(), here * sum(terms.values()), terms, "this machine's",
+               f" x {here} ranks on this node" if here > 1 else "")]
+    if cfg.runtime.device == "cuda":
+        on_gpu = {k: terms[k] for k in ON_DEVICE}
+        checks.append((gpu_memory(), sum(on_gpu.values()), on_gpu, "one GPU's", ""))
+    for total, need, part, where, ranks_said in checks:
+        if not total or need <= total:
+            continue
+        big = max(part, key=part.get)
+        keys = _culprit(cfg, big) or ["data.batch_size"]
+        return keys[0], (f"needs about {_size(sum(part.values()))} of memory per rank"
+                         f"{ranks_said} ({big} {_size(part[big])}), more than {where} "
+                         f"{_size(total)}: lower {keys[0]} (or {', '.join(keys[1:])}; "
+                         f"{OTHER[big]}) - an estimate, see docs/troubleshooting.md, Memory")
+    return None
+
+
+def memory_line(cfg, ranks: int) -> str:
+    """The estimate as one log line: total and its terms."""
+    terms = estimate_memory(cfg, ranks)
+    parts = ", ".join(f"{k} {_size(v)}" for k, v in terms.items() if v)
+    return f"memory estimate per rank: {_size(sum(terms.values()))} ({parts})"

@@ -84,6 +84,10 @@ def setup(config_path: str | None, overrides: list[str], comm: MPI.Comm | None =
     cfg, notes, data, shp = agree_on_config(build, comm)
     for note in notes if comm.Get_rank() == 0 else ():    # legal but suspicious: once
         logging.getLogger("mgrit_nn.config").warning("config warning: %s", note)
+    if comm.Get_rank() == 0:
+        from mgrit_nn.memory import memory_line
+
+        logging.getLogger("mgrit_nn.config").info(memory_line(cfg, comm.Get_size()))
     device = select_device(cfg.runtime.device, comm)
     layer_comm, data_comm = split_replicas(comm, cfg.parallel.data_replicas)
     torch.set_num_threads(_threads(cfg, comm))

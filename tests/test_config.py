@@ -172,17 +172,34 @@ def test_values_refused_before_any_work(overrides, needle):
 
 
 def test_memory_estimate_terms_and_what_fits():
-    from mgrit_nn.memory import estimate_memory, machine_memory
+    from mgrit_nn.memory import LIBRARIES, estimate_memory, machine_memory, mgrit_state_sets
 
     cfg = load_config(str(ROOT / "configs/peaks.yaml"))
     terms = estimate_memory(cfg, 1)
-    assert set(terms) == {"weights", "states", "warm start", "data"}
-    # 65 points x 5000 samples x width 8 x 8 bytes; the warm start: forward and adjoint at
-    # ceil(65 / cfactor 4) = 17 C-points, in train.warm_dtype
-    assert terms["states"] == 65 * 5000 * 8 * 8 and terms["warm start"] == 2 * 17 * 5000 * 8 * 8
-    assert estimate_memory(cfg, 4)["states"] == 17 * 5000 * 8 * 8      # ceil(65 / 4) points
+    assert set(terms) == {"libraries", "weights", "states", "evaluation", "warm start",
+                          "method", "data"}
+    # N = 64, cfactor 4, 1 rank: levels of 65, 17, 5 points (min_coarse 2 stops before 1
+    # interval), each with a ghost slot; per solver u (66) and u, v, g (3 x (18 + 6)),
+    # 2 x 65 * 3/4 F-rows, C-evaluations (65 + 17 + 5) / 4; the adjoint's D (66 + 18 + 6)
+    # and primal (66); the gradient sweep 2 x 65
+    per_solver = 66 + 3 * (18 + 6) + 2 * 65 * 3 / 4 + (65 + 17 + 5) / 4
+    assert mgrit_state_sets(cfg, 1) == 2 * per_solver + (66 + 18 + 6) + 66 + 2 * 65
+    one_set = 5000 * 8 * 8                                  # batch x width x float64
+    assert terms["states"] == int(mgrit_state_sets(cfg, 1) * one_set)
+    # the warm start: forward and adjoint at ceil(65 / cfactor 4) = 17 C-points
+    assert terms["warm start"] == 2 * 17 * 5000 * 8 * 8 and terms["libraries"] == LIBRARIES
     half = load_config(str(ROOT / "configs/peaks.yaml"), ["train.warm_dtype=float32"])
     assert estimate_memory(half)["warm start"] == terms["warm start"] // 2
+    serial = load_config(str(ROOT / "configs/peaks.yaml"), ["train.method=serial"])
+    assert estimate_memory(serial)["states"] == 4 * 65 * one_set      # autograd: 4 per layer
+    assert terms["evaluation"] == 0                # full batch: the solver's storage serves
+    # the whole-set forward pass (66 states of 5000 samples) fits in the step's states
+    assert estimate_memory(serial)["evaluation"] == 0
+    bigger = load_config(str(ROOT / "configs/peaks.yaml"), ["train.method=serial",
+                                                            "data.batch_size=100"])
+    assert estimate_memory(bigger)["evaluation"] == 66 * one_set - 4 * 65 * 100 * 8 * 8
+    four = estimate_memory(cfg, 4)
+    assert four["states"] < terms["states"] / 3.5 and four["warm start"] == 2 * 5 * one_set
     assert 0 < sum(terms.values()) < machine_memory()
     wide = load_config(None, ["model.width=1000000"])
     assert max(estimate_memory(wide), key=estimate_memory(wide).get) == "weights"

@@ -21,6 +21,8 @@ class Operator:
     """What a step needs of its linear part ``u -> K u + b`` (see the two subclasses)."""
 
     name: str
+    unfold: int             # state sets a batched step unfolds its input into (memory.py)
+    autograd_sets: int      # state sets autograd keeps per layer (memory.py, measured)
 
     def shapes(self, m, input_shape: tuple[int, ...], n_classes: int) -> tuple:
         """(one sample's state, opening (W, b), layer (K, b), classifier (W, b) shapes) for
@@ -83,6 +85,8 @@ class Dense(Operator):
     """States (B, w): ``K u + b`` is a batched matrix product."""
 
     name = "dense"
+    unfold = 0              # memory (mgrit_nn/memory.py): a matmul unfolds nothing
+    autograd_sets = 4       # measured: the step's input, sigma's input and output, the update
 
     def shapes(self, m, input_shape, n_classes):
         d_in, w = math.prod(input_shape), m.width
@@ -146,6 +150,8 @@ class Conv(Operator):
     layers with ``vmap``; the transposed map is the transposed convolution."""
 
     name = "conv"
+    unfold = 9              # memory: a batched 3x3 convolution unfolds its input 9 times
+    autograd_sets = 12      # measured: the unfolded input comes on top of dense's 4 (12.4)
 
     def shapes(self, m, input_shape, n_classes):
         if len(input_shape) != 3:
