@@ -40,14 +40,16 @@ from mgrit_nn.io.checkpoint import (
     write_file,
 )
 from mgrit_nn.parts import Part
+from mgrit_nn.runtime import OutputError
 
 __all__ = ["remove_orphans", "shard_folder", "shard_problem", "write_sharded"]
 
 
 def write_sharded(path: Path, leaves: dict, attrs: dict, comm) -> Path | None:
     """Collective over the writing ranks ``comm``: this rank's shard, then rank 0's main file.
-    Returns ``path`` on rank 0 (None elsewhere). A failed write raises OutputError on the
-    rank that saw it (the job is aborted); the previous checkpoints are untouched."""
+    Returns ``path`` on rank 0 (None elsewhere). A failed write (disk full) on any rank
+    raises OutputError on rank 0, which says it once and aborts the job; the previous
+    checkpoints are untouched."""
     rank = comm.Get_rank()
     folder = path.parent / comm.bcast(f"{path.stem}.{uuid.uuid4().hex[:8]}.shards"
                                       if rank == 0 else None, root=0)
@@ -58,8 +60,18 @@ def write_sharded(path: Path, leaves: dict, attrs: dict, comm) -> Path | None:
             raise write_error(path, exc) from None
     comm.Barrier()
     parts = {k: v for k, v in leaves.items() if isinstance(v, Part)}
-    sha = _write_shard(path, folder / shard_name(rank), parts)
-    metas = comm.gather((part_meta(parts), sha), root=0)     # checkpoint only: small pickles
+    try:
+        sha, error = _write_shard(path, folder / shard_name(rank), parts), None
+    except OutputError as exc:
+        sha, error = "", str(exc)
+    metas = comm.gather((part_meta(parts), sha, error), root=0)   # checkpoint only: small
+    failed = comm.bcast(next((e for _, _, e in metas if e), None) if rank == 0 else None,
+                        root=0)
+    if failed is not None:      # rank 0 says it once, keeps the run folder's lock in order
+        if rank == 0:           # and aborts the job; the others wait for that
+            shutil.rmtree(folder, ignore_errors=True)
+            raise OutputError(failed)
+        comm.Barrier()
     if rank != 0:
         return None
     try:
@@ -68,8 +80,8 @@ def write_sharded(path: Path, leaves: dict, attrs: dict, comm) -> Path | None:
         raise write_error(path, exc) from None
     plain = {k: v for k, v in leaves.items() if not isinstance(v, Part)}
     main_attrs = {**attrs, "layout": "sharded", "shards_dir": folder.name,
-                  "shards_sha256": np.array([s for _, s in metas], dtype=h5py.string_dtype())}
-    write_file(path, plain, main_attrs, lambda f: _map(f, folder.name, [m for m, _ in metas]))
+                  "shards_sha256": np.array([s for _, s, _ in metas], dtype=h5py.string_dtype())}
+    write_file(path, plain, main_attrs, lambda f: _map(f, folder.name, [m for m, _, _ in metas]))
     for old in path.parent.glob(f"{path.stem}.*.shards"):   # of a checkpoint just replaced
         if old.name != folder.name:
             shutil.rmtree(old, ignore_errors=True)
