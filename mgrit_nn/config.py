@@ -137,10 +137,11 @@ class CheckpointConfig:
     every: int = opt(0, "write OUT/checkpoints/step_XXXXXXXX.h5 every this many steps, 0: at end",
                      ge=0)
     keep: int = opt(3, "keep the newest this many checkpoints (0: keep all)", ge=0)
-    layout: Literal["auto", "single", "sharded"] = opt(
+    layout: Literal["auto", "single", "sharded", "collective"] = opt(
         "auto", "single: rank 0 gathers and writes one file; sharded: each rank writes its "
-        "own shard, one main file maps them (docs/hdf5.md); auto: sharded on more than one "
-        "layer rank")
+        "own shard, one main file maps them; collective: all ranks write one file (h5py "
+        "built with MPI); auto: collective if h5py has MPI, else sharded, on more than one "
+        "layer rank (docs/hdf5.md)")
 
 
 @dataclass
@@ -332,6 +333,12 @@ def per_level(value: Any, n: int) -> list:
     return [at_level(value, l) for l in range(n)]
 
 
+def _h5py_has_mpi() -> bool:
+    import h5py
+
+    return bool(h5py.get_config().mpi)
+
+
 def validate(cfg: Config, ranks: int) -> None:
     """Impossible values, checked before any work; raises one ConfigError. Bounds come from
     the field declarations (a method's own section only when it runs), cross-field checks
@@ -361,6 +368,9 @@ def validate(cfg: Config, ranks: int) -> None:
         (layer_ranks <= cfg.model.layers + 1, "model.layers",
          f"{layer_ranks} ranks need at least {layer_ranks - 1} layers "
          f"(N+1 = {cfg.model.layers + 1} points, one or more per rank)"),
+        (cfg.checkpoint.layout != "collective" or _h5py_has_mpi(), "checkpoint.layout",
+         "collective needs h5py built with MPI (h5py.get_config().mpi is false here): use "
+         "sharded or auto (docs/hdf5.md says how to build one)"),
         *spec.validate(cfg, ranks),
     ]
     for sec, g in (("mgrit", cfg.mgrit), ("adjoint", cfg.adjoint)):

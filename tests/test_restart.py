@@ -157,7 +157,8 @@ def test_resume_latest_skips_broken_newest_checkpoints_and_stale_tmp_files(tmp_p
     """The newest checkpoint (sharded: 2 ranks) lost a shard, the one before is truncated,
     and a crashed write left a .tmp: --resume latest says which it skipped, continues from
     the newest that verifies, bitwise as if straight, and removes the .tmp."""
-    d = ["--set", "checkpoint.every=5", "--set", "checkpoint.keep=0"]
+    d = ["--set", "checkpoint.every=5", "--set", "checkpoint.keep=0",
+         "--set", "checkpoint.layout=sharded"]     # auto, where h5py has MPI: collective
     train(2, tmp_path / "straight", *d, steps=20)
     out = tmp_path / "split"
     train(2, out, *d, steps=15)
@@ -215,7 +216,9 @@ def test_two_runs_on_one_out_the_second_is_refused(tmp_path):
 
 def test_fresh_run_into_a_used_out_is_refused_unless_overwrite(tmp_path):
     out = tmp_path / "run"
-    train(2, out, "--set", "checkpoint.every=5", steps=10)
+    sharded = ["--set", "checkpoint.layout=sharded"]
+    train(2, out, "--set", "checkpoint.every=5", *sharded, steps=10)
+
     def files():       # every file under checkpoints/ (2 ranks: main files and shards)
         return {str(f.relative_to(out)): f.read_bytes()
                 for f in (out / "checkpoints").rglob("*") if f.is_file()}
@@ -226,7 +229,7 @@ def test_fresh_run_into_a_used_out_is_refused_unless_overwrite(tmp_path):
     assert p.returncode == 2 and p.stderr.count("holds the checkpoints of an earlier run") == 1
     assert files() == before
     assert len(losses(out)) == 10
-    train(2, out, "--overwrite", steps=3)
+    train(2, out, "--overwrite", *sharded, steps=3)
     assert len(losses(out)) == 3
     assert sorted(f.name.split(".")[0] for f in (out / "checkpoints").iterdir()) == \
         ["step_00000003"] * 2                     # the main file and its shard folder
@@ -267,7 +270,7 @@ def test_plain_h5py_rebuilds_the_network_and_its_logged_loss(tmp_path):
     out = tmp_path / "run"
     train(2, out, "--set", "train.method=mgrit", "--set", "data.batch_size=0",
           "--set", "checkpoint.every=1", "--set", "checkpoint.keep=0", "--set",
-          "mgrit.tol=1e-12", steps=4)
+          "mgrit.tol=1e-12", "--set", "checkpoint.layout=sharded", steps=4)
     data = load_dataset("peaks", None, 48, 16, 0)
     with h5py.File(out / "checkpoints" / "step_00000003.h5", "r") as f:
         assert f.attrs["layout"] == "sharded"        # 2 ranks: read through virtual datasets

@@ -11,7 +11,7 @@ from mpi4py import MPI
 from test_failures import mpirun
 from test_restart import losses, train
 
-from mgrit_nn.io import shards
+from mgrit_nn.io import collective, shards
 from mgrit_nn.io.checkpoint import (
     Part,
     flatten,
@@ -64,7 +64,8 @@ def test_sharded_checkpoint_of_4_ranks_resumes_on_4_3_and_2(tmp_path):
     """From the step-10 checkpoint of a 4-rank run: on 4 ranks bitwise the same history,
     on 3 and 2 to 1e-10 (each rank reads its own rows)."""
     straight = tmp_path / "straight"
-    train(4, straight, "--set", "checkpoint.every=10", "--set", "checkpoint.keep=0")
+    train(4, straight, "--set", "checkpoint.every=10", "--set", "checkpoint.keep=0",
+          "--set", "checkpoint.layout=sharded")
     ckpt = straight / "checkpoints/step_00000010.h5"
     with h5py.File(ckpt, "r") as f:
         assert f.attrs["layout"] == "sharded" and len(f.attrs["shards_sha256"]) == 4
@@ -129,3 +130,38 @@ def test_rewriting_a_step_and_pruning_remove_whole_sets(tmp_path):
     shutil.copytree(ckpts, moved)
     with open_checkpoint(moved / "step_00000002.h5") as f:
         assert f["model/w"].shape == (3, 2)
+
+
+@pytest.mark.skipif(not collective.available(), reason="h5py is not built with MPI here "
+                    "(h5py.get_config().mpi is false): docs/hdf5.md says how to build one")
+def test_collective_checkpoint_is_one_file_a_single_one_equals_and_resumes(tmp_path):
+    """checkpoint.layout auto with an MPI h5py: one file written by both ranks through mpio,
+    bit for bit the arrays of a gathered single file; it resumes on 3 ranks to 1e-10."""
+    for layout in ("single", "auto"):
+        train(2, tmp_path / layout, "--set", f"checkpoint.layout={layout}",
+              "--set", "checkpoint.every=10", "--set", "checkpoint.keep=0")
+    a = datasets(tmp_path / "single/checkpoints/step_00000010.h5")
+    ckpt = tmp_path / "auto/checkpoints/step_00000010.h5"
+    b = datasets(ckpt)
+    with h5py.File(ckpt, "r") as f:
+        assert f.attrs["layout"] == "collective" and "shards_dir" not in f.attrs
+    assert sorted(p.name for p in ckpt.parent.iterdir()) == ["step_00000010.h5",
+                                                             "step_00000020.h5"]
+    timed = [k for k in a if k.startswith("history/timing/") or k.endswith("_s")]
+    for k in sorted(set(a) - set(timed) - {"rng/torch"}):
+        nan = a[k].dtype.kind == "f"
+        assert np.array_equal(a[k], b[k], equal_nan=nan), k
+    out = tmp_path / "on3"
+    shutil.copytree(tmp_path / "auto", out)
+    train(3, out, "--resume", str(out / "checkpoints/step_00000010.h5"))
+    x, y = losses(tmp_path / "auto"), losses(out)
+    assert np.max(np.abs(x - y) / np.abs(x)) < 1e-10
+
+
+@pytest.mark.skipif(collective.available(), reason="h5py is built with MPI here")
+def test_collective_without_an_mpi_h5py_is_one_config_error():
+    from mgrit_nn.config import ConfigError, load_config, validate
+
+    with pytest.raises(ConfigError, match="checkpoint.layout: collective needs h5py built "
+                                          "with MPI"):
+        validate(load_config(None, ["checkpoint.layout=collective"]), 2)

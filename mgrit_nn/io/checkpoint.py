@@ -48,15 +48,24 @@ __all__ = ["CheckpointError", "Part", "checkpoint_path", "flatten", "latest_chec
            "open_checkpoint", "prune", "write_checkpoint"]
 
 
+DIGEST_BLOCK = 64 * 2**20     # bytes of a dataset read at once to checksum it
+
+
 def digest(f: h5py.File) -> str:
     """sha256 over the names and bytes of a file's own datasets (virtual ones, which a
-    sharded checkpoint's main file maps onto its shards, are each shard's to check)."""
+    sharded checkpoint's main file maps onto its shards, are each shard's to check). A big
+    dataset is read in blocks of rows: the memory stays bounded, the sum is the same."""
     h = hashlib.sha256()
 
     def visit(name: str, obj) -> None:
         if isinstance(obj, h5py.Dataset) and not obj.is_virtual:
             h.update(name.encode())
-            h.update(np.ascontiguousarray(obj[()]).tobytes())
+            if obj.ndim == 0 or obj.size == 0:
+                h.update(np.ascontiguousarray(obj[()]).tobytes())
+                return
+            rows = max(1, DIGEST_BLOCK // max(1, obj.dtype.itemsize * obj.size // len(obj)))
+            for lo in range(0, len(obj), rows):
+                h.update(np.ascontiguousarray(obj[lo:lo + rows]).tobytes())
     f.visititems(visit)
     return h.hexdigest()
 
@@ -167,15 +176,23 @@ def whole(leaves: Mapping) -> dict[str, np.ndarray]:
 
 
 def write_checkpoint(path: Path, tree: Mapping, attrs: dict, comm=None,
-                     sharded: bool = False) -> Path | None:
+                     layout: str = "single") -> Path | None:
     """Write a nested dict of arrays and Parts as one checkpoint: collective over ``comm``
-    (the writing ranks; None: this process alone). ``sharded`` (and more than one writer):
-    one shard per rank and a main file of virtual datasets (:mod:`mgrit_nn.io.shards`);
-    otherwise the Parts are gathered on rank 0, which writes one file. Returns the path
-    (None on the other ranks of a single file)."""
+    (the writing ranks; None: this process alone). With more than one writer, ``layout``
+    (``checkpoint.layout``) ``collective``: one file through HDF5's mpio driver
+    (:mod:`mgrit_nn.io.collective`); ``sharded``: one shard per rank and a main file of
+    virtual datasets (:mod:`mgrit_nn.io.shards`); ``auto``: collective where h5py is built
+    with MPI, else sharded; ``single``: the Parts are gathered on rank 0, which writes one
+    file. Returns the path on rank 0 (None on the other ranks)."""
+    from mgrit_nn.io import collective
+
     leaves = flatten(tree)
     if comm is not None and comm.Get_size() > 1:
-        if sharded:
+        if layout == "auto":
+            layout = "collective" if collective.available() else "sharded"
+        if layout == "collective":
+            return collective.write_collective(path, leaves, attrs, comm)
+        if layout == "sharded":
             from mgrit_nn.io.shards import write_sharded
 
             return write_sharded(path, leaves, attrs, comm)

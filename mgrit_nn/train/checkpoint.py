@@ -56,7 +56,7 @@ def save(trainer, out: Path, step: int, history=None) -> Path | None:
              **{f"opt_{k}": v for k, v in scalars.items()}}
     writers = run.msg.comm
     path = write_checkpoint(checkpoint_path(out, step), tree, attrs, writers,
-                            sharded=cfg.checkpoint.layout != "single")
+                            cfg.checkpoint.layout)
     if writers.Get_rank() == 0:
         prune(out, cfg.checkpoint.keep)
     return path
