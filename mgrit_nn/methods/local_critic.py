@@ -43,7 +43,7 @@ from mgrit_nn.methods.base import Batch, PartitionedMethod, StepInfo, TrainData,
 from mgrit_nn.model.critic import build_critic, n_params
 from mgrit_nn.model.regularization import regularization
 from mgrit_nn.model.stage import Stage
-from mgrit_nn.optim import load_optimizer_state, optimizer_state, set_state_scalars
+from mgrit_nn.optim import SGD, Adam, load_optimizer_state, optimizer_state, set_state_scalars
 from mgrit_nn.runtime import CheckpointError, CollectiveError
 from mgrit_nn.setup_run import Run
 
@@ -61,10 +61,10 @@ def fresh_state(opt: torch.optim.Optimizer, params: list[torch.Tensor]) -> None:
         state = opt.state[p]
         if state:
             continue
-        if isinstance(opt, torch.optim.Adam):
+        if isinstance(opt, Adam):
             state.update(step=torch.tensor(0.0, dtype=torch.float32),
                          exp_avg=torch.zeros_like(p), exp_avg_sq=torch.zeros_like(p))
-        elif isinstance(opt, torch.optim.SGD) and opt.defaults["momentum"] != 0:
+        elif isinstance(opt, SGD) and opt.defaults["momentum"] != 0:
             state["momentum_buffer"] = torch.zeros_like(p)
 
 
@@ -77,8 +77,7 @@ class LocalCriticMethod(PartitionedMethod):
         c = run.cfg.critic
         self.critic = None if st.last else build_critic(c, run.shapes, run.cfg.model.seed,
                                                         self.i, run.dtype, run.device)
-        self.critic_opt = None if st.last else torch.optim.Adam(self.critic.parameters(),
-                                                                lr=c.lr)
+        self.critic_opt = None if st.last else Adam(self.critic.parameters(), lr=c.lr)
         self.batches: deque[Batch] = deque(maxlen=self.K)
         self.tick = 0                 # gradient calls so far (= the trainer's step)
         self.h_next = None            # input of the next step: a posted receive or a tensor
