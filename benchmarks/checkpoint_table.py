@@ -12,6 +12,7 @@ checkpoint, measuring on every rank
 - the bytes of the checkpoint on disk.
 
     python benchmarks/checkpoint_table.py [--ranks 1 2 4] [--layers 256] [--batch 1000]
+                                          [--n-train 16000]
 
 Prints a Markdown table (one row per layout and P; max over ranks and rank 0's own).
 Oversubscribed ranks are fine for the memory; the times then include waiting for cores.
@@ -49,7 +50,7 @@ def worker(args) -> None:
     from mgrit_nn.train.loop import Trainer
 
     out = Path(args.out)
-    overrides = [f"model.layers={args.layers}", "model.width=8", f"data.n_train={args.batch}",
+    overrides = [f"model.layers={args.layers}", "model.width=8", f"data.n_train={args.n_train}",
                  "data.n_val=100", f"data.batch_size={args.batch}", "train.steps=2",
                  "train.method=oneshot", "train.eval_every=0",
                  f"checkpoint.layout={args.layout}", "checkpoint.keep=0"]
@@ -75,7 +76,8 @@ def worker(args) -> None:
 def measure(layout: str, P: int, args) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         cmd = [MPIEXEC, "-n", str(P), sys.executable, __file__, "--worker", "--out", tmp,
-               "--layout", layout, "--layers", str(args.layers), "--batch", str(args.batch)]
+               "--layout", layout, "--layers", str(args.layers), "--batch", str(args.batch),
+               "--n-train", str(args.n_train)]
         env = {**os.environ, "OMP_NUM_THREADS": "1"}
         p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env,
                            timeout=1800)
@@ -89,6 +91,8 @@ def main() -> None:
     ap.add_argument("--ranks", type=int, nargs="+", default=[1, 2, 4])
     ap.add_argument("--layers", type=int, default=256)
     ap.add_argument("--batch", type=int, default=1000)
+    ap.add_argument("--n-train", type=int, default=16000,
+                    help="training samples: the warm starts, the bulk of a checkpoint")
     ap.add_argument("--json", help="also write the measurements here")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--out", help=argparse.SUPPRESS)
@@ -97,7 +101,7 @@ def main() -> None:
     if args.worker:
         return worker(args)
     print(f"load average before: {os.getloadavg()[0]:.2f}; N={args.layers}, width 8, "
-          f"batch {args.batch} (oneshot warm starts, Adam)\n")
+          f"batch {args.batch}, n_train {args.n_train} (oneshot warm starts, Adam)\n")
     print("| layout | P | checkpoint MiB | write s (max over ranks) | extra memory MiB, "
           "rank 0 | extra memory MiB, max other rank |")
     print("|---|---|---|---|---|---|")

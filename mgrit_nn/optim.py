@@ -43,6 +43,14 @@ def _scalar_dtype() -> torch.dtype:
     return torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
 
 
+def _evaluate(closure: Callable | None):
+    """The loss of a ``step(closure)`` (with gradients enabled, as in torch.optim)."""
+    if closure is None:
+        return None
+    with torch.enable_grad():
+        return closure()
+
+
 class Adam(torch.optim.Optimizer):
     """``torch.optim.Adam`` (L2 weight decay, no amsgrad): the same update, operation by
     operation, and the same state (``step``, ``exp_avg``, ``exp_avg_sq``)."""
@@ -54,10 +62,7 @@ class Adam(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure: Callable | None = None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = _evaluate(closure)
         for group in self.param_groups:
             (beta1, beta2), lr, eps, wd = group["betas"], group["lr"], group["eps"], \
                 group["weight_decay"]
@@ -93,10 +98,7 @@ class SGD(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure: Callable | None = None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = _evaluate(closure)
         for group in self.param_groups:
             lr, momentum, wd = group["lr"], group["momentum"], group["weight_decay"]
             for p in group["params"]:
