@@ -21,6 +21,7 @@ from mgrit_nn.methods.registry import (
     METHODS,
     SECTIONS_OF_METHODS,
     method_doc,
+    writable,
 )
 from mgrit_nn.schema import coerce, did_you_mean, opt, out_of_bounds, type_error
 from mgrit_nn.schema import type_name as _type_name  # noqa: F401 (docs.py reads it here)
@@ -118,6 +119,11 @@ class TrainConfig:
     warm_dtype: Literal["same", "float32", "bfloat16", "float16"] = opt(
         "same", "oneshot: dtype the warm starts are stored in (lower: less memory, a "
         "rounded warm start; same: runtime.dtype)")
+    warm_store: Literal["memory", "mmap"] = opt(
+        "memory", "oneshot: warm starts in memory (on the device) or memory-mapped on the CPU "
+        "(a file in warm_store_dir, deleted once mapped: states that exceed RAM)")
+    warm_store_dir: str | None = opt(None, "warm_store mmap: folder of the files (default: "
+                                     "the temp folder)")
     optimizer: Literal["sgd", "adam", "lbfgs"] = opt("adam", "sgd | adam | lbfgs (full batch)")
     lr: float = opt(0.01, "learning rate (lbfgs: initial step of the line search)", gt=0)
     momentum: float = opt(0.9, "sgd momentum", ge=0)
@@ -368,6 +374,9 @@ def validate(cfg: Config, ranks: int) -> None:
         (layer_ranks <= cfg.model.layers + 1, "model.layers",
          f"{layer_ranks} ranks need at least {layer_ranks - 1} layers "
          f"(N+1 = {cfg.model.layers + 1} points, one or more per rank)"),
+        (t.warm_store != "mmap" or writable(t.warm_store_dir), "train.warm_store_dir",
+         f"{t.warm_store_dir or 'the temp folder'}: cannot create or write files there (the "
+         "mmap store of the warm starts)"),
         (cfg.checkpoint.layout != "collective" or _h5py_has_mpi(), "checkpoint.layout",
          "collective needs h5py built with MPI (h5py.get_config().mpi is false here): use "
          "sharded or auto (docs/hdf5.md says how to build one)"),

@@ -13,7 +13,8 @@ cannot fit before any work.
   their workspaces, the adjoint's linearization on every level and the layer-gradient
   sweep; or, for the methods that run autograd over their layers (serial, penalty/al,
   parpas, local_critic), the tensors autograd saves per layer;
-- ``warm start``: the one-shot stores (level-0 C-points only, in ``train.warm_dtype``);
+- ``warm start``: the one-shot stores (level-0 C-points only, in ``train.warm_dtype``; not
+  counted when ``train.warm_store: mmap`` keeps them in a file-backed mapping);
 - ``method``: a method's own per-sample arrays (penalty/al lambda and kappa, parpas'
   inputs);
 - ``data``: the whole data set, float64, on every rank (and its copy in ``runtime.dtype``).
@@ -60,7 +61,8 @@ KEYS = {"weights": ("model.layers", "model.width", "model.channels"),
         "evaluation": ("data.n_train", "model.layers", "model.width", "model.channels"),
         "libraries": ()}
 OTHER = {"weights": "more ranks", "states": "more ranks", "method": "more ranks",
-         "warm start": "train.warm_start: false, or more ranks", "data": "a smaller set",
+         "warm start": "train.warm_store: mmap, train.warm_dtype: bfloat16, or more ranks",
+         "data": "a smaller set",
          "evaluation": "more ranks",
          "libraries": "a machine with more memory"}
 
@@ -137,10 +139,13 @@ def estimate_memory(cfg, ranks: int = 1) -> dict[str, int]:
     # an MGRIT solver reuses its storage when the shapes agree
     whole = 0 if mgrit and batch == n_train else (points + 1) * n_train * state * itemsize
     whole = max(0, whole - int(sets * one_set))
-    warm = method == "oneshot" and cfg.train.warm_start
+    # a memory-mapped store is file-backed: the kernel pages it out, it cannot exhaust RAM
+    warm = method == "oneshot" and cfg.train.warm_start and cfg.train.warm_store != "mmap"
     c_points = -(-points // at_level(cfg.mgrit.cfactor, 0))
     warm_bytes = WARM_BYTES.get(cfg.train.warm_dtype, itemsize)
     per_sample = {"penalty": 1, "al": 2, "parpas": 1}.get(method, 0)   # lambda (kappa), inputs
+    if method in ("penalty", "al") and cfg.penalty.store == "mmap":
+        per_sample = 0
     data = (n_train + n_val) * (math.prod(shape) + 1) * (8 + (itemsize if itemsize != 8 else 0))
     return {"libraries": LIBRARIES,
             "weights": copies * itemsize * (points * per_layer + ends),

@@ -18,6 +18,7 @@ import torch
 from mpi4py import MPI
 
 from mgrit_nn.methods.base import Batch, PartitionedMethod, StepInfo, correct
+from mgrit_nn.methods.store import sample_tensor
 from mgrit_nn.mgrit import MGRIT, Warm
 from mgrit_nn.runtime import CheckpointError
 from mgrit_nn.setup_run import Run
@@ -36,8 +37,10 @@ class WarmStore:
     """
 
     def __init__(self, n_samples: int, solver: MGRIT, reverse_of: int | None = None,
-                 dtype: torch.dtype | None = None) -> None:
+                 dtype: torch.dtype | None = None, mmap: bool = False,
+                 mmap_dir: str | None = None) -> None:
         self.n, self.dtype, self.solver_dtype = n_samples, dtype or solver.dtype, solver.dtype
+        self.mmap, self.mmap_dir = mmap, mmap_dir
         self.rows, points = solver.warm_rows()
         self.points = np.array([reverse_of - p if reverse_of is not None else p
                                 for p in points], dtype=np.int64)
@@ -54,21 +57,27 @@ class WarmStore:
             return None
         values = self.store if self._everything(idx) else \
             self.store[:, idx.to(self.store.device)]
-        return self.rows, values.to(self.solver_dtype)
+        return self.rows, values.to(self.rows.device, self.solver_dtype)
 
     def put(self, idx: torch.Tensor, u: torch.Tensor) -> None:
         """Keep the rows of ``u`` (the solver's level-0 states) for the samples ``idx``."""
         if self.store is None:
-            self.store = u.new_zeros((len(self.rows), self.n) + tuple(u.shape[2:]),
-                                     dtype=self.dtype)
-        if self._everything(idx) and self.dtype == u.dtype:
+            self.allocate(tuple(u.shape[2:]), u.device)
+        here = self.store.device == u.device
+        if self._everything(idx) and self.dtype == u.dtype and here:
             torch.index_select(u, 0, self.rows, out=self.store)
         elif self._everything(idx):
             self.store.copy_(u.index_select(0, self.rows))
         else:
-            self.store[:, idx.to(u.device)] = u.index_select(0, self.rows).to(self.dtype)
+            self.store[:, idx.to(self.store.device)] = \
+                u.index_select(0, self.rows).to(self.store.device, self.dtype)
         self.last_used[idx] = self.clock
         self.clock += 1
+
+    def allocate(self, state: tuple[int, ...], device: torch.device) -> None:
+        """The zeroed store: on ``device``, or memory-mapped on the CPU (``mmap``)."""
+        self.store = sample_tensor((len(self.rows), self.n) + state, self.dtype, device,
+                                   self.mmap_dir, self.mmap)
 
     def nbytes(self) -> int:
         return 0 if self.store is None else self.store.numel() * self.store.element_size()
@@ -87,9 +96,10 @@ class LayerParallelMethod(PartitionedMethod):
         warm = not exact and t.warm_start
         n = len(run.data.x_train)
         net, N = self.net, run.cfg.model.layers
-        dtype = WARM_DTYPES.get(t.warm_dtype)             # "same": the run's dtype
-        self.fwd_store = WarmStore(n, net.solver, dtype=dtype) if warm else None
-        self.adj_store = WarmStore(n, net.adjoint, reverse_of=N, dtype=dtype) if warm else None
+        kw = {"dtype": WARM_DTYPES.get(t.warm_dtype),      # "same": the run's dtype
+              "mmap": t.warm_store == "mmap", "mmap_dir": t.warm_store_dir}
+        self.fwd_store = WarmStore(n, net.solver, **kw) if warm else None
+        self.adj_store = WarmStore(n, net.adjoint, reverse_of=N, **kw) if warm else None
 
     def step(self, batch: Batch) -> StepInfo:
         """Forward MGRIT (warm-started), loss, adjoint MGRIT (warm-started), layer gradients."""
@@ -152,7 +162,9 @@ class LayerParallelMethod(PartitionedMethod):
             return
         last = torch.from_numpy(warm["last_used"][()])
         for name, store in stores:
-            store.store = picked[name].to(self.net.device, store.dtype)
+            values = picked[name]
+            store.allocate(tuple(values.shape[2:]), self.net.device)
+            store.store.copy_(values.to(store.store.device, store.dtype))
             store.last_used = last.clone()
             store.clock = int(warm["clock"][()])
 

@@ -38,54 +38,39 @@ facility parpas' global prediction uses), lambda from it (``penalty.lambda_init`
 from __future__ import annotations
 
 import math
-import tempfile
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from mgrit_nn.methods.base import Batch, PartitionedMethod, StepInfo, correct
+from mgrit_nn.methods.store import sample_tensor
 from mgrit_nn.model.coarse import Shallow
 from mgrit_nn.model.stage import Stage
 from mgrit_nn.runtime import CheckpointError
 
 
 class SampleStore:
-    """One state per training sample (rows indexed by dataset index), in memory or in a
-    memory-mapped ``.npy`` file of this rank (for data sets whose states exceed RAM)."""
+    """One state per training sample (rows indexed by dataset index), in memory or
+    memory-mapped (:func:`~mgrit_nn.methods.store.sample_tensor`; for data sets whose
+    states exceed RAM)."""
 
     def __init__(self, n: int, shape: tuple[int, ...], dtype: torch.dtype,
-                 device: torch.device, path: Path | None = None) -> None:
-        self.device, self.dtype = device, dtype
-        if path is None:
-            self.rows = torch.zeros((n,) + shape, dtype=dtype, device=device)
-            self.mm = None
-        else:
-            np_dtype = torch.empty((), dtype=dtype).numpy().dtype
-            self.mm = np.lib.format.open_memmap(path, mode="w+", dtype=np_dtype,
-                                                shape=(n,) + shape)
-            self.rows = None
+                 device: torch.device, mmap: bool = False, mmap_dir: str | None = None) -> None:
+        self.device = device
+        self.rows = sample_tensor((n,) + shape, dtype, device, mmap_dir, mmap)
 
     def get(self, idx: torch.Tensor) -> torch.Tensor:
-        if self.mm is None:
-            return self.rows[idx.to(self.device)]
-        return torch.from_numpy(self.mm[idx.numpy()]).to(self.device)
+        return self.rows[idx.to(self.rows.device)].to(self.device)
 
     def put(self, idx: torch.Tensor, values: torch.Tensor) -> None:
-        if self.mm is None:
-            self.rows[idx.to(self.device)] = values
-        else:
-            self.mm[idx.numpy()] = values.detach().cpu().numpy()
+        self.rows[idx.to(self.rows.device)] = values.detach().to(self.rows.device)
 
     def array(self) -> np.ndarray:
-        return self.rows.cpu().numpy() if self.mm is None else np.asarray(self.mm)
+        return self.rows.cpu().numpy()
 
     def load(self, values: np.ndarray) -> None:
-        if self.mm is None:
-            self.rows.copy_(torch.from_numpy(values))
-        else:
-            self.mm[...] = values
+        self.rows.copy_(torch.from_numpy(values))
 
 
 def beta_tau(cfg, step: int) -> tuple[float, float]:
@@ -110,16 +95,11 @@ class PenaltyMethod(PartitionedMethod):
         self.lam = self.kap = None
         self.started = False
         if not st.first:
-            paths = [None, None]
-            if self.cfg.store == "mmap":
-                d = Path(self.cfg.store_dir or tempfile.gettempdir())
-                d.mkdir(parents=True, exist_ok=True)
-                tag = f"mgrit_nn_{run.world.Get_rank()}_{id(self)}"
-                paths = [d / f"{tag}_lambda.npy", d / f"{tag}_kappa.npy"]
-            args = (n, run.shapes.state, run.dtype, run.device)
-            self.lam = SampleStore(*args, paths[0])
+            args = (n, run.shapes.state, run.dtype, run.device, self.cfg.store == "mmap",
+                    self.cfg.store_dir)
+            self.lam = SampleStore(*args)
             if self.al:
-                self.kap = SampleStore(*args, paths[1])
+                self.kap = SampleStore(*args)
         self._initialize(run.data.x_train.to(run.device, run.dtype))
 
     def start(self) -> dict[str, float]:

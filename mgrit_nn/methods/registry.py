@@ -133,7 +133,7 @@ class ClipConfig:
 
 
 # -- their cross-field checks -----------------------------------------------------------
-def _writable(folder: str | None) -> bool:
+def writable(folder: str | None) -> bool:
     """Whether the mmap store can put its files in ``folder`` (created if need be)."""
     import tempfile
     from pathlib import Path
@@ -160,7 +160,7 @@ def _penalty_checks(cfg, ranks: int) -> list[Check]:
              "blocks"),
             (shallow or pe.lambda_init == "forward", "penalty.lambda_init",
              "lambda_init: shallow needs init: shallow (there is no shallow network otherwise)"),
-            (pe.store != "mmap" or _writable(pe.store_dir), "penalty.store_dir",
+            (pe.store != "mmap" or writable(pe.store_dir), "penalty.store_dir",
              f"{pe.store_dir or 'the temp folder'}: cannot create or write files there (the "
              "mmap store of lambda/kappa)")]
 

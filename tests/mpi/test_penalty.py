@@ -7,6 +7,8 @@ same local losses, same corrections, so every message and sign is exercised.
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -169,3 +171,18 @@ def test_resume_is_exact(tmp_path):
     assert a == b
     assert [r["violation"] for r in straight.history][3:] == [r["violation"]
                                                               for r in second.history]
+
+
+def test_memory_mapped_lambda_and_kappa_train_bit_for_bit(tmp_path_factory):
+    """``penalty.store: mmap`` (the store facility the warm starts share): al's lambda and
+    kappa over a mapped file, deleted once mapped; the same losses as in memory."""
+    folder = WORLD.bcast(str(tmp_path_factory.mktemp("lam")) if WORLD.rank == 0 else None)
+    runs = []
+    for store in ("memory", "mmap"):
+        tr = trainer(WORLD, train__method="al", train__steps=6, penalty__store=store,
+                     penalty__store_dir=folder)
+        tr.train(quiet=True)
+        runs.append([r["loss"] for r in tr.history])
+    assert runs[0] == runs[1]
+    WORLD.Barrier()
+    assert not os.listdir(folder)

@@ -3,6 +3,8 @@ same training bit for bit, and checkpoints of either layout load."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -64,3 +66,24 @@ def test_warm_dtype_stores_rounded_warm_starts_and_still_trains():
     assert big == 4 * small
     assert half != same
     assert half[-1] < 0.9 * half[0] and abs(half[-1] - same[-1]) < 0.05 * same[-1]
+
+
+def test_memory_mapped_warm_store_trains_bit_for_bit_and_leaves_no_file(tmp_path_factory):
+    """``train.warm_store: mmap``: the stores are CPU tensors over a mapped file, deleted
+    once mapped (nothing left in warm_store_dir), and the losses are the in-memory run's,
+    bit for bit, in the run's dtype and in float16."""
+    folder = WORLD.bcast(str(tmp_path_factory.mktemp("warm")) if WORLD.rank == 0 else None)
+    for dtype in ("same", "float16"):
+        mem, nbytes = train(train__steps=20, train__warm_dtype=dtype)
+        trainer = Trainer(setup(None, sets(**{**BASE, "train__steps": 20,
+                                              "train__warm_dtype": dtype,
+                                              "train__warm_store": "mmap",
+                                              "train__warm_store_dir": folder}), WORLD))
+        trainer.train(quiet=True)
+        store = trainer.method.fwd_store.store
+        assert store.device.type == "cpu" and store.numel() > 0
+        assert [r["loss"] for r in trainer.history] == mem
+        got = WORLD.allreduce(trainer.method.report(trainer.data)["warm_store_bytes"], MPI.SUM)
+        assert got == nbytes
+        WORLD.Barrier()
+        assert not list(Path(folder).iterdir())
