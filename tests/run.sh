@@ -26,11 +26,13 @@ fi
 
 # One pytest per rank; rank 0 writes to the terminal, rank r > 0 into $REPORTS/mpiN.rank<r>.log.
 # The rank comes from the launcher: MPICH/Hydra (PMI_RANK), Open MPI, PMIx, SLURM.
+# Each rank gets its own pytest tmp folder: sharing pytest's numbered ones, the ranks race
+# in removing the old ones ("PytestWarning: (rm_rf) error removing .../garbage-...").
 # shellcheck disable=SC2016  # expanded by the rank's shell
 PER_RANK='r=${PMI_RANK:-${OMPI_COMM_WORLD_RANK:-${PMIX_RANK:-${SLURM_PROCID:-0}}}}
 base=$1; shift
-if [ "$r" = 0 ]; then exec "$@" --junitxml="$base.xml"; fi
-exec "$@" --junitxml="$base.rank$r.xml" > "$base.rank$r.log" 2>&1'
+if [ "$r" = 0 ]; then exec "$@" --basetemp="$base.tmp.rank$r" --junitxml="$base.xml"; fi
+exec "$@" --basetemp="$base.tmp.rank$r" --junitxml="$base.rank$r.xml" > "$base.rank$r.log" 2>&1'
 failures() {   # the tests a junit report has failing or in error, one per line
   python -c 'import sys, xml.etree.ElementTree as ET
 for c in ET.parse(sys.argv[1]).getroot().iter("testcase"):
