@@ -32,6 +32,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from mgrit_nn.io.checkpoint import CheckpointError, open_checkpoint  # noqa: E402
+from mgrit_nn.io.shards import orphans  # noqa: E402
 
 MPIEXEC = shutil.which("mpiexec") or str(Path(sys.executable).with_name("mpiexec"))
 SMALL = ["--set", "data.n_train=48", "--set", "data.n_val=16", "--set", "data.batch_size=16",
@@ -114,12 +115,7 @@ def mid_write(out: Path) -> bool:
     """Whether a kill left a checkpoint write unfinished: a ``.tmp`` main file, or a shard
     folder that no main file names (the write had not reached its main file)."""
     ckpts = out / "checkpoints"
-    named = set()
-    for c in ckpts.glob("step_*.h5"):
-        with h5py.File(c, "r", locking=False) as f:
-            named.add(str(f.attrs.get("shards_dir", "")))
-    return any(ckpts.glob("step_*.h5.tmp")) or \
-        any(d.name not in named for d in ckpts.glob("step_*.shards"))
+    return any(ckpts.glob("step_*.h5.tmp")) or bool(orphans(ckpts))
 
 
 def losses(out: Path) -> np.ndarray:

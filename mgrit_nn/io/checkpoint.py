@@ -116,8 +116,7 @@ def assemble(leaves: dict, comm) -> dict[str, np.ndarray] | None:
                 for r, (start, n, *_) in owners.items():
                     counts[r], displs[r] = n, start
                 recv = [full.view(np.uint8).ravel(), counts, displs, row_t]
-            comm.Gatherv([send.view(np.uint8).ravel(), len(send) if p is not None else 0,
-                          row_t], recv, root=0)
+            comm.Gatherv([send.view(np.uint8).ravel(), len(send), row_t], recv, root=0)
             row_t.Free()
         if rank == 0:
             out[name] = full

@@ -42,7 +42,7 @@ from mgrit_nn.io.checkpoint import (
 from mgrit_nn.parts import Part
 from mgrit_nn.runtime import OutputError
 
-__all__ = ["remove_orphans", "shard_folder", "shard_problem", "write_sharded"]
+__all__ = ["orphans", "remove_orphans", "shard_folder", "shard_problem", "write_sharded"]
 
 
 def write_sharded(path: Path, leaves: dict, attrs: dict, comm) -> Path | None:
@@ -154,9 +154,9 @@ def shard_problem(path: Path, f: h5py.File, rank: int = 0, size: int = 1,
     return None
 
 
-def remove_orphans(folder: Path) -> list[Path]:
-    """Delete the shard folders in ``folder`` that no main file names (left by a write that
-    crashed before its main file, or by a prune that crashed in between)."""
+def orphans(folder: Path) -> list[Path]:
+    """The shard folders in ``folder`` that no main file names (left by a write that crashed
+    before its main file, or by a prune that crashed in between)."""
     named, unreadable = set(), set()
     for main in folder.glob("step_*.h5"):
         try:
@@ -164,8 +164,13 @@ def remove_orphans(folder: Path) -> list[Path]:
                 named.add(str(f.attrs.get("shards_dir", "")))
         except OSError:
             unreadable.add(main.stem)             # keep what it might name
-    orphans = [d for d in sorted(folder.glob("step_*.shards"))
-               if d.name not in named and d.name.split(".")[0] not in unreadable]
-    for d in orphans:
+    return [d for d in sorted(folder.glob("step_*.shards"))
+            if d.name not in named and d.name.split(".")[0] not in unreadable]
+
+
+def remove_orphans(folder: Path) -> list[Path]:
+    """Delete the :func:`orphans` of ``folder``; returns them."""
+    found = orphans(folder)
+    for d in found:
         shutil.rmtree(d, ignore_errors=True)
-    return orphans
+    return found

@@ -144,11 +144,6 @@ class Method(ABC):
         """This rank's tensors, aligned with :meth:`parameters`, from its share of a global
         flat vector (checkpoints read only the share)."""
 
-    def local_from_global(self, flat: torch.Tensor) -> list[torch.Tensor]:
-        """This rank's tensors, aligned with :meth:`parameters`, from a global flat vector."""
-        start, n = self.share()
-        return self.local_from_share(flat[start:start + n])
-
 
 class PartitionedMethod(Method):
     """What every method on the layer partition shares (design §3): this rank's parameters

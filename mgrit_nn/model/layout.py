@@ -41,24 +41,23 @@ class ParamLayout:
     def named(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
         return self.named_share(flat, 0)
 
+    def _within(self, start: int, n: int):
+        """(name, offset, size, shape) of the tensors in ``[start, start + n)``."""
+        at = 0
+        for key, size, shape in self._entries():
+            if start <= at and at + size <= start + n:
+                yield key, at, size, shape
+            at += size
+
     def named_share(self, share: torch.Tensor, start: int) -> dict[str, torch.Tensor]:
         """The named tensors of a rank's share of the flat vector, which starts at ``start``
         (a share holds whole tensors: see :meth:`offset`)."""
-        out, at = {}, 0
-        for key, size, shape in self._entries():
-            if start <= at and at + size <= start + share.numel():
-                out[key] = share[at - start:at - start + size].view(shape)
-            at += size
-        return out
+        return {key: share[at - start:at - start + size].view(shape)
+                for key, at, size, shape in self._within(start, share.numel())}
 
     def keys_in(self, start: int, n: int) -> list[str]:
         """The names of the tensors in ``[start, start + n)`` of the flat vector."""
-        out, at = [], 0
-        for key, size, _ in self._entries():
-            if start <= at and at + size <= start + n:
-                out.append(key)
-            at += size
-        return out
+        return [key for key, *_ in self._within(start, n)]
 
     def flat(self, named: dict[str, np.ndarray | torch.Tensor],
              keys: list[str] | None = None) -> torch.Tensor:

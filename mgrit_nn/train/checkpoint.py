@@ -112,8 +112,8 @@ def restore(trainer, path: str | Path, weights_only: bool = False,
     with open_checkpoint(path, checksum=not verified) as f:
         check_compatible(f, layout, path)
         start, n = m.share()         # read only this rank's share (of a shard, through the map)
-        share = layout.flat({k: f[f"model/{k}"][()] for k in layout.keys_in(start, n)},
-                            layout.keys_in(start, n))
+        keys = layout.keys_in(start, n)
+        share = layout.flat({k: f[f"model/{k}"][()] for k in keys}, keys)
         with torch.no_grad():
             for p, t in zip(params, m.local_from_share(share), strict=True):
                 p.copy_(t)
