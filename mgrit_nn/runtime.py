@@ -126,10 +126,10 @@ class StopSignal:
         return bool(buf[0])
 
 
-def say(text: str, comm: MPI.Comm | None = None, file=sys.stderr) -> None:
-    """Print once, on rank 0."""
+def say(text: str, comm: MPI.Comm | None = None, file=None) -> None:
+    """Print once, on rank 0 (to ``file``, by default the sys.stderr of the time of the call)."""
     if (comm or world()).Get_rank() == 0:
-        print(text, file=file, flush=True)
+        print(text, file=file or sys.stderr, flush=True)
 
 
 class UsageError(RuntimeError):

@@ -58,37 +58,6 @@ def test_a_failed_append_is_one_output_error_and_keeps_the_rows(tmp_path, monkey
         assert f["steps/step"][()].tolist() == [1]
 
 
-def test_a_damaged_history_is_kept_aside_and_rebuilt_from_the_checkpoint(tmp_path):
-    d = ["--set", "checkpoint.every=5"]
-    train(2, tmp_path / "straight", *d)
-    out = tmp_path / "run"
-    train(2, out, *d, steps=10)
-    first = losses(out)
-    damaged = out / "history.h5"
-    damaged.write_bytes(damaged.read_bytes()[:1000])       # a crash mid-write, say
-    p = train(2, out, *d, "--resume", "latest")
-    assert p.stderr.count("is damaged") == 1, p.stderr
-    assert (out / "history.h5.damaged").is_file()          # never deleted
-    b = losses(out)
-    assert np.array_equal(b[:10], first)
-    assert np.array_equal(b, losses(tmp_path / "straight"))
-
-
-def test_latest_skips_a_checkpoint_of_another_run(tmp_path):
-    d = ["--set", "checkpoint.every=5"]
-    ours, other = tmp_path / "ours", tmp_path / "other"
-    train(2, ours, *d, steps=10)
-    train(2, other, *d, "--set", "model.seed=3", steps=15)
-    for f in (other / "checkpoints").glob("step_00000015.*"):     # with its shard folder
-        (shutil.copytree if f.is_dir() else shutil.copy)(f, ours / "checkpoints" / f.name)
-    p = train(2, ours, *d, "--resume", "latest")
-    assert p.stderr.count("belongs to another run") == 1, p.stderr
-    assert len(losses(ours)) == 20                # contiguous: continued from step 10
-    with h5py.File(ours / "history.h5", "r") as f, \
-            h5py.File(ours / "checkpoints/step_00000020.h5", "r") as c:
-        assert f.attrs["run_id"] == c.attrs["run_id"]
-
-
 @pytest.fixture
 def small_disk(tmp_path):
     """A 400 KiB tmpfs (root only; skipped where it cannot be mounted)."""

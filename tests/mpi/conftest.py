@@ -6,6 +6,11 @@ failure fails on every rank at once and never leaves ranks waiting.
 
 from __future__ import annotations
 
+import logging
+import signal
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 from mpi4py import MPI
@@ -74,3 +79,38 @@ def gradients(comm: MPI.Comm, fwd_iters=None, adj_iters=None, **kw):
     adj_kw = {} if adj_iters is None else {"max_iter": adj_iters}
     err, worst = gradient_errors(run, net, net.backprop(x, y, **adj_kw), x, y)
     return err, worst, fwd, net.adj_result, run, net
+
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def shared_tmp(tmp_path_factory) -> Path:
+    """A fresh folder every rank sees (rank 0 makes it): a run folder of all ranks."""
+    return Path(WORLD.bcast(str(tmp_path_factory.mktemp("run")) if WORLD.rank == 0 else None))
+
+
+@pytest.fixture
+def command(capfd):
+    """``command("train", "configs/peaks.yaml", ...)`` runs ``mgrit-nn ARGS`` in this process
+    on every rank, as ``mpiexec -n P python -m mgrit_nn ARGS`` would after its start-up
+    (which the serial tests pay for in a new process per command: ~3 s of CPU per rank).
+    Returns (exit status, this rank's stdout, this rank's stderr with the log lines)."""
+    from mgrit_nn.cli import main
+
+    def run(*argv: str) -> tuple[int, str, str]:
+        saved = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)}
+        handler = logging.StreamHandler(sys.stderr)      # the CLI's log lines, as on stderr
+        logging.getLogger().addHandler(handler)
+        capfd.readouterr()
+        try:
+            code = main([str(a) for a in argv])
+        except SystemExit as exc:
+            code = exc.code
+        finally:
+            logging.getLogger().removeHandler(handler)
+            for s, h in saved.items():                 # the run's stop handlers go
+                signal.signal(s, h)
+        out, err = capfd.readouterr()
+        return code, out, err
+    return run
