@@ -73,18 +73,7 @@ def _columns(out) -> dict[str, np.ndarray]:
                                                    "train_accuracy")}
 
 
-@pytest.mark.parametrize("ranks,batch", [(2, 16), (4, 0)])
-def test_resume_same_ranks_is_bitwise(tmp_path, ranks, batch):
-    """Checkpoint at step 6 (inputs, regression data, optimizer), resume, same bits."""
-    d = ["--set", "checkpoint.every=6", "--set", f"data.batch_size={batch}"]
-    _train(ranks, tmp_path / "straight", *d)
-    _train(ranks, tmp_path / "split", *d, steps=6)
-    _train(ranks, tmp_path / "split", *d, "--resume", "latest")
-    a, b = _columns(tmp_path / "straight"), _columns(tmp_path / "split")
-    assert list(b["step"]) == list(range(1, 13))
-    for k in ("loss", "regression_mse", "train_accuracy"):
-        assert np.array_equal(a[k], b[k]), (k, a[k], b[k])
-    assert np.all(np.isfinite(a["regression_mse"]))
+# resume bitwise on the same ranks: tests/mpi/test_parpas.py
 
 
 def test_resume_on_other_rank_count_is_one_clear_error(tmp_path):

@@ -114,3 +114,48 @@ def command(capfd):
         out, err = capfd.readouterr()
         return code, out, err
     return run
+
+
+def ranks(*sizes: int):
+    return pytest.mark.skipif(WORLD.size not in sizes,
+                              reason=f"on {' or '.join(map(str, sizes))} ranks")
+
+
+@pytest.fixture
+def train_command(command):
+    """``train_command(config, small)(out, *args, steps=S)``: ``mgrit-nn train config --out
+    out --set train.steps=S *small *args`` on every rank; asserts exit status 0 and returns
+    rank 0's stderr, on every rank."""
+    def make(config: str, small: list[str]):
+        def run(out, *args: str, steps: int) -> str:
+            code, _, err = command("train", config, "--out", out, "--set",
+                                   f"train.steps={steps}", *small, *args)
+            assert WORLD.allgather(code) == [0] * WORLD.size, err  # ... after rank 0 closed
+            return WORLD.bcast(err)                                # history.h5
+        return run
+    return make
+
+
+def on_rank_0(change) -> None:
+    """``change()`` (files changed, a command asked) on rank 0 alone, between barriers: no
+    rank reads before or after; what it raises fails the test on every rank."""
+    WORLD.Barrier()
+    error = None
+    if WORLD.rank == 0:
+        try:
+            change()
+        except BaseException as exc:   # noqa: BLE001 - shared, then raised on every rank
+            error = f"on rank 0: {type(exc).__name__}: {exc}"
+    error = WORLD.bcast(error)
+    assert error is None, error
+
+
+def datasets(path) -> dict:
+    """Every dataset of an HDF5 file as a plain serial h5py reader sees it: {name: array}."""
+    import h5py
+
+    out = {}
+    with h5py.File(path, "r") as f:
+        f.visititems(lambda k, v: out.update({k: v[()]}) if isinstance(v, h5py.Dataset)
+                     else None)
+    return out

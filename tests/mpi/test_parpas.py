@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import math
 
+import h5py
+import numpy as np
 import pytest
 import torch
-from conftest import WORLD, sets
+from conftest import WORLD, ranks, sets
 from mpi4py import MPI
 
 from mgrit_nn.setup_run import setup
@@ -94,3 +96,30 @@ def test_bad_parpas_config_is_one_config_error():
                              (dict(parpas__coarse_lr=0), "parpas.coarse_lr")]:
         with pytest.raises(ConfigError, match=needle):
             validate(load_config(None, sets(**{**BASE, **override})), WORLD.Get_size())
+
+
+CLI_SMALL = ["--set", "data.n_train=48", "--set", "data.n_val=16", "--set", "model.layers=16",
+             "--set", "model.width=3", "--set", "parpas.coarse_iters=6", "--quiet"]
+
+
+def _columns(out) -> dict[str, np.ndarray]:
+    with h5py.File(out / "history.h5", "r") as f:
+        return {k: f[f"steps/{k}"][()] for k in ("step", "loss", "regression_mse",
+                                                   "train_accuracy")}
+
+
+@ranks(2, 4)
+def test_resume_through_the_command_is_bitwise(shared_tmp, train_command):
+    """Checkpoint at step 6 (inputs, regression data, optimizer), resume, same bits; on 2
+    ranks with mini-batches of 16, on 4 full batch."""
+    batch = {2: 16, 4: 0}[WORLD.size]
+    train = train_command("configs/swissroll_parpas.yaml", CLI_SMALL)
+    d = ["--set", "checkpoint.every=6", "--set", f"data.batch_size={batch}"]
+    train(shared_tmp / "straight", *d, steps=12)
+    train(shared_tmp / "split", *d, steps=6)
+    train(shared_tmp / "split", *d, "--resume", "latest", steps=12)
+    a, b = _columns(shared_tmp / "straight"), _columns(shared_tmp / "split")
+    assert list(b["step"]) == list(range(1, 13))
+    for k in ("loss", "regression_mse", "train_accuracy"):
+        assert np.array_equal(a[k], b[k]), (k, a[k], b[k])
+    assert np.all(np.isfinite(a["regression_mse"]))

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import WORLD
+from conftest import WORLD, datasets, on_rank_0, ranks
 
 from mgrit_nn.data import load_dataset
 from mgrit_nn.io.checkpoint import CheckpointError, open_checkpoint
@@ -28,22 +28,11 @@ SMALL = ["--set", "data.n_train=48", "--set", "data.n_val=16", "--set", "data.ba
          "--set", "model.layers=16", "--set", "model.width=4", "--quiet"]
 
 
-def ranks(*sizes: int):
-    return pytest.mark.skipif(WORLD.size not in sizes,
-                              reason=f"on {' or '.join(map(str, sizes))} ranks")
-
-
 @pytest.fixture
-def train(command):
-    """``train(out, *args, steps=20)``: the peaks config, small; asserts exit status 0 and
-    returns rank 0's stderr, on every rank."""
-    def run(out, *args: str, steps: int = 20, config: str = "configs/peaks.yaml",
-            small=SMALL) -> str:
-        code, _, err = command("train", config, "--out", out, "--set", f"train.steps={steps}",
-                               *small, *args)
-        assert WORLD.allgather(code) == [0] * WORLD.size, err    # ... after rank 0 closed
-        return WORLD.bcast(err)                                  # history.h5
-    return run
+def train(train_command):
+    """``train(out, *args, steps=20)``: the peaks config, small."""
+    run = train_command("configs/peaks.yaml", SMALL)
+    return lambda out, *args, steps=20: run(out, *args, steps=steps)
 
 
 _STRAIGHT: dict[str, Path] = {}
@@ -65,20 +54,6 @@ def losses(out) -> np.ndarray:
     with h5py.File(out / "history.h5", "r") as f:
         assert list(f["steps/step"][()]) == list(range(1, len(f["steps/step"]) + 1))
         return f["steps/loss"][()]
-
-
-def on_rank_0(change) -> None:
-    """``change()`` (files changed, a command asked) on rank 0 alone, between barriers: no
-    rank reads before or after; what it raises fails the test on every rank."""
-    WORLD.Barrier()
-    error = None
-    if WORLD.rank == 0:
-        try:
-            change()
-        except BaseException as exc:   # noqa: BLE001 - shared, then raised on every rank
-            error = f"on rank 0: {type(exc).__name__}: {exc}"
-    error = WORLD.bcast(error)
-    assert error is None, error
 
 
 def refused(command, *argv: str) -> str:
@@ -315,4 +290,37 @@ def test_init_writes_step_zero_and_init_from_uses_it(shared_tmp, train, command)
     def info():
         _, said, _ = command("info", ckpt)
         assert "complete, checksum OK" in said and "16 layers" in said, said
+    on_rank_0(info)
+
+
+@ranks(2)
+def test_sharded_and_single_layouts_hold_the_same_arrays(shared_tmp, train, command):
+    """The same 2-rank run written both ways: a plain h5py reader sees the same datasets,
+    bit for bit (model, optimizer, warm starts, history), the sharded one through
+    virtual datasets onto one shard per rank."""
+    for layout in ("single", "sharded"):
+        train(shared_tmp / layout, "--set", f"checkpoint.layout={layout}", steps=4)
+    single = shared_tmp / "single/checkpoints/step_00000004.h5"
+    sharded = shared_tmp / "sharded/checkpoints/step_00000004.h5"
+    a, b = datasets(single), datasets(sharded)
+    assert sorted(a) == sorted(b) and "warm/forward" in a and "optimizer/exp_avg" in a
+    # what differs between any two runs: timings, and torch's global RNG (which the runs
+    # never seed; the methods draw from their own generators)
+    timed = [k for k in a if k.startswith("history/timing/") or k.endswith("_s")] + \
+        ["rng/torch"]
+    assert "history/steps/step_time_s" in timed
+    for k in sorted(set(a) - set(timed)):
+        nan = a[k].dtype.kind == "f"
+        assert a[k].dtype == b[k].dtype and np.array_equal(a[k], b[k], equal_nan=nan), k
+    with h5py.File(sharded, "r") as f:
+        assert f.attrs["layout"] == "sharded" and len(f.attrs["shards_sha256"]) == 2
+        assert f["model/layers/00015/weight"].is_virtual and f["warm/forward"].is_virtual
+        folder = sharded.parent / f.attrs["shards_dir"]
+    assert sorted(p.name for p in folder.iterdir()) == ["rank_00000.h5", "rank_00001.h5"]
+    with h5py.File(folder / "rank_00001.h5", "r") as s:     # the second rank's own layers
+        assert "model/layers/00015/weight" in s and "model/layers/00000/weight" not in s
+
+    def info():
+        _, said, _ = command("info", sharded)
+        assert "complete, checksum OK" in said and "sharded, 2 shards" in said, said
     on_rank_0(info)
