@@ -9,14 +9,23 @@
 # For trials: TESTS_SERIAL (default: tests --ignore=tests/mpi), TESTS_MPI (default: tests/mpi;
 # empty: no MPI part), TESTS_RANKS (default: 1 2 3 4), e.g.
 #   TESTS_SERIAL=tests/test_docs.py TESTS_MPI=tests/mpi/test_comm.py TESTS_RANKS=2 bash tests/run.sh
+# TESTS_REPORTS=DIR keeps every part's junit XML (with each test's duration) in DIR.
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 2
 MPIEXEC=${MPIEXEC:-mpiexec}
 read -r -a SERIAL <<< "${TESTS_SERIAL-tests --ignore=tests/mpi}"
 read -r -a MPI_TESTS <<< "${TESTS_MPI-tests/mpi}"
 read -r -a RANKS <<< "${TESTS_RANKS-1 2 3 4}"
-REPORTS=$(mktemp -d)
-trap 'rm -rf "$REPORTS"' EXIT
+if [ -n "${TESTS_REPORTS:-}" ]; then
+  REPORTS=$TESTS_REPORTS
+  mkdir -p "$REPORTS" || exit 2
+else
+  REPORTS=$(mktemp -d)
+  trap 'rm -rf "$REPORTS"' EXIT
+fi
+# The suite starts ~150 Python processes: byte-compile the package once for all of them
+# (where PYTHONDONTWRITEBYTECODE is set, each would compile it again).
+python -m compileall -q mgrit_nn > /dev/null || exit 2
 PYTEST=(python -m pytest -q -p no:cacheprovider)
 failed=0
 

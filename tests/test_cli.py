@@ -4,7 +4,6 @@ running job is writing, the default threads per rank."""
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
@@ -24,10 +23,6 @@ def mpirun(n: int, args: list[str], timeout: float = 120) -> subprocess.Complete
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
 
 
-def last_json(p: subprocess.CompletedProcess) -> dict:
-    return json.loads(p.stdout.strip().splitlines()[-1])
-
-
 def help_text(command: str) -> str:
     from mgrit_nn.cli import _parser
 
@@ -35,62 +30,8 @@ def help_text(command: str) -> str:
     return sub.choices[command].format_help()
 
 
-# -- mgrit-nn check: a verdict against stated tolerances --------------------------------------
-def test_check_passes_with_a_verdict_a_person_reads():
-    p = mpirun(2, ["check", "configs/peaks.yaml", *SMALL])
-    assert p.returncode == 0, p.stderr
-    out = last_json(p)
-    for key in ("fwd_iters", "fwd_residuals", "state_rel_err", "adj_iters", "adj_residuals",
-                "grad_rel_err", "grad_max_rel_err", "loss_serial", "loss_mgrit"):
-        assert key in out
-    assert out["passed"] and out["fwd_converged"] and out["adj_converged"]
-    assert out["state_ok"] and out["grad_ok"]
-    assert out["fwd_tol"] == out["adj_tol"] == 1e-10 and out["err_tol"] == pytest.approx(1.49e-8,
-                                                                                      rel=1e-2)
-    lines = p.stderr.splitlines()
-    fwd = next(ln for ln in lines if ln.strip().startswith("forward:"))
-    assert f"{out['fwd_iters']} iterations" in fwd and "<= 1e-10 OK" in fwd
-    assert "state error" in fwd and fwd.endswith("<= 1.5e-08 OK")
-    assert any(ln.strip().startswith("adjoint:") and ln.endswith("<= 1e-10 OK") for ln in lines)
-    assert any(ln.strip().startswith("gradient:") and ln.endswith("OK") for ln in lines)
-    assert "mgrit-nn check: PASS" in lines
-    assert not [k for k in out if k not in help_text("check")]      # --help names every key
-
-
-@pytest.mark.parametrize("cap,failed", [("mgrit.max_iter=1", "forward, state, adjoint, gradient"),
-                                        ("adjoint.max_iter=1", "adjoint, gradient")])
-def test_check_fails_when_a_solve_stops_short(cap, failed):
-    p = mpirun(2, ["check", "configs/peaks.yaml", *SMALL, "--set", cap])
-    assert p.returncode == 1, p.stderr
-    out = last_json(p)                          # the JSON line is still the last stdout line
-    assert out["passed"] is False and out["grad_ok"] is False and out["adj_converged"] is False
-    assert out["fwd_converged"] is (cap.startswith("adjoint"))
-    assert f"mgrit-nn check: FAIL ({failed})" in p.stderr
-    assert "(stopped at max_iter 1)" in p.stderr and "Traceback" not in p.stderr
-    assert "BAD TERMINATION" not in p.stdout + p.stderr      # every rank exits with 1 itself
-
-
-@pytest.mark.parametrize("step", ["euler", "verlet"])
-def test_check_in_float32_uses_a_tolerance_float32_reaches(step):
-    """tol 1e-10 is below float32's rounding: the check raises it to 10 eps |u_C|, says so, and
-    stops there instead of running all max_iter iterations."""
-    p = mpirun(2, ["check", "configs/peaks.yaml", *SMALL, "--set", "runtime.dtype=float32",
-                   "--set", f"model.step={step}"])
-    assert p.returncode == 0, p.stderr
-    out = last_json(p)
-    assert out["passed"] and out["fwd_iters"] < 30 and out["adj_iters"] < 30
-    assert out["fwd_tol"] > 1e-10 and out["adj_tol"] > 1e-10
-    assert out["fwd_residuals"][-1] <= out["fwd_tol"] < out["fwd_residuals"][0]
-    assert out["err_tol"] == pytest.approx(3.45e-4, rel=1e-2)           # sqrt(eps)
-    assert p.stderr.count("raised to the float32 rounding floor") == 2
-
-
-def test_check_keeps_the_float64_tolerance_unless_it_is_below_round_off():
-    p = mpirun(2, ["check", "configs/peaks.yaml", *SMALL, "--set", "mgrit.tol=1e-300"])
-    assert p.returncode == 0, p.stderr
-    out = last_json(p)
-    assert 1e-300 < out["fwd_tol"] < 1e-11 and out["passed"]
-    assert "tol 1e-300 raised to the float64 rounding floor" in p.stderr
+# mgrit-nn check's verdict and exit status, train's and bench's JSON keys against their --help:
+# tests/mpi/test_commands.py (the commands in the MPI part's own processes)
 
 
 # -- runtime.threads: 0, the torch threads of a rank -------------------------------------------
@@ -261,17 +202,3 @@ def test_job_help_lists_every_template_setting():
     used = {m for t in (ROOT / "jobs").glob("*.sbatch")
             for m in re.findall(r"\{\{([A-Z_][A-Z0-9_]*)\}\}", t.read_text())}
     assert used and not [v for v in sorted(used | set(DEFAULTS)) if f"{v}=" not in text]
-
-
-def test_train_and_bench_help_name_every_key_of_their_json(tmp_path):
-    p = mpirun(1, ["train", "configs/peaks.yaml", *SMALL, "--set", "train.steps=2", "--quiet",
-                   "--set", "train.method=serial", "--out", str(tmp_path / "run")])
-    assert p.returncode == 0, p.stderr                      # serial: the keys of every run
-    assert not [k for k in last_json(p) if k not in help_text("train")]
-    p = mpirun(2, ["bench", "configs/peaks.yaml", *SMALL, "--set", "bench.repeats=1",
-                   "--set", "bench.warmup=0"])
-    assert p.returncode == 0, p.stderr
-    out = last_json(p)
-    assert "mgrit_grad_s" in out                                # bench.exact: all the keys
-    text = help_text("bench")
-    assert not [k for k in [*out, *out["machine"], *out["per_rank"][0]] if k not in text]

@@ -159,3 +159,13 @@ def datasets(path) -> dict:
         f.visititems(lambda k, v: out.update({k: v[()]}) if isinstance(v, h5py.Dataset)
                      else None)
     return out
+
+
+def refused(command, *argv: str) -> str:
+    """The command exits 2 on every rank; returns the message rank 0 alone printed."""
+    code, _, err = command(*argv)
+    codes, errs = WORLD.allgather(code), WORLD.allgather(err)
+    assert codes == [2] * WORLD.size, (codes, errs)
+    assert not any(e.strip() for e in errs[1:]), errs           # said once, by rank 0
+    assert "Traceback" not in errs[0]
+    return errs[0]

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import WORLD, datasets, on_rank_0, ranks
+from conftest import WORLD, datasets, on_rank_0, ranks, refused
 
 from mgrit_nn.data import load_dataset
 from mgrit_nn.io.checkpoint import CheckpointError, open_checkpoint
@@ -54,16 +54,6 @@ def losses(out) -> np.ndarray:
     with h5py.File(out / "history.h5", "r") as f:
         assert list(f["steps/step"][()]) == list(range(1, len(f["steps/step"]) + 1))
         return f["steps/loss"][()]
-
-
-def refused(command, *argv: str) -> str:
-    """The command exits 2 on every rank; returns the message rank 0 alone printed."""
-    code, _, err = command(*argv)
-    codes, errs = WORLD.allgather(code), WORLD.allgather(err)
-    assert codes == [2] * WORLD.size, (codes, errs)
-    assert not any(e.strip() for e in errs[1:]), errs           # said once, by rank 0
-    assert "Traceback" not in errs[0]
-    return errs[0]
 
 
 def test_resume_same_ranks_is_bitwise(shared_tmp, train, straight):

@@ -1,0 +1,178 @@
+"""What a person sees of the commands, run in this MPI part's processes: ``mgrit-nn check``'s
+verdict against stated tolerances (exit status 1 on a failure), config errors and divergence
+said once (design §10), the JSON of train and bench and its keys in their --help. The rest
+of the CLI, and what needs processes of its own: tests/test_cli.py, tests/test_failures.py."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import WORLD, ranks, refused
+
+pytestmark = pytest.mark.mpi
+
+SMALL = ["--set", "data.n_train=64", "--set", "data.n_val=0", "--set", "model.layers=16"]
+
+
+def help_text(command: str) -> str:
+    from mgrit_nn.cli import _parser
+
+    sub = next(a for a in _parser()._actions if a.dest == "command")
+    return sub.choices[command].format_help()
+
+
+@pytest.fixture
+def mgrit_nn(command):
+    """``mgrit_nn(*args)`` -> (exit status, rank 0's last stdout line as JSON or None, the stderr of
+    all ranks, rank 0's first), the same on every rank; asserts every rank exited with the
+    same status."""
+    def run(*args: str):
+        code, out, err = command(*args)
+        codes = WORLD.allgather(code)
+        assert codes == [codes[0]] * WORLD.size, codes
+        out, err = WORLD.bcast(out), "".join(WORLD.allgather(err))
+        lines = out.strip().splitlines()
+        return code, json.loads(lines[-1]) if lines else None, err
+    return run
+
+
+@ranks(2)
+def test_check_passes_with_a_verdict_a_person_reads(mgrit_nn):
+    code, out, err = mgrit_nn("check", "configs/peaks.yaml", *SMALL)
+    assert code == 0, err
+    for key in ("fwd_iters", "fwd_residuals", "state_rel_err", "adj_iters", "adj_residuals",
+                "grad_rel_err", "grad_max_rel_err", "loss_serial", "loss_mgrit"):
+        assert key in out
+    assert out["passed"] and out["fwd_converged"] and out["adj_converged"]
+    assert out["state_ok"] and out["grad_ok"]
+    assert out["fwd_tol"] == out["adj_tol"] == 1e-10 and out["err_tol"] == pytest.approx(1.49e-8,
+                                                                                      rel=1e-2)
+    lines = err.splitlines()
+    fwd = next(ln for ln in lines if ln.strip().startswith("forward:"))
+    assert f"{out['fwd_iters']} iterations" in fwd and "<= 1e-10 OK" in fwd
+    assert "state error" in fwd and fwd.endswith("<= 1.5e-08 OK")
+    assert any(ln.strip().startswith("adjoint:") and ln.endswith("<= 1e-10 OK") for ln in lines)
+    assert any(ln.strip().startswith("gradient:") and ln.endswith("OK") for ln in lines)
+    assert "mgrit-nn check: PASS" in lines
+    assert not [k for k in out if k not in help_text("check")]      # --help names every key
+
+
+@ranks(2)
+@pytest.mark.parametrize("cap,failed", [("mgrit.max_iter=1", "forward, state, adjoint, gradient"),
+                                        ("adjoint.max_iter=1", "adjoint, gradient")])
+def test_check_fails_when_a_solve_stops_short(mgrit_nn, cap, failed):
+    code, out, err = mgrit_nn("check", "configs/peaks.yaml", *SMALL, "--set", cap)
+    assert code == 1, err                       # on every rank: each exits with 1 itself
+    assert out["passed"] is False and out["grad_ok"] is False and out["adj_converged"] is False
+    assert out["fwd_converged"] is (cap.startswith("adjoint"))
+    assert f"mgrit-nn check: FAIL ({failed})" in err
+    assert "(stopped at max_iter 1)" in err and "Traceback" not in err
+
+
+@ranks(2)
+@pytest.mark.parametrize("step", ["euler", "verlet"])
+def test_check_in_float32_uses_a_tolerance_float32_reaches(mgrit_nn, step):
+    """tol 1e-10 is below float32's rounding: the check raises it to 10 eps |u_C|, says so, and
+    stops there instead of running all max_iter iterations."""
+    code, out, err = mgrit_nn("check", "configs/peaks.yaml", *SMALL, "--set",
+                              "runtime.dtype=float32", "--set", f"model.step={step}")
+    assert code == 0, err
+    assert out["passed"] and out["fwd_iters"] < 30 and out["adj_iters"] < 30
+    assert out["fwd_tol"] > 1e-10 and out["adj_tol"] > 1e-10
+    assert out["fwd_residuals"][-1] <= out["fwd_tol"] < out["fwd_residuals"][0]
+    assert out["err_tol"] == pytest.approx(3.45e-4, rel=1e-2)           # sqrt(eps)
+    assert err.count("raised to the float32 rounding floor") == 2
+
+
+@ranks(2)
+def test_check_keeps_the_float64_tolerance_unless_it_is_below_round_off(mgrit_nn):
+    code, out, err = mgrit_nn("check", "configs/peaks.yaml", *SMALL, "--set", "mgrit.tol=1e-300")
+    assert code == 0, err
+    assert 1e-300 < out["fwd_tol"] < 1e-11 and out["passed"]
+    assert "tol 1e-300 raised to the float64 rounding floor" in err
+
+
+@ranks(2)
+def test_train_and_bench_help_name_every_key_of_their_json(mgrit_nn, shared_tmp):
+    code, out, err = mgrit_nn("train", "configs/peaks.yaml", *SMALL, "--set", "train.steps=2",
+                              "--quiet", "--out", shared_tmp / "run")
+    assert code == 0, err                                   # the keys of a one-shot run
+    assert not [k for k in out if k not in help_text("train")]
+    code, out, err = mgrit_nn("bench", "configs/peaks.yaml", *SMALL, "--set", "bench.repeats=1",
+                              "--set", "bench.warmup=0")
+    assert code == 0, err
+    assert "mgrit_grad_s" in out                                # bench.exact: all the keys
+    text = help_text("bench")
+    assert not [k for k in [*out, *out["machine"], *out["per_rank"][0]] if k not in text]
+
+
+@ranks(1, 3)
+@pytest.mark.parametrize("override,needle", [
+    ("mgrit.cfactor=1", "mgrit.cfactor: must be >= 2"),
+    ("model.depth=4", "unknown config key 'model.depth'"),
+    ("model.layers=1", "model.layers:"),
+])
+def test_bad_config_one_message_every_rank_fails(command, override, needle):
+    if WORLD.size == 1 and override == "model.layers=1":
+        pytest.skip("one layer is fine on one rank")
+    said = refused(command, "check", "configs/peaks.yaml", "--set", override)
+    assert said.count(needle) == 1, said
+
+
+@ranks(2)
+def test_empty_out_is_one_message(command):
+    said = refused(command, "train", "configs/peaks.yaml", "--out", "", "--quiet")
+    assert said.count("--out: the output folder is an empty path") == 1, said
+
+
+@ranks(2)
+def test_divergence_is_said_once(mgrit_nn, shared_tmp):
+    code, _, err = mgrit_nn("train", "configs/peaks.yaml", "--out", shared_tmp, "--set",
+                            "train.lr=1e6", "--set", "train.optimizer=sgd", "--set",
+                            "train.steps=12", "--set", "data.n_train=64", "--set",
+                            "data.n_val=0", "--quiet")
+    assert code == 0, err
+    assert err.count("training diverges: the loss grew") == 1, err
+
+
+@ranks(2)
+def test_a_nan_residual_is_one_message(mgrit_nn):
+    """A NaN residual is seen by all ranks at once: rank 0 names iteration and level."""
+    code, _, err = mgrit_nn("check", "configs/peaks.yaml", "--set", "model.T=1e300",
+                            "--set", "data.n_train=8")
+    assert code == 1, err
+    assert err.count("MGRIT forward: residual is") == 1, err
+    assert "iteration 1" in err and "level 0" in err
+    assert "Traceback" not in err
+
+
+@ranks(2)
+def test_train_cli_last_line_is_json(mgrit_nn, shared_tmp):
+    out = shared_tmp / "run"
+    code, result, err = mgrit_nn("train", "configs/peaks.yaml", "--quiet", "--out", out,
+                                 "--set", "train.steps=3", "--set", "data.n_train=32", "--set",
+                                 "data.n_val=16", "--set", "model.layers=16")
+    assert code == 0, err
+    for key in ("method", "ranks", "steps", "loss", "train_accuracy", "val_accuracy",
+                "wall_time_s", "out"):
+        assert key in result
+    assert result["ranks"] == 2 and result["steps"] == 3 and result["out"] == str(out)
+    assert json.loads((out / "result.json").read_text())["loss"] == result["loss"]
+    assert "it/s" not in err                      # --quiet: no progress bar
+
+
+@ranks(2)
+def test_bench_reports_times_ratios_and_work(mgrit_nn):
+    code, r, err = mgrit_nn("bench", "configs/peaks.yaml", "--set", "model.layers=32",
+                            "--set", "data.n_train=40", "--set", "bench.repeats=2", "--set",
+                            "bench.warmup=1", "--set", "mgrit.relax=F")
+    assert code == 0, err
+    for key in ("serial_grad_s", "oneshot_grad_s", "mgrit_grad_s", "ratio_oneshot",
+                "ratio_mgrit", "span_speedup_oneshot", "per_rank", "machine"):
+        assert key in r
+    assert r["ratio_oneshot"] == pytest.approx(r["oneshot_grad_s"] / r["serial_grad_s"])
+    # 2 forward + 2 adjoint F-relaxation iterations: a few sweeps each, counted by the solver
+    assert 2 < r["oneshot_fwd_sweeps"] < 10 and 2 < r["oneshot_adj_sweeps"] < 10
+    assert r["mgrit_fwd_iters"] >= 2 and len(r["per_rank"]) == 2
+    assert all(pr["rss_mb"] > 0 for pr in r["per_rank"])
