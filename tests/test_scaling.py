@@ -35,6 +35,15 @@ def cli(*args: str, timeout: float = 300, env=None) -> subprocess.CompletedProce
                           text=True, cwd=ROOT, timeout=timeout, env=env)
 
 
+def report(capsys, *args: str) -> tuple[int, str]:
+    """``mgrit-nn report ARGS`` in this process (it starts no MPI): exit status, stdout."""
+    from mgrit_nn.cli import main
+
+    capsys.readouterr()
+    code = main(["report", *args])
+    return code, capsys.readouterr().out
+
+
 def png_size(path: Path) -> tuple[int, int]:
     data = path.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n", f"{path} is not a PNG"
@@ -138,7 +147,7 @@ exit 1
 
 @pytest.mark.parametrize("mode,needle", [("fail", "exit 1: mgrit-nn: rank 1/2 failed"),
                                          ("hang", "exit 124")])
-def test_failing_or_hanging_runs_are_reported_and_exit_nonzero(tmp_path, mode, needle):
+def test_failing_or_hanging_runs_are_reported_and_exit_nonzero(tmp_path, capsys, mode, needle):
     fake = tmp_path / "fake.sh"
     fake.write_text(FAKE)
     study = tmp_path / "s"
@@ -151,13 +160,13 @@ def test_failing_or_hanging_runs_are_reported_and_exit_nonzero(tmp_path, mode, n
     assert needle in p.stderr and "Traceback" not in p.stderr
     status = json.loads((study / "study.json").read_text())["runs"]["2"]["status"]
     assert status.startswith("failed:") and needle in status
-    r = cli("report", str(study))                # a study without any data still reports
-    assert r.returncode == 0, r.stderr
+    code, _ = report(capsys, str(study))       # a study without any data still reports
+    assert code == 0
     table = (study / "report.md").read_text()
     assert "| 2 | 8 | – | failed: bench exit" in table
 
 
-def test_local_strong_study_then_report(tmp_path):
+def test_local_strong_study_then_report(tmp_path, capsys):
     """The whole path on 1 and 2 ranks, a few steps: files, table, plots."""
     study = tmp_path / "peaks_strong"
     p = cli("scaling", PEAKS, "--kind", "strong", "--ranks", "1,2", "--local", "--steps", "3",
@@ -172,9 +181,9 @@ def test_local_strong_study_then_report(tmp_path):
         assert bench["machine"]["threads"] == threads           # the same on 1 and 2 ranks
         assert json.loads((d / "result.json").read_text())["steps"] == 3
         assert (d / "history.h5").is_file() and "$ " in (d / "run.log").read_text()
-    r = cli("report", str(study))
-    assert r.returncode == 0, r.stderr
-    written = {Path(w).name for w in json.loads(r.stdout.strip().splitlines()[-1])["written"]}
+    code, out = report(capsys, str(study))
+    assert code == 0
+    written = {Path(w).name for w in json.loads(out.strip().splitlines()[-1])["written"]}
     assert {"runtime.png", "speedup.png", "efficiency.png", "training.png", "residuals.png",
             "timing.png", "report.md"} <= written
     assert png_size(study / "runtime.png") == (768, 528)
@@ -189,8 +198,8 @@ def test_local_strong_study_then_report(tmp_path):
     assert f"Threads per rank: {threads} at every rank count" in md
     # a rank count whose run is gone: the report says so instead of failing
     shutil.rmtree(study / "ranks_0002")
-    r = cli("report", str(study), "--out", str(tmp_path / "again"))
-    assert r.returncode == 0, r.stderr
+    code, _ = report(capsys, str(study), "--out", str(tmp_path / "again"))
+    assert code == 0
     md = (tmp_path / "again" / "report.md").read_text()
     assert "| 2 | 8 | – | no bench.json; no history.h5 |" in md
 
