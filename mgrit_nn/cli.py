@@ -106,8 +106,10 @@ train.adj_iters iterations) and, with bench.exact, of exact MGRIT (to mgrit.tol)
 bench.repeats after bench.warmup. Prints, as the last line of rank 0's stdout, one JSON
 object: serial_grad_s, oneshot_grad_s, ratio_oneshot (one-shot / serial), oneshot_work_sweeps
 (oneshot_fwd_sweeps + oneshot_adj_sweeps: step applications / N), span_speedup_oneshot (the
-critical-path model); with bench.exact also mgrit_grad_s, ratio_mgrit, mgrit_fwd_iters,
-mgrit_adj_iters, mgrit_fwd_factor, mgrit_adj_factor, mgrit_work_sweeps, span_speedup_mgrit;
+critical-path model), the tensor operations that run a kernel per gradient: serial_kernels,
+oneshot_kernels (the busiest rank's), oneshot_kernels_total (all ranks'); with bench.exact
+also mgrit_grad_s, ratio_mgrit, mgrit_fwd_iters, mgrit_adj_iters, mgrit_fwd_factor,
+mgrit_adj_factor, mgrit_work_sweeps, mgrit_kernels, span_speedup_mgrit;
 the settings (ranks, layers, batch, width, kind, relax, cfactor, cycle, levels, dtype,
 device, repeats, warmup), per_rank (rank, rss_mb, gpu_mb and the seconds per phase of the
 solves, oneshot_phases_s and mgrit_phases_s) and machine (platform, cpus, torch, threads,

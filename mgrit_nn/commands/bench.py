@@ -2,7 +2,10 @@
 
 All timings in one run, medians of ``bench.repeats`` after ``bench.warmup`` untimed
 repetitions. Work is counted by the solvers (step applications on any level) and
-reported in fine-sweep equivalents (steps / N, forward and adjoint separately).
+reported in fine-sweep equivalents (steps / N, forward and adjoint separately), and in
+tensor operations that run a kernel (``opcount``): serial autograd's, and the busiest
+rank's for MGRIT (on one rank the whole gradient; on P ranks a lower bound of the critical
+path, which also runs through the sequential coarsest-level solve).
 
 ``span_speedup`` is a critical-path model in step applications (a forward step and
 an adjoint step count one each): serial = 2N (forward + backward sweep); MGRIT =
@@ -26,6 +29,7 @@ from mpi4py import MPI
 from mgrit_nn.methods.base import Batch
 from mgrit_nn.methods.layer_parallel import LayerParallelMethod
 from mgrit_nn.model.serial import SerialResNet
+from mgrit_nn.opcount import count_ops
 from mgrit_nn.setup_run import Run
 
 
@@ -82,6 +86,7 @@ def _one(method: LayerParallelMethod, x, y, idx, repeats: int, warmup: int, run:
     before = dict(run.msg.timers.seconds)
     seconds = _median_time(grad, repeats, 0, run.device, comm)
     fwd, adj, phases, coarse_local = _solver_counts(method)
+    kernels = comm.allgather(count_ops(grad)["kernels"])   # one more gradient, untimed
     msg = {k: (v - before.get(k, 0.0)) / repeats for k, v in run.msg.timers.seconds.items()}
     phases = {k: v / repeats for k, v in phases.items()}
     phases.update(msg)
@@ -99,7 +104,8 @@ def _one(method: LayerParallelMethod, x, y, idx, repeats: int, warmup: int, run:
             "fwd_sweeps": allc[:, 0].sum() / N, "adj_sweeps": allc[:, 1].sum() / N,
             "fwd_iters": fwd_res.iters, "adj_iters": adj_res.iters,
             "fwd_factor": fwd_res.conv_factor, "adj_factor": adj_res.conv_factor,
-            "span": float(span), "phases": phases}
+            "span": float(span), "phases": phases,
+            "kernels": max(kernels), "kernels_total": sum(kernels)}
 
 
 def bench(run: Run) -> dict | None:
@@ -111,7 +117,7 @@ def bench(run: Run) -> dict | None:
     y = run.data.y_train[:n].to(run.device)
     N, P = cfg.model.layers, comm.Get_size()
 
-    serial_s = 0.0
+    serial_s, serial_kernels = 0.0, 0
     if world.Get_rank() == 0:
         model = SerialResNet(cfg.model, run.shapes, run.dtype, run.device)
 
@@ -119,6 +125,7 @@ def bench(run: Run) -> dict | None:
             model.zero_grad()
             F.cross_entropy(model(x), y).backward()
         serial_s = _median_time(serial_grad, b.repeats, b.warmup, run.device)
+        serial_kernels = count_ops(serial_grad)["kernels"]
     idle_barrier(world)
     serial_s = world.bcast(serial_s, root=0)
 
@@ -146,10 +153,13 @@ def bench(run: Run) -> dict | None:
         "oneshot_grad_s": oneshot["seconds"], "ratio_oneshot": oneshot["seconds"] / serial_s,
         "oneshot_work_sweeps": oneshot["fwd_sweeps"] + oneshot["adj_sweeps"],
         "oneshot_fwd_sweeps": oneshot["fwd_sweeps"], "oneshot_adj_sweeps": oneshot["adj_sweeps"],
+        "serial_kernels": serial_kernels, "oneshot_kernels": oneshot["kernels"],
+        "oneshot_kernels_total": oneshot["kernels_total"],
         **({"mgrit_grad_s": exact["seconds"], "ratio_mgrit": exact["seconds"] / serial_s,
             "mgrit_fwd_iters": exact["fwd_iters"], "mgrit_adj_iters": exact["adj_iters"],
             "mgrit_fwd_factor": exact["fwd_factor"], "mgrit_adj_factor": exact["adj_factor"],
             "mgrit_work_sweeps": exact["fwd_sweeps"] + exact["adj_sweeps"],
+            "mgrit_kernels": exact["kernels"],
             "span_speedup_mgrit": 2 * N / exact["span"]} if exact else {}),
         "span_speedup_oneshot": 2 * N / oneshot["span"],
         "per_rank": per_rank, "repeats": b.repeats, "warmup": b.warmup,

@@ -176,3 +176,7 @@ def test_bench_reports_times_ratios_and_work(mgrit_nn):
     assert 2 < r["oneshot_fwd_sweeps"] < 10 and 2 < r["oneshot_adj_sweeps"] < 10
     assert r["mgrit_fwd_iters"] >= 2 and len(r["per_rank"]) == 2
     assert all(pr["rss_mb"] > 0 for pr in r["per_rank"])
+    # kernels per gradient: serial autograd a few per layer and sweep; MGRIT's busiest rank
+    # at most all ranks' together
+    assert r["serial_kernels"] > 2 * 32 * 4
+    assert 0 < r["oneshot_kernels"] <= r["oneshot_kernels_total"] and r["mgrit_kernels"] > 0
