@@ -40,13 +40,26 @@ QUIET = ["runtime.threads=1", "train.eval_every=0", "penalty.honest_every=0"]
 
 
 def train(config: str, ranks: int, sets: list[str], out: Path) -> dict:
-    """One training run; its result.json plus the history columns the tables need."""
+    """One training run; its result.json plus the history columns the tables need. A run
+    that fails (a variant that diverges) is a row too: ``failed`` holds what mgrit-nn said,
+    the columns its history has up to there."""
     cmd = ["mpiexec", "-n", str(ranks), sys.executable, "-m", "mgrit_nn", "train", config,
            "--out", str(out), "--quiet", "--overwrite"]
     for s in QUIET + sets:
         cmd += ["--set", s]
-    subprocess.run(cmd, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
-    r = json.loads((out / "result.json").read_text())
+    p = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                       text=True)
+    sys.stderr.write(p.stderr)
+    if p.returncode == 0:
+        r = json.loads((out / "result.json").read_text())
+    else:
+        said = [ln for ln in p.stderr.splitlines() if ln.startswith("mgrit-nn: ")]
+        r = {"failed": said[-1] if said else f"exit status {p.returncode}",
+             **dict.fromkeys(("val_accuracy", "train_loss", "wall_time_s", "critical_path_s"),
+                             float("nan"))}
+    if not (out / "history.h5").is_file():
+        r["violation"] = [float("nan")]
+        return r
     with h5py.File(out / "history.h5") as f:
         steps = f["steps"]
         for col in ("violation", "beta", "shallow_s"):
@@ -77,7 +90,7 @@ def table_sun(args) -> list[dict]:
         for K in (int(k) for k in args.ks.split(",")):
             with tempfile.TemporaryDirectory() as d:
                 r = train(args.config or config_of(method), K, args.set, Path(d))
-            r["K"] = K
+            r["K"], r["method"] = K, method
             rows.append(r)
             print(f"  done {method} K={K}: acc {r['val_accuracy']:.3f}", file=sys.stderr)
     print(f"config {args.config or 'configs/levelset_METHOD.yaml'} {' '.join(args.set)}\n")
@@ -138,9 +151,10 @@ def table_sun_ablation(args) -> list[dict]:
             with tempfile.TemporaryDirectory() as d:
                 r = train(args.config or config_of(method), args.k, VARIANTS[name][1] + args.set,
                           Path(d))
-            r["variant"] = name
+            r["variant"], r["method"] = name, method
             rows.append(r)
-            print(f"  done {method} {name}: acc {r['val_accuracy']:.3f}", file=sys.stderr)
+            print(f"  done {method} {name}: acc {r['val_accuracy']:.3f} "
+                  f"{r.get('failed', '')}", file=sys.stderr)
     print(f"K = {args.k}, config {args.config or 'configs/levelset_METHOD.yaml'} "
           f"{' '.join(args.set)}\n")
     print("| method | variant | test acc | train loss (serial pass) | final violation "
@@ -148,8 +162,10 @@ def table_sun_ablation(args) -> list[dict]:
     print("|---|---|---|---|---|---|")
     for r in rows:
         ends = ", ".join(f"{v:.2e}" for _, v in phase_ends(r))
+        acc = f"{r['val_accuracy']:.3f}" if "failed" not in r else \
+            f"failed: {r['failed'].removeprefix('mgrit-nn: ')}"
         print(f"| {r['method']} | {r['variant']}: {VARIANTS[r['variant']][0]} "
-              f"| {r['val_accuracy']:.3f} | {r['train_loss']:.4f} "
+              f"| {acc} | {r['train_loss']:.4f} "
               f"| {r['violation'][-1]:.2e} | {ends} |")
     return rows
 
