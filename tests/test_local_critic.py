@@ -3,8 +3,6 @@ a bad critic config. Exact resume and the sub-model table: tests/mpi/test_local_
 
 from __future__ import annotations
 
-import h5py
-import numpy as np
 import pytest
 from test_failures import ROOT, mpirun
 
@@ -19,14 +17,6 @@ def train(n: int, out, *args: str, steps: int) -> None:
     p = mpirun(n, ["-m", "mgrit_nn", "train", "configs/peaks.yaml", "--out", str(out),
                    "--set", f"train.steps={steps}", *SMALL, *args])
     assert p.returncode == 0, p.stderr
-
-
-def datasets(path) -> dict[str, np.ndarray]:
-    out = {}
-    with h5py.File(path, "r") as f:
-        f.visititems(lambda name, obj: out.__setitem__(name, obj[()])
-                     if isinstance(obj, h5py.Dataset) else None)
-    return out
 
 
 def test_resume_on_another_rank_count_is_one_clear_error(tmp_path):

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import h5py
-import numpy as np
 import pytest
 import torch
 from test_failures import mpirun
@@ -65,12 +63,6 @@ def _train(n: int, out, *args: str, steps: int = 12):
                    str(out), "--set", f"train.steps={steps}", *SMALL, *args])
     assert p.returncode == 0, p.stderr
     return p
-
-
-def _columns(out) -> dict[str, np.ndarray]:
-    with h5py.File(out / "history.h5", "r") as f:
-        return {k: f[f"steps/{k}"][()] for k in ("step", "loss", "regression_mse",
-                                                   "train_accuracy")}
 
 
 # resume bitwise on the same ranks: tests/mpi/test_parpas.py

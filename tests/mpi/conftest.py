@@ -81,9 +81,6 @@ def gradients(comm: MPI.Comm, fwd_iters=None, adj_iters=None, **kw):
     return err, worst, fwd, net.adj_result, run, net
 
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
 @pytest.fixture
 def shared_tmp(tmp_path_factory) -> Path:
     """A fresh folder every rank sees (rank 0 makes it): a run folder of all ranks."""
