@@ -18,8 +18,24 @@ measured time is oversubscribed: read the critical-path columns.
 alone (``penalty.literal``), the shallow initialization on/off, the paper's own settings
 (T = 1, the al beta schedule, noise into lambda_{K-1}): test accuracy and final violation.
 
-Add a paper: one function ``table_NAME(args)`` and its entry in ``TABLES`` (``parpas``,
-``lct`` are for later). ``uptime`` is printed before and after: the load average.
+    python benchmarks/paper_tables.py parpas [--ranks 2,4] [--configs swissroll,ellipses] \\
+        [--seeds 0] [--set k=v ...] [--out parpas.json]
+    python benchmarks/paper_tables.py lct [--ranks 2,4] [--seeds 0,1,2] [--set k=v ...]
+
+``parpas``: Parpas & Muir on configs/{swissroll,ellipses}_parpas.yaml, per rank count with
+global prediction and single-level (``parpas.coarse_iters=0``), against serial training of
+the same network: accuracy, and the interface regression error as the mean of the last
+20 steps, absolute (``regression_mse``, the paper's Figure 3), relative to the mean
+square co-state (``regression_rel_mse``) and that mean square co-state itself (their
+quotient), so that a lower error that only reflects smaller co-states shows as such.
+
+``lct``: Lee et al.'s local critic training on configs/digits_local_critic.yaml, serial
+(``train.method=serial``) and per rank count, for every seed (``model.seed``): the final
+validation accuracy (mean and range over the seeds) and the sub-model table (f_1..f_i +
+c_i: residual layers, parameters, validation accuracy as mean over the seeds).
+
+Add a paper: one function ``table_NAME(args)`` and its entry in ``TABLES``. ``uptime`` is
+printed before and after: the load average.
 """
 
 from __future__ import annotations
@@ -36,10 +52,12 @@ import h5py
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-QUIET = ["runtime.threads=1", "train.eval_every=0", "penalty.honest_every=0"]
+QUIET = ["runtime.threads=1", "train.eval_every=0"]
+SUN_QUIET = ["penalty.honest_every=0"]
 
 
-def train(config: str, ranks: int, sets: list[str], out: Path) -> dict:
+def train(config: str, ranks: int, sets: list[str], out: Path,
+          cols: tuple[str, ...] = ("violation", "beta", "shallow_s")) -> dict:
     """One training run; its result.json plus the history columns the tables need. A run
     that fails (a variant that diverges) is a row too: ``failed`` holds what mgrit-nn said,
     the columns its history has up to there."""
@@ -62,7 +80,7 @@ def train(config: str, ranks: int, sets: list[str], out: Path) -> dict:
         return r
     with h5py.File(out / "history.h5") as f:
         steps = f["steps"]
-        for col in ("violation", "beta", "shallow_s"):
+        for col in cols + ("prediction_s",):
             if col in steps:
                 r[col] = np.nan_to_num(np.asarray(steps[col][()], dtype=float)).tolist()
     r["shallow_s"] = float(sum(r.get("shallow_s", [0.0])))
@@ -89,7 +107,7 @@ def table_sun(args) -> list[dict]:
     for method in args.methods.split(","):
         for K in (int(k) for k in args.ks.split(",")):
             with tempfile.TemporaryDirectory() as d:
-                r = train(args.config or config_of(method), K, args.set, Path(d))
+                r = train(args.config or config_of(method), K, SUN_QUIET + args.set, Path(d))
             r["K"], r["method"] = K, method
             rows.append(r)
             print(f"  done {method} K={K}: acc {r['val_accuracy']:.3f}", file=sys.stderr)
@@ -149,7 +167,8 @@ def table_sun_ablation(args) -> list[dict]:
             if name in AL_ONLY and method != "al":
                 continue
             with tempfile.TemporaryDirectory() as d:
-                r = train(args.config or config_of(method), args.k, VARIANTS[name][1] + args.set,
+                r = train(args.config or config_of(method), args.k,
+                          SUN_QUIET + VARIANTS[name][1] + args.set,
                           Path(d))
             r["variant"], r["method"] = name, method
             rows.append(r)
@@ -170,7 +189,90 @@ def table_sun_ablation(args) -> list[dict]:
     return rows
 
 
-TABLES = {"sun": table_sun, "sun-ablation": table_sun_ablation}
+def tail_mean(r: dict, col: str, n: int = 20) -> float:
+    v = np.asarray(r.get(col, [np.nan]), dtype=float)[-n:]
+    return float(np.mean(v))
+
+
+def table_parpas(args) -> list[dict]:
+    rows = []
+    variants = {"serial": ["train.method=serial"], "prediction": [],
+                "single-level": ["parpas.coarse_iters=0"]}
+    for name in args.configs.split(","):
+        config = f"configs/{name}_parpas.yaml"
+        runs = [("serial", 1)] + [(v, P) for P in map(int, args.ranks.split(","))
+                                  for v in ("prediction", "single-level")]
+        for seed in map(int, args.seeds.split(",")):
+            for variant, P in runs:
+                with tempfile.TemporaryDirectory() as d:
+                    r = train(config, P, variants[variant] + [f"model.seed={seed}"] + args.set,
+                              Path(d), cols=("regression_mse", "regression_rel_mse"))
+                r.update(config=name, variant=variant, P=P, seed=seed,
+                         mse=tail_mean(r, "regression_mse"),
+                         rel=tail_mean(r, "regression_rel_mse"))
+                rows.append(r)
+                print(f"  done {name} {variant} P={P} seed {seed}: acc {r['val_accuracy']:.3f}"
+                      f" mse {r['mse']:.2e}", file=sys.stderr)
+    print(f"seeds {args.seeds} {' '.join(args.set)}; regression columns: mean of the last 20 "
+          "steps\n")
+    print("| problem | ranks | variant | seed | train / val acc | regression MSE | relative MSE "
+          "| mean square co-state | MSE prediction / single-level | wall [s] "
+          "(prediction phase) |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        ratio = ""
+        if r["variant"] == "single-level":
+            pred = next(q for q in rows if q["variant"] == "prediction" and q["P"] == r["P"]
+                        and q["config"] == r["config"] and q["seed"] == r["seed"])
+            ratio = f"{pred['mse'] / r['mse']:.3g}"
+        sq = r["mse"] / r["rel"] if r["rel"] > 0 else float("nan")
+        pre = f" ({sum(r['prediction_s']):.1f})" if r.get("prediction_s") else ""
+        print(f"| {r['config']} | {r['P']} | {r['variant']} | {r['seed']} "
+              f"| {r['train_accuracy']:.3f} / {r['val_accuracy']:.3f} | {r['mse']:.2e} "
+              f"| {r['rel']:.3f} | {sq:.2e} | {ratio} | {r['wall_time_s']:.1f}{pre} |")
+    return rows
+
+
+def table_lct(args) -> list[dict]:
+    rows = []
+    seeds = list(map(int, args.seeds.split(",")))
+    for P in [1] + list(map(int, args.ranks.split(","))):
+        for seed in seeds:
+            sets = (["train.method=serial"] if P == 1 else []) + [f"model.seed={seed}"]
+            with tempfile.TemporaryDirectory() as d:
+                r = train("configs/digits_local_critic.yaml", P, sets + args.set, Path(d))
+            r.update(P=P, seed=seed)
+            rows.append(r)
+            print(f"  done P={P} seed {seed}: acc {r['val_accuracy']:.4f}", file=sys.stderr)
+    print(f"seeds {args.seeds} (model.seed) {' '.join(args.set)}\n")
+    print("| ranks | method | val acc per seed | mean | mean - serial [points] "
+          "| wall [s], mean |")
+    print("|---|---|---|---|---|---|")
+    by = {P: [r for r in rows if r["P"] == P] for P in dict.fromkeys(r["P"] for r in rows)}
+    base = np.mean([r["val_accuracy"] for r in by[1]])
+    for P, rs in by.items():
+        acc = [r["val_accuracy"] for r in rs]
+        print(f"| {P} | {rs[0]['method']} | {', '.join(f'{a:.4f}' for a in acc)} "
+              f"| {np.mean(acc):.4f} | {100 * (np.mean(acc) - base):+.2f} "
+              f"| {np.mean([r['wall_time_s'] for r in rs]):.1f} |")
+    print("\nsub-models (f_1..f_i + c_i; the last row is the full model), "
+          "validation accuracy as mean over the seeds\n")
+    print("| ranks | sub-model | residual layers | parameters | val acc, mean | per seed |")
+    print("|---|---|---|---|---|---|")
+    for P, rs in by.items():
+        if P == 1 or "submodels" not in rs[0]:
+            continue
+        for i, sm in enumerate(rs[0]["submodels"]):
+            acc = [r["submodels"][i]["val_accuracy"] for r in rs]
+            name = "full model" if sm["head"] == "classifier" else \
+                f"f_1..f_{sm['groups']} + c_{sm['groups']}"
+            print(f"| {P} | {name} | {sm['layers']} | {sm['params']} | {np.mean(acc):.4f} "
+                  f"| {', '.join(f'{a:.4f}' for a in acc)} |")
+    return rows
+
+
+TABLES = {"sun": table_sun, "sun-ablation": table_sun_ablation, "parpas": table_parpas,
+          "lct": table_lct}
 
 
 def main() -> None:
@@ -181,6 +283,9 @@ def main() -> None:
     p.add_argument("--ks", default="1,2,3,4", help="sun: stage counts K")
     p.add_argument("--k", type=int, default=4, help="sun-ablation: the K")
     p.add_argument("--variants", default="", help=f"sun-ablation: of {','.join(VARIANTS)}")
+    p.add_argument("--ranks", default="2,4", help="parpas, lct: rank counts")
+    p.add_argument("--configs", default="swissroll,ellipses", help="parpas: problems")
+    p.add_argument("--seeds", default="0", help="parpas, lct: model.seed values")
     p.add_argument("--set", action="append", default=[])
     p.add_argument("--out", default=None)
     args = p.parse_args()

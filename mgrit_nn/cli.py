@@ -104,9 +104,14 @@ checkpoint (resume with --resume latest).""",
 Times one gradient of serial autograd (rank 0), of one-shot MGRIT (train.fwd_iters +
 train.adj_iters iterations) and, with bench.exact, of exact MGRIT (to mgrit.tol): medians of
 bench.repeats after bench.warmup. Prints, as the last line of rank 0's stdout, one JSON
-object: serial_grad_s, oneshot_grad_s, ratio_oneshot (one-shot / serial), oneshot_work_sweeps
-(oneshot_fwd_sweeps + oneshot_adj_sweeps: step applications / N), span_speedup_oneshot (the
-critical-path model), the tensor operations that run a kernel per gradient: serial_kernels,
+object: serial_grad_s (eager autograd), with bench.compile_serial serial_compiled_grad_s,
+serial_compile_s (torch.compile of the whole network) and serial_compiled_grad_diff (largest
+difference of its parameter gradients from eager's), serial_best_grad_s (the faster),
+oneshot_grad_s, ratio_oneshot (one-shot / best serial), ratio_oneshot_eager (one-shot / eager),
+oneshot_work_sweeps (oneshot_fwd_sweeps + oneshot_adj_sweeps: step applications / N),
+span_speedup_oneshot (the critical-path model), pingpong (on 2 or more ranks: bytes,
+one_way_s, latency_s, bandwidth_Bps between ranks 0 and 1; null on one rank), the tensor
+operations that run a kernel per gradient: serial_kernels,
 oneshot_kernels (the busiest rank's), oneshot_kernels_total (all ranks'); with bench.exact
 also mgrit_grad_s, ratio_mgrit, mgrit_fwd_iters, mgrit_adj_iters, mgrit_fwd_factor,
 mgrit_adj_factor, mgrit_work_sweeps, mgrit_kernels, span_speedup_mgrit;

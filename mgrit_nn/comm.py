@@ -27,6 +27,7 @@ class Tag(IntEnum):
     STAGE_LEFT = 302     # stage-parallel methods: (auxiliary) state / co-state to the left
     CRITIC_LOSS = 303    # local_critic: L_{i+1} to the left neighbour
     CRITIC_EVAL = 304    # local_critic: states of the evaluation sweep
+    PINGPONG = 305       # mgrit-nn bench: the latency / bandwidth ping-pong of ranks 0 and 1
 
 
 LEVEL_STRIDE = 8         # per-level tags: SWEEP/EVAL + LEVEL_STRIDE * l never hit another tag

@@ -155,6 +155,9 @@ class BenchConfig:
     repeats: int = opt(5, "mgrit-nn bench: timed repetitions (the median is reported)", ge=1)
     warmup: int = opt(2, "mgrit-nn bench: untimed repetitions first", ge=0)
     exact: bool = opt(True, "mgrit-nn bench: also time the exact (to tolerance) MGRIT gradient")
+    compile_serial: bool = opt(False, "mgrit-nn bench: also time serial autograd under "
+                               "torch.compile (the whole network; compiling takes minutes at "
+                               "N = 1024); ratios are against the faster serial")
 
 
 @dataclass

@@ -6,6 +6,7 @@ of the CLI, and what needs processes of its own: tests/test_cli.py, tests/test_f
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 from conftest import WORLD, ranks, refused
@@ -171,6 +172,8 @@ def test_bench_reports_times_ratios_and_work(mgrit_nn):
     for key in ("serial_grad_s", "oneshot_grad_s", "mgrit_grad_s", "ratio_oneshot",
                 "ratio_mgrit", "span_speedup_oneshot", "per_rank", "machine"):
         assert key in r
+    # without bench.compile_serial the best serial baseline is eager autograd
+    assert r["serial_best_grad_s"] == r["serial_grad_s"] and "serial_compiled_grad_s" not in r
     assert r["ratio_oneshot"] == pytest.approx(r["oneshot_grad_s"] / r["serial_grad_s"])
     # 2 forward + 2 adjoint F-relaxation iterations: a few sweeps each, counted by the solver
     assert 2 < r["oneshot_fwd_sweeps"] < 10 and 2 < r["oneshot_adj_sweeps"] < 10
@@ -180,3 +183,24 @@ def test_bench_reports_times_ratios_and_work(mgrit_nn):
     # at most all ranks' together
     assert r["serial_kernels"] > 2 * 32 * 4
     assert 0 < r["oneshot_kernels"] <= r["oneshot_kernels_total"] and r["mgrit_kernels"] > 0
+    # the ping-pong of ranks 0 and 1: one size is the run's state message (float64)
+    link = r["pingpong"]
+    assert r["batch"] * r["width"] * 8 in link["bytes"]
+    assert len(link["one_way_s"]) == len(link["bytes"])
+    assert 0 < link["latency_s"] <= max(link["one_way_s"]) and link["bandwidth_Bps"] > 0
+
+
+@ranks(1)
+@pytest.mark.skipif(shutil.which("cc") is None and shutil.which("g++") is None,
+                    reason="torch.compile's CPU backend needs a C++ compiler")
+def test_bench_times_a_compiled_serial_baseline(mgrit_nn):
+    code, r, err = mgrit_nn("bench", "configs/peaks.yaml", "--set", "model.layers=4",
+                            "--set", "data.n_train=16", "--set", "bench.repeats=2", "--set",
+                            "bench.warmup=1", "--set", "bench.exact=false",
+                            "--set", "bench.compile_serial=true")
+    assert code == 0, err
+    assert r["serial_compile_s"] > 0 and r["serial_compiled_grad_s"] > 0
+    assert r["serial_compiled_grad_diff"] < 1e-12         # the same gradient, float64
+    assert r["serial_best_grad_s"] == min(r["serial_grad_s"], r["serial_compiled_grad_s"])
+    assert r["ratio_oneshot"] == pytest.approx(r["oneshot_grad_s"] / r["serial_best_grad_s"])
+    assert r["pingpong"] is None                          # one rank: no neighbour
