@@ -62,6 +62,21 @@ def _parser() -> argparse.ArgumentParser:
                        "MGRIT; last line on rank 0: one JSON object")
     b.add_argument("config", help="YAML config file")
     b.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    mo = sub.add_parser("model", help="the calibrated performance model: predicted one-shot "
+                        "gradient time on P ranks against serial autograd; last line on "
+                        "rank 0: one JSON object")
+    mo.add_argument("config", help="YAML config file")
+    mo.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    mo.add_argument("--machine", default=None, metavar="FILE",
+                    help="a machine file (kernel_s, element_s, latency_s, bandwidth_Bps; "
+                    "configs/machines/) instead of calibrating on this machine")
+    mo.add_argument("--ranks", default=None, metavar="P,P,...",
+                    help="rank counts to predict (default 1, 2, 4, ... up to model.layers "
+                    "and 1024)")
+    mo.add_argument("--exact", action="store_true",
+                    help="also predict the exact MGRIT gradient (to mgrit.tol)")
+    mo.add_argument("--write-machine", default=None, metavar="FILE",
+                    help="write the calibrated numbers as a machine file")
     i = sub.add_parser("init", help="write the initialized network as OUT/checkpoints/"
                        "step_00000000.h5 (to start several methods from the same weights)")
     i.add_argument("config", help="YAML config file")
@@ -119,6 +134,20 @@ the settings (ranks, layers, batch, width, kind, relax, cfactor, cycle, levels, 
 device, repeats, warmup), per_rank (rank, rss_mb, gpu_mb and the seconds per phase of the
 solves, oneshot_phases_s and mgrit_phases_s) and machine (platform, cpus, torch, threads,
 mpi, python).""",
+    "model": """\
+Without --machine (under mpiexec with 2 or more ranks): calibrates on this machine, then
+checks itself: rank 0 times serial autograd and the one-shot gradient on one rank, fits the
+cost of a tensor operation (kernel_s) and of an element it writes (element_s) to the
+one-shot gradient's compute segments, takes latency_s and bandwidth_Bps from a ping-pong of
+ranks 0 and 1, and all ranks time the one-shot gradient on the whole group. For every rank
+count of --ranks it records the one-shot (with --exact also the exact MGRIT) gradient's
+schedule on that many virtual ranks (threads running the solver's own code) and replays it
+on the machine. Prints, as the last line of rank 0's stdout, one JSON object: layers, batch,
+dtype, machine (the four numbers), serial_predicted_s, serial_kernels, predicted (per rank
+count: ranks, oneshot_s, oneshot_speedup, oneshot_kernels of the busiest rank, oneshot_busy_s;
+with --exact the same with mgrit_), crossover_ranks (the smallest rank count predicted faster
+than serial, or null), and when calibrated validation (serial, oneshot_1, oneshot_P: each
+measured_s, predicted_s, error) and pingpong.""",
     "init": "Writes OUT/checkpoints/step_00000000.h5 and prints, as the last line of rank 0's "
             "stdout, one JSON object: {\"checkpoint\": its path}.",
     "info": """\
@@ -265,6 +294,7 @@ _WHAT = {
              "the serial network",
     "bench": "timing one gradient of {config}: serial autograd, one-shot and exact MGRIT",
     "init": "writing the initial network of {config}",
+    "model": "the performance model of {config}",
     "scaling": "preparing a {kind} scaling study of {config} on {ranks} ranks",
     "report": "reading {folder} (loading matplotlib)",
     "plot": "plotting {history} (loading matplotlib)",
@@ -279,7 +309,7 @@ def _announce(args) -> None:
     if args.command not in _WHAT or _rank() != "0":
         return
     what = _WHAT[args.command].format(**vars(args))
-    if args.command in ("train", "check", "bench", "init"):
+    if args.command in ("train", "check", "bench", "init", "model"):
         size = _launcher(("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "SLURM_STEP_NUM_TASKS",
                           "SLURM_NTASKS"), "1")
         what += f" on {size} rank{'s' if size != '1' else ''}: loading torch, MPI and the config"
@@ -327,6 +357,10 @@ def main(argv: list[str] | None = None) -> int:
             from mgrit_nn.commands.bench import bench
 
             out = bench(run)
+        elif args.command == "model":
+            from mgrit_nn.commands.model import model_command
+
+            out = model_command(run, args.machine, args.ranks, args.exact, args.write_machine)
         elif args.command == "init":
             from mgrit_nn.train.checkpoint import save
             from mgrit_nn.train.loop import Trainer

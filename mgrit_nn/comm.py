@@ -45,13 +45,18 @@ class Timers:
 
 class _Recv:
     def __init__(self, req: MPI.Request, host: torch.Tensor | None, out: torch.Tensor,
-                 timers: Timers) -> None:
-        self.req, self.host, self.out, self.timers = req, host, out, timers
+                 msg: Messenger, source: int, tag: int) -> None:
+        self.req, self.host, self.out, self.timers = req, host, out, msg.timers
+        self.trace, self.source, self.tag = msg.trace, source, tag
 
     def wait(self) -> torch.Tensor:
+        if self.trace is not None:
+            self.trace.recv(self.source, self.tag, self.out.numel() * self.out.element_size())
         t0 = time.perf_counter()
         self.req.Wait()
         self.timers.add("wait", time.perf_counter() - t0)
+        if self.trace is not None:
+            self.trace.resume()
         if self.host is not None:
             self.out.copy_(self.host, non_blocking=False)
         return self.out
@@ -77,6 +82,7 @@ class Messenger:
         self.cuda_aware = cuda_aware
         self.timers = Timers()
         self.sent_bytes = 0          # point-to-point payload posted by this rank (isend)
+        self.trace = None            # a perfmodel.trace.Trace recording this rank's schedule
 
     def _staged(self, t: torch.Tensor) -> bool:
         return t.is_cuda and not self.cuda_aware
@@ -96,6 +102,8 @@ class Messenger:
         elif not t.is_contiguous():
             t = t.contiguous()
         self.sent_bytes += t.numel() * t.element_size()
+        if self.trace is not None:
+            self.trace.send(dest, tag, t.numel() * t.element_size())
         t0 = time.perf_counter()
         req = self.comm.Isend(self._buffer(t), dest=dest, tag=tag)
         self.timers.add("comm", time.perf_counter() - t0)
@@ -109,7 +117,7 @@ class Messenger:
             host = torch.empty(out.shape, dtype=out.dtype, pin_memory=True)
             buf = host
         req = self.comm.Irecv(self._buffer(buf), source=source, tag=tag)
-        return _Recv(req, host, out, self.timers)
+        return _Recv(req, host, out, self, source, tag)
 
     def allreduce_sum(self, value: float) -> float:
         """The sum of one float over all ranks, bitwise the same on every rank.
@@ -119,14 +127,25 @@ class Messenger:
         step) must agree everywhere: gather all values and add them in rank order.
         """
         buf = np.empty(self.size, dtype=np.float64)
+        self._reduction(8)
         t0 = time.perf_counter()
         self.comm.Allgather(np.array([value], dtype=np.float64), buf)
         self.timers.add("comm", time.perf_counter() - t0)
+        self._reduced()
         return float(sum(buf.tolist()))
+
+    def _reduction(self, nbytes: int) -> None:
+        if self.trace is not None:
+            self.trace.reduce(nbytes)
+
+    def _reduced(self) -> None:
+        if self.trace is not None:
+            self.trace.resume()
 
     def allreduce_tensor(self, t: torch.Tensor) -> torch.Tensor:
         """Sum ``t`` over all ranks in place, the same bits on every rank (Reduce + Bcast)."""
         host = t.detach().cpu().contiguous() if t.is_cuda or not t.is_contiguous() else t.detach()
+        self._reduction(host.numel() * host.element_size())
         t0 = time.perf_counter()
         buf = host.numpy()
         if self.rank == 0:
@@ -135,6 +154,7 @@ class Messenger:
             self.comm.Reduce(buf, None, op=MPI.SUM, root=0)
         self.comm.Bcast(buf, root=0)
         self.timers.add("comm", time.perf_counter() - t0)
+        self._reduced()
         if host is not t:
             t.copy_(host)
         return t
@@ -144,7 +164,9 @@ class Messenger:
         host = t.detach().cpu() if t.is_cuda else t.detach()
         if not host.is_contiguous():
             host = host.contiguous()
+        self._reduction(host.numel() * host.element_size())
         self.comm.Bcast(host.numpy(), root=root)
+        self._reduced()
         if host is not t:
             t.copy_(host)
         return t

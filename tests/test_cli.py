@@ -169,6 +169,7 @@ HELP_WORDS = {
     "bench": ["Prints", "JSON", "serial_grad_s", "oneshot_grad_s", "mgrit_grad_s",
               "span_speedup_oneshot", "machine"],
     "init": ["Writes", "step_00000000.h5", "JSON"],
+    "model": ["Prints", "JSON", "calibrates", "virtual ranks", "validation", "crossover_ranks"],
     "info": ["Prints", "history", "checkpoint", "steps recorded", "per rank"],
     "schema": ["Prints", "config key", "Markdown"],
     "job": ["Prints", "SLURM", "--var"],
