@@ -1,13 +1,17 @@
 """The replay of a recorded schedule (``mgrit_nn.perfmodel.replay``) on hand-made schedules:
-its arithmetic, reductions, a schedule that cannot replay, the fit and the machine file."""
+its arithmetic, reductions, a schedule that cannot replay, the fit and the machine file;
+virtual ranks' messages, collectives and failures (``mgrit_nn.perfmodel.virtual``)."""
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
+import numpy as np
 import pytest
 
 from mgrit_nn.perfmodel.replay import fit, load_machine, replay
+from mgrit_nn.perfmodel.virtual import on_virtual_ranks
 
 M = {"kernel_s": 1e-5, "element_s": 1e-9, "latency_s": 1e-6, "bandwidth_Bps": 1e9}
 
@@ -60,3 +64,41 @@ def test_machine_files_need_all_four_numbers(tmp_path):
     f.write_text("kernel_s: 1.0e-5\nbandwidth_Bps: 0\n")
     with pytest.raises(ValueError, match="element_s, latency_s, bandwidth_Bps"):
         load_machine(f)
+
+
+@dataclass
+class _Run:
+    msg: object = None
+
+
+@pytest.mark.parametrize("waits_on", ["message", "reduction"])
+def test_a_failing_virtual_rank_ends_the_recording_with_its_error(waits_on):
+    """Rank 1 fails while rank 0 waits for its message or in a reduction: no hang, the
+    failing rank's error (not the other's broken wait) is what is raised."""
+    def work(run):
+        msg = run.msg
+        if msg.rank == 1:
+            raise ArithmeticError("rank 1 broke")
+        if waits_on == "message":
+            buf = np.zeros(2)
+            msg.comm.Irecv(buf, source=1, tag=5).Wait()
+        else:
+            msg.allreduce_sum(1.0)
+
+    with pytest.raises(RuntimeError, match="virtual rank 1 of 3 failed: ArithmeticError"):
+        on_virtual_ranks(3, work, _Run())
+
+
+def test_virtual_ranks_move_the_data_of_messages_and_collectives():
+    def work(run):
+        msg, r = run.msg, run.msg.rank
+        out = np.zeros(3)
+        send = msg.comm.Isend(np.full(3, float(r)), dest=(r + 1) % 3, tag=1)
+        msg.comm.Irecv(out, source=(r - 1) % 3, tag=1).Wait()
+        send.Wait()
+        return out[0], msg.allreduce_sum(float(r + 1)), msg.comm.alltoall([r * 10 + k
+                                                                        for k in range(3)])
+    got = on_virtual_ranks(3, work, _Run())
+    assert [g[0] for g in got] == [2.0, 0.0, 1.0]
+    assert all(g[1] == 6.0 for g in got)
+    assert [g[2] for g in got] == [[0, 10, 20], [1, 11, 21], [2, 12, 22]]

@@ -179,10 +179,10 @@ def model_command(run: Run, machine: str | None, ranks_text: str | None, exact: 
     m = cal["machine"] if cal else given["machine"]
     if write_machine:
         with open(write_machine, "w") as f:
-            f.write("# mgrit-nn model: this machine, calibrated on the network of "
-                    f"{run.cfg.model.kind} width {run.cfg.model.width}, "
-                    f"batch {_batch(run)[0].shape[0]}, {run.cfg.runtime.dtype}\n")
-            yaml.safe_dump({k: m[k] for k in KEYS}, f)
+            f.write(f"# mgrit-nn model: calibrated on {run.cfg.model.kind} width "
+                    f"{run.cfg.model.width}, batch {_batch(run)[0].shape[0]}, "
+                    f"{run.cfg.runtime.dtype}, {run.msg.size} ranks\n")
+            f.writelines(f"{k}: {m[k]:.4g}\n" for k in KEYS)
     serial = _serial(run)[1]
     wanted = sorted(set(ranks) | ({1, run.msg.size} if cal else set()))
     rows = predict(run, m, wanted, exact, serial)

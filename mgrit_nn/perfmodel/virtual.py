@@ -30,10 +30,29 @@ class _World:
     def __init__(self, size: int) -> None:
         self.size = size
         self.queues: dict = defaultdict(deque)
-        self.cond = threading.Condition()
+        self.lock = threading.Lock()
+        self.conds: dict = {}                  # one per (source, destination, tag): no herd
         self.barrier = threading.Barrier(size, timeout=TIMEOUT_S)
         self.slots: list = [None] * size
         self.failed = False
+
+    def cond(self, key: tuple) -> threading.Condition:
+        """Under ``self.lock``: the condition of one message queue."""
+        c = self.conds.get(key)
+        if c is None:
+            c = self.conds[key] = threading.Condition(self.lock)
+        return c
+
+    def fail(self) -> None:
+        with self.lock:
+            self.failed = True
+            for c in self.conds.values():
+                c.notify_all()
+        self.barrier.abort()
+
+
+class _Broken(RuntimeError):
+    """A wait that ended because another virtual rank failed."""
 
 
 class _Done:
@@ -50,10 +69,10 @@ class _Pending:
 
     def Wait(self) -> None:
         w = self.world
-        with w.cond:
-            if not w.cond.wait_for(lambda: w.queues[self.key] or w.failed, TIMEOUT_S) \
-                    or w.failed:
-                raise RuntimeError("virtual rank: a message never came (another rank failed)")
+        with w.lock:
+            if not w.cond(self.key).wait_for(lambda: w.queues[self.key] or w.failed,
+                                             TIMEOUT_S) or w.failed:
+                raise _Broken("a message never came (another virtual rank failed)")
             np.copyto(self.buf, w.queues[self.key].popleft())
 
 
@@ -75,10 +94,10 @@ class VirtualComm:
 
     # -- point to point ------------------------------------------------------------------
     def Isend(self, buf, dest: int, tag: int) -> _Done:
-        w = self.world
-        with w.cond:
-            w.queues[(self.rank, dest, tag)].append(np.array(buf, copy=True))
-            w.cond.notify_all()
+        w, key = self.world, (self.rank, dest, tag)
+        with w.lock:
+            w.queues[key].append(np.array(buf, copy=True))
+            w.cond(key).notify()
         return _Done()
 
     def Irecv(self, buf, source: int, tag: int) -> _Pending:
@@ -154,10 +173,7 @@ def on_virtual_ranks(size: int, work, run) -> list:
             results[r] = work(replace(run, msg=msg))
         except BaseException as exc:           # noqa: BLE001 - reported below, once
             errors.append((r, exc))
-            with world.cond:
-                world.failed = True
-                world.cond.notify_all()
-            world.barrier.abort()
+            world.fail()
 
     threads = [threading.Thread(target=body, args=(r,), daemon=True) for r in range(size)]
     intra = torch.get_num_threads()
@@ -170,7 +186,9 @@ def on_virtual_ranks(size: int, work, run) -> list:
     finally:
         torch.set_num_threads(intra)
     if errors:
-        r, exc = min(errors, key=lambda e: not isinstance(e[1], threading.BrokenBarrierError))
+        # the failure itself, not the waits it broke on the other ranks
+        r, exc = min(errors, key=lambda e: isinstance(e[1], (threading.BrokenBarrierError,
+                                                             _Broken)))
         raise RuntimeError(f"virtual rank {r} of {size} failed: {exc!r}") from exc
     return results
 
