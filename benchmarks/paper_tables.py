@@ -264,8 +264,9 @@ def table_lct(args) -> list[dict]:
             continue
         for i, sm in enumerate(rs[0]["submodels"]):
             acc = [r["submodels"][i]["val_accuracy"] for r in rs]
+            g = sm["groups"]
             name = "full model" if sm["head"] == "classifier" else \
-                f"f_1..f_{sm['groups']} + c_{sm['groups']}"
+                f"{'f_1' if g == 1 else f'f_1..f_{g}'} + c_{g}"
             print(f"| {P} | {name} | {sm['layers']} | {sm['params']} | {np.mean(acc):.4f} "
                   f"| {', '.join(f'{a:.4f}' for a in acc)} |")
     return rows
