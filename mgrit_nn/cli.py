@@ -125,7 +125,12 @@ difference of its parameter gradients from eager's), serial_best_grad_s (the fas
 oneshot_grad_s, ratio_oneshot (one-shot / best serial), ratio_oneshot_eager (one-shot / eager),
 oneshot_work_sweeps (oneshot_fwd_sweeps + oneshot_adj_sweeps: step applications / N),
 span_speedup_oneshot (the critical-path model), pingpong (on 2 or more ranks: bytes,
-one_way_s, latency_s, bandwidth_Bps between ranks 0 and 1; null on one rank), the tensor
+one_way_s, latency_s, bandwidth_Bps between ranks 0 and 1; null on one rank); with
+bench.pipeline on 2 or more ranks the pipeline-parallel baseline: pipeline (schedule,
+microbatches, seconds per run), pipeline_gpipe_s, pipeline_gpipe_microbatches,
+pipeline_1f1b_s, pipeline_1f1b_microbatches (the best of each schedule), pipeline_bounds
+(the stages' layer ranges) and pipeline_grad_diff (largest difference of its gradient from
+serial autograd's); the tensor
 operations that run a kernel per gradient: serial_kernels,
 oneshot_kernels (the busiest rank's), oneshot_kernels_total (all ranks'); with bench.exact
 also mgrit_grad_s, ratio_mgrit, mgrit_fwd_iters, mgrit_adj_iters, mgrit_fwd_factor,

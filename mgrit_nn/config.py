@@ -158,6 +158,10 @@ class BenchConfig:
     compile_serial: bool = opt(False, "mgrit-nn bench: also time serial autograd under "
                                "torch.compile (the whole network; compiling takes minutes at "
                                "N = 1024); ratios are against the faster serial")
+    pipeline: bool = opt(False, "mgrit-nn bench: also time pipeline parallelism over the same "
+                         "ranks (torch.distributed.pipelining, GPipe and 1F1B, Euler step)")
+    max_microbatches: int = opt(32, "mgrit-nn bench: the largest micro-batch count the "
+                                "pipeline baseline tries (powers of 2 dividing the batch)", ge=1)
 
 
 @dataclass

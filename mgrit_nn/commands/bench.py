@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from mpi4py import MPI
 
 from mgrit_nn.commands.pingpong import pingpong
+from mgrit_nn.commands.pipeline import pipeline
 from mgrit_nn.methods.base import Batch
 from mgrit_nn.methods.layer_parallel import LayerParallelMethod
 from mgrit_nn.model.serial import SerialResNet
@@ -162,6 +163,7 @@ def bench(run: Run) -> dict | None:
                    b.repeats, b.warmup, run)
     exact = _one(LayerParallelMethod(run, exact=True), x, y, idx, b.repeats, b.warmup, run) \
         if b.exact else None
+    piped = pipeline(run, x, y) if b.pipeline else None
 
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
     gpu_mb = torch.cuda.max_memory_allocated(run.device) / 2**20 \
@@ -189,6 +191,7 @@ def bench(run: Run) -> dict | None:
             "mgrit_kernels": exact["kernels"],
             "span_speedup_mgrit": 2 * N / exact["span"]} if exact else {}),
         "span_speedup_oneshot": 2 * N / oneshot["span"], "pingpong": link,
+        **(piped or {}),
         "per_rank": per_rank, "repeats": b.repeats, "warmup": b.warmup,
         "machine": {"platform": platform.platform(), "cpus": _cpus(),
                     "torch": torch.__version__, "threads": torch.get_num_threads(),

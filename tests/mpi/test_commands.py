@@ -204,3 +204,26 @@ def test_bench_times_a_compiled_serial_baseline(mgrit_nn):
     assert r["serial_best_grad_s"] == min(r["serial_grad_s"], r["serial_compiled_grad_s"])
     assert r["ratio_oneshot"] == pytest.approx(r["oneshot_grad_s"] / r["serial_best_grad_s"])
     assert r["pingpong"] is None                          # one rank: no neighbour
+
+
+@ranks(2, 3)
+def test_bench_times_the_pipeline_baseline_with_the_serial_gradient(mgrit_nn):
+    """GPipe and 1F1B over the same ranks (torch.distributed from the MPI ranks, gloo): every
+    micro-batch count dividing the batch up to bench.max_microbatches, the same gradient as
+    serial autograd, the best of each schedule reported."""
+    code, r, err = mgrit_nn("bench", "configs/peaks.yaml", "--set", "model.layers=12",
+                            "--set", "data.n_train=12", "--set", "bench.repeats=1", "--set",
+                            "bench.warmup=0", "--set", "bench.exact=false", "--set",
+                            "bench.pipeline=true", "--set", "bench.max_microbatches=4")
+    assert code == 0, err
+    assert r["pipeline_bounds"] == {2: [0, 6, 12], 3: [0, 4, 8, 12]}[WORLD.size]
+    assert [(q["schedule"], q["microbatches"]) for q in r["pipeline"]] == [
+        (s, m) for m in (1, 2, 4) for s in ("gpipe", "1f1b")
+        if s == "gpipe" or m >= WORLD.size]                # 1F1B: a micro-batch per stage
+    assert r["pipeline_grad_diff"] < 1e-12                    # float64: the same gradient
+    for s in ("gpipe", "1f1b"):
+        best = min((q for q in r["pipeline"] if q["schedule"] == s), key=lambda q: q["seconds"])
+        assert r[f"pipeline_{s}_s"] == best["seconds"] > 0
+        assert r[f"pipeline_{s}_microbatches"] == best["microbatches"]
+    text = help_text("bench")
+    assert not [k for k in r if k.startswith("pipeline") and k not in text]
