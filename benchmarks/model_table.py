@@ -22,11 +22,24 @@ from pathlib import Path
 
 from mpi4py import MPI
 
-from mgrit_nn.commands.model import _serial, gradient_of
+from mgrit_nn.commands.model import _batch, _serial, gradient_of, stage_counts
+from mgrit_nn.perfmodel.pipeline import pipeline_s
 from mgrit_nn.perfmodel.replay import compute_s, load_machine, replay
 from mgrit_nn.perfmodel.trace import totals
 from mgrit_nn.perfmodel.virtual import record
 from mgrit_nn.setup_run import setup
+
+
+def piped(run, N: int, P: int, m: dict) -> tuple[float, int]:
+    """The pipeline baseline's best predicted time over micro-batch counts (powers of 2
+    dividing the batch, at least one per stage for 1F1B: the same bubble)."""
+    x = _batch(run)[0]
+    n, best = x.shape[0], (float("inf"), 0)
+    per_sample = x[0].numel() * x.element_size()
+    for M in (q for q in (2**k for k in range(12)) if q <= n and n % q == 0):
+        stage = stage_counts(run, max(N // P, 1), n // M)
+        best = min(best, (pipeline_s(stage, P, M, per_sample * (n // M), m), M))
+    return best
 
 
 def main() -> None:
@@ -58,6 +71,8 @@ def main() -> None:
                 for k, m in machines.items():
                     s = replay(traces, m)["seconds"]
                     row[k] = {"seconds": s, "speedup": base[k] / s, "serial_s": base[k]}
+                    if name == "oneshot":
+                        row[k]["pipeline_s"], row[k]["pipeline_m"] = piped(run, N, P, m)
                 rows.append(row)
                 print(f"  N={N} P={P} {name}: recorded in {row['record_s']:.0f} s", flush=True)
     for N in dict.fromkeys(r["layers"] for r in rows):
@@ -66,12 +81,13 @@ def main() -> None:
             print(f"\nN = {N}, {name}; serial autograd: " + ", ".join(
                 f"{k} {rs[0][k]['serial_s'] * 1e3:.1f} ms" for k in machines))
             print("| P | busiest rank's kernels | " + " | ".join(
-                f"{k}: predicted [ms] | speed-up" for k in machines) + " |")
-            print("|---|---|" + "---|---|" * len(machines))
+                f"{k}: predicted [ms] | speed-up | pipeline [ms] (M)" for k in machines) + " |")
+            print("|---|---|" + "---|---|---|" * len(machines))
             for r in rs:
                 print(f"| {r['ranks']} | {r['kernels']} | " + " | ".join(
-                    f"{r[k]['seconds'] * 1e3:.2f} | {r[k]['speedup']:.2f}" for k in machines)
-                    + " |")
+                    f"{r[k]['seconds'] * 1e3:.2f} | {r[k]['speedup']:.2f} | "
+                    + (f"{r[k]['pipeline_s'] * 1e3:.2f} ({r[k]['pipeline_m']})"
+                       if "pipeline_s" in r[k] else "") for k in machines) + " |")
             for k in machines:
                 over = [r["ranks"] for r in rs if r[k]["speedup"] > 1]
                 best = max(rs, key=lambda r, k=k: r[k]["speedup"])

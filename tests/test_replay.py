@@ -102,3 +102,13 @@ def test_virtual_ranks_move_the_data_of_messages_and_collectives():
     assert [g[0] for g in got] == [2.0, 0.0, 1.0]
     assert all(g[1] == 6.0 for g in got)
     assert [g[2] for g in got] == [[0, 10, 20], [1, 11, 21], [2, 12, 22]]
+
+
+def test_the_pipeline_takes_m_plus_p_minus_1_slots():
+    from mgrit_nn.perfmodel.pipeline import pipeline_s
+
+    stage = {"kernels": 100, "elements": 10**6}
+    slot = 100 * 1e-5 + 10**6 * 1e-9
+    hop = 1e-6 + 4000 / 1e9
+    assert pipeline_s(stage, 4, 8, 4000, M) == pytest.approx(11 * (slot + 2 * hop))
+    assert pipeline_s(stage, 1, 1, 4000, M) == pytest.approx(slot)    # one stage: no messages

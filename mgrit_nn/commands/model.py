@@ -67,6 +67,21 @@ def _serial(run: Run):
     return grad, totals(tr.events)
 
 
+def stage_counts(run: Run, layers: int, batch: int) -> dict:
+    """Kernels and elements of serial autograd's forward + backward through ``layers``
+    layers (a middle pipeline stage) on ``batch`` samples."""
+    from mgrit_nn.commands.pipeline import _Stage
+
+    net = SerialResNet(run.cfg.model, run.shapes, run.dtype, run.device)
+    stage = _Stage(net, 0, layers, False, False)
+    u = torch.zeros((batch,) + run.shapes.state, dtype=run.dtype, device=run.device,
+                    requires_grad=True)
+    g = torch.ones_like(u)
+    with Trace(count=True) as tr:
+        stage(u).backward(g)
+    return totals(tr.events)
+
+
 def timed_segments(r: Run) -> tuple[list[tuple], float]:
     """(kernels, elements, median seconds) of every compute segment of this rank's part of
     the one-shot gradient, and the gradient's median time (the slowest rank's)."""
