@@ -122,8 +122,7 @@ class TrainConfig:
     warm_store: Literal["memory", "mmap"] = opt(
         "memory", "oneshot: warm starts in memory (on the device) or memory-mapped on the CPU "
         "(a file in warm_store_dir, deleted once mapped: states that exceed RAM)")
-    warm_store_dir: str | None = opt(None, "warm_store mmap: folder of the files (default: "
-                                     "the temp folder)")
+    warm_store_dir: str | None = opt(None, "warm_store mmap: the files' folder (default: temp)")
     optimizer: Literal["sgd", "adam", "lbfgs"] = opt("adam", "sgd | adam | lbfgs (full batch)")
     lr: float = opt(0.01, "learning rate (lbfgs: initial step of the line search)", gt=0)
     momentum: float = opt(0.9, "sgd momentum", ge=0)
@@ -156,12 +155,9 @@ class BenchConfig:
     warmup: int = opt(2, "mgrit-nn bench: untimed repetitions first", ge=0)
     exact: bool = opt(True, "mgrit-nn bench: also time the exact (to tolerance) MGRIT gradient")
     compile_serial: bool = opt(False, "mgrit-nn bench: also time serial autograd under "
-                               "torch.compile (the whole network; compiling takes minutes at "
-                               "N = 1024); ratios are against the faster serial")
-    pipeline: bool = opt(False, "mgrit-nn bench: also time pipeline parallelism over the same "
-                         "ranks (torch.distributed.pipelining, GPipe and 1F1B, Euler step)")
-    max_microbatches: int = opt(32, "mgrit-nn bench: the largest micro-batch count the "
-                                "pipeline baseline tries (powers of 2 dividing the batch)", ge=1)
+                               "torch.compile (minutes at N = 1024); ratios against the faster")
+    pipeline: bool = opt(False, "mgrit-nn bench: also time GPipe and 1F1B on the same ranks")
+    max_microbatches: int = opt(32, "mgrit-nn bench: most micro-batches the pipeline tries", ge=1)
 
 
 @dataclass
