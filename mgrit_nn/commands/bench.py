@@ -20,6 +20,7 @@ import math
 import platform
 import resource
 import statistics
+import sys
 import time
 
 import numpy as np
@@ -128,7 +129,12 @@ def _serial(run: Run, x: torch.Tensor, y: torch.Tensor) -> dict:
     if b.compile_serial:
         compiled = grad_of(torch.compile(model, dynamic=False, fullgraph=True))
         t0 = time.perf_counter()
-        compiled()                                  # compiles forward and backward
+        limit = sys.getrecursionlimit()      # inductor walks the unrolled graph recursively:
+        sys.setrecursionlimit(max(limit, 100 * run.cfg.model.layers))   # deep at N = 1024
+        try:
+            compiled()                              # compiles forward and backward
+        finally:
+            sys.setrecursionlimit(limit)
         _sync(run.device)
         out["serial_compile_s"] = time.perf_counter() - t0
         got = [q.grad.clone() for q in model.parameters()]

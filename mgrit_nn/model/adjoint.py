@@ -54,8 +54,7 @@ class AdjointPropagator:
         primal = net.solver.states()            # forward points lo-1 .. hi
         old, self.D = self.D, []
         for l, lev in enumerate(levels):
-            slots = torch.arange(lev.n_local + 1, device=net.device)
-            K, b = self.table.gather(l, slots)
+            K, b = self.table.level_K[l], self.table.level_b[l]       # every slot's weights
             idx = self.state_slot[l]
             u = torch.index_select(primal, 0, idx, out=self.work.get("primal", len(idx), primal))
             # D is kept from solve to solve (same shape: overwritten in place, no allocation)
@@ -67,7 +66,7 @@ class AdjointPropagator:
     def step(self, level: int, sel: Selection, lam: torch.Tensor, out: torch.Tensor) -> None:
         K = self._cache.get(sel.key)
         if K is None:
-            K = self._cache[sel.key] = self.table.gather(level, sel.slots.t)[0]
+            K = self._cache[sel.key] = self.table.gather(level, sel.slots)[0]
         H = self.net.h * self.table.levels[level].stride
         self.net.scheme.adjoint(self.net.shapes.op, lam, sel.slots.get(self.D[level]), K, H,
                                 out, self.work)

@@ -14,6 +14,7 @@ import torch
 
 from mgrit_nn.comm import Tag
 from mgrit_nn.mgrit import Level
+from mgrit_nn.mgrit.propagator import Index
 
 
 class LayerExchange:
@@ -81,10 +82,17 @@ class LayerTable:
             self.rows.append(torch.tensor(rows, dtype=torch.long, device=net.device))
 
     def refresh(self) -> None:
+        """The current weights, and per level the weights of its slots in slot order (one
+        gather per level and refresh, so a selection's weights are a view of them)."""
         K_remote, b_remote = self.exchange.exchange()
         self.K = torch.cat([self.net.weight.detach(), K_remote])
         self.b = torch.cat([self.net.bias.detach(), b_remote])
+        # row 0 also stands for "no step" (point 0): a rank without layers has no row 0
+        K, b = (self.K, self.b) if len(self.K) else (self.K.new_zeros((1,) + self.K.shape[1:]),
+                                                     self.b.new_zeros((1,) + self.b.shape[1:]))
+        self.level_K = [K.index_select(0, rows) for rows in self.rows]
+        self.level_b = [b.index_select(0, rows) for rows in self.rows]
 
-    def gather(self, level: int, slots: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        rows = self.rows[level].index_select(0, slots)
-        return self.K.index_select(0, rows), self.b.index_select(0, rows)
+    def gather(self, level: int, slots: Index) -> tuple[torch.Tensor, torch.Tensor]:
+        """The weights of the steps into these slots: views when the slots are regular."""
+        return slots.get(self.level_K[level]), slots.get(self.level_b[level])

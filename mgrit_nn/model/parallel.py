@@ -51,7 +51,7 @@ class ForwardPropagator:
     def step(self, level: int, sel: Selection, u: torch.Tensor, out: torch.Tensor) -> None:
         Kb = self._cache.get(sel.key)
         if Kb is None:
-            Kb = self._cache[sel.key] = self.table.gather(level, sel.slots.t)
+            Kb = self._cache[sel.key] = self.table.gather(level, sel.slots)
         net = self.net
         H = net.h * self.table.levels[level].stride
         if self._compiled is not None:
