@@ -23,6 +23,7 @@ from pathlib import Path
 from mpi4py import MPI
 
 from mgrit_nn.commands.model import _batch, _serial, gradient_of, stage_counts
+from mgrit_nn.commands.pingpong import state_bytes
 from mgrit_nn.perfmodel.pipeline import pipeline_s
 from mgrit_nn.perfmodel.replay import compute_s, load_machine, replay
 from mgrit_nn.perfmodel.trace import totals
@@ -33,12 +34,11 @@ from mgrit_nn.setup_run import setup
 def piped(run, N: int, P: int, m: dict) -> tuple[float, int]:
     """The pipeline baseline's best predicted time over micro-batch counts (powers of 2
     dividing the batch, at least one per stage for 1F1B: the same bubble)."""
-    x = _batch(run)[0]
-    n, best = x.shape[0], (float("inf"), 0)
-    per_sample = x[0].numel() * x.element_size()
+    n, best = _batch(run)[0].shape[0], (float("inf"), 0)
     for M in (q for q in (2**k for k in range(12)) if q <= n and n % q == 0):
         stage = stage_counts(run, max(N // P, 1), n // M)
-        best = min(best, (pipeline_s(stage, P, M, per_sample * (n // M), m), M))
+        message = state_bytes(run.shapes, n // M, run.dtype)
+        best = min(best, (pipeline_s(stage, P, M, message, m), M))
     return best
 
 

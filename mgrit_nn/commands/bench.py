@@ -16,7 +16,6 @@ and one message hop per rank boundary, plus the final gradient sweep (N/P).
 
 from __future__ import annotations
 
-import math
 import platform
 import resource
 import statistics
@@ -28,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from mpi4py import MPI
 
-from mgrit_nn.commands.pingpong import pingpong
+from mgrit_nn.commands.pingpong import pingpong, state_bytes
 from mgrit_nn.commands.pipeline import pipeline
 from mgrit_nn.methods.base import Batch
 from mgrit_nn.methods.layer_parallel import LayerParallelMethod
@@ -158,8 +157,7 @@ def bench(run: Run) -> dict | None:
     idle_barrier(world)
     serial = world.bcast(serial, root=0)
     best_s = min(serial["serial_grad_s"], serial.get("serial_compiled_grad_s", float("inf")))
-    state_bytes = x.shape[0] * math.prod(run.shapes.state) * x.element_size()
-    link = pingpong(run.msg, run.device, state_bytes)
+    link = pingpong(run.msg, run.device, state_bytes(run.shapes, x.shape[0], run.dtype))
     idle_barrier(world)
 
     # Every repetition differentiates the same batch at the same weights, so warm starts

@@ -26,7 +26,7 @@ import yaml
 from mpi4py import MPI
 
 from mgrit_nn.commands.bench import _median_time, idle_barrier
-from mgrit_nn.commands.pingpong import pingpong
+from mgrit_nn.commands.pingpong import pingpong, state_bytes
 from mgrit_nn.config import ConfigError
 from mgrit_nn.methods.base import Batch
 from mgrit_nn.methods.layer_parallel import LayerParallelMethod
@@ -124,7 +124,7 @@ def calibrate(run: Run) -> dict:
                "segments": len(segs)}
     idle_barrier(world)
     x, *_ = _batch(run)
-    link = pingpong(run.msg, run.device, x[0].numel() * x.element_size() * x.shape[0])
+    link = pingpong(run.msg, run.device, state_bytes(run.shapes, x.shape[0], run.dtype))
     idle_barrier(world)
     segs, measured = timed_segments(run)          # every rank: its part on the whole group
     busy = run.msg.comm.gather(sum(s[2] for s in segs), root=0)

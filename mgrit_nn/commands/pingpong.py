@@ -10,6 +10,7 @@ numbers of the linear message model t(bytes) = latency + bytes / bandwidth.
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
 
@@ -18,6 +19,11 @@ import torch
 from mgrit_nn.comm import Messenger, Tag
 
 SIZES = (8, 1024, 65536, 1 << 20)      # bytes; the run's own state message is added
+
+
+def state_bytes(shapes, batch: int, dtype: torch.dtype) -> int:
+    """Bytes of one state message of ``batch`` samples (a level's ghost point)."""
+    return batch * math.prod(shapes.state) * torch.empty((), dtype=dtype).element_size()
 
 
 def pingpong(msg: Messenger, device: torch.device, state_bytes: int,
