@@ -22,7 +22,8 @@ from pathlib import Path
 
 from mpi4py import MPI
 
-from mgrit_nn.commands.model import _batch, _serial, gradient_of, stage_counts
+from mgrit_nn.commands.bench import bench_batch
+from mgrit_nn.commands.model import _serial, gradient_of, stage_counts
 from mgrit_nn.commands.pingpong import state_bytes
 from mgrit_nn.perfmodel.pipeline import pipeline_s
 from mgrit_nn.perfmodel.replay import compute_s, load_machine, replay
@@ -31,15 +32,18 @@ from mgrit_nn.perfmodel.virtual import record
 from mgrit_nn.setup_run import setup
 
 
-def piped(run, N: int, P: int, m: dict) -> tuple[float, int]:
-    """The pipeline baseline's best predicted time over micro-batch counts (powers of 2
-    dividing the batch, at least one per stage for 1F1B: the same bubble)."""
-    n, best = _batch(run)[0].shape[0], (float("inf"), 0)
-    for M in (q for q in (2**k for k in range(12)) if q <= n and n % q == 0):
-        stage = stage_counts(run, max(N // P, 1), n // M)
-        message = state_bytes(run.shapes, n // M, run.dtype)
-        best = min(best, (pipeline_s(stage, P, M, message, m), M))
-    return best
+def pipeline_stages(run, N: int, P: int) -> list[tuple[int, dict, int]]:
+    """Per micro-batch count M (powers of 2 dividing the batch): one stage's counted
+    forward + backward on a micro-batch and its message size; priced per machine below."""
+    n = bench_batch(run)[0].shape[0]
+    return [(M, stage_counts(run, max(N // P, 1), n // M), state_bytes(run.shapes, n // M,
+                                                                         run.dtype))
+            for M in (q for q in (2**k for k in range(12)) if q <= n and n % q == 0)]
+
+
+def piped(stages: list[tuple[int, dict, int]], P: int, m: dict) -> tuple[float, int]:
+    """The pipeline baseline's best predicted time and its M (1F1B has GPipe's bubble)."""
+    return min((pipeline_s(stage, P, M, message, m), M) for M, stage, message in stages)
 
 
 def main() -> None:
@@ -68,11 +72,12 @@ def main() -> None:
                 row = {"layers": N, "ranks": P, "method": name,
                        "kernels": max(totals(t)["kernels"] for t in traces),
                        "record_s": time.perf_counter() - t0}
+                stages = pipeline_stages(run, N, P) if name == "oneshot" else None
                 for k, m in machines.items():
                     s = replay(traces, m)["seconds"]
                     row[k] = {"seconds": s, "speedup": base[k] / s, "serial_s": base[k]}
-                    if name == "oneshot":
-                        row[k]["pipeline_s"], row[k]["pipeline_m"] = piped(run, N, P, m)
+                    if stages:
+                        row[k]["pipeline_s"], row[k]["pipeline_m"] = piped(stages, P, m)
                 rows.append(row)
                 print(f"  N={N} P={P} {name}: recorded in {row['record_s']:.0f} s", flush=True)
     for N in dict.fromkeys(r["layers"] for r in rows):

@@ -111,10 +111,17 @@ def _one(method: LayerParallelMethod, x, y, idx, repeats: int, warmup: int, run:
             "kernels": max(kernels), "kernels_total": sum(kernels)}
 
 
-def _serial(run: Run, x: torch.Tensor, y: torch.Tensor) -> dict:
-    """Serial autograd's gradient (rank 0): eager, and with bench.compile_serial the same
-    network under torch.compile (the whole forward, static shapes; backward by AOTAutograd)."""
-    b = run.cfg.bench
+def bench_batch(run: Run) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The batch every timed gradient differentiates: the first data.batch_size training
+    samples (all with full batch) and their indices."""
+    n = run.cfg.data.batch_size or len(run.data.x_train)
+    return (run.data.x_train[:n].to(run.device, run.dtype), run.data.y_train[:n].to(run.device),
+            torch.arange(n))
+
+
+def serial_gradient(run: Run, x: torch.Tensor, y: torch.Tensor):
+    """The serial network and ``grad_of(forward)``: a closure for one gradient of the mean
+    cross-entropy of ``forward(x)`` (the network itself, or it compiled)."""
     model = SerialResNet(run.cfg.model, run.shapes, run.dtype, run.device)
 
     def grad_of(forward):
@@ -122,6 +129,14 @@ def _serial(run: Run, x: torch.Tensor, y: torch.Tensor) -> dict:
             model.zero_grad()
             F.cross_entropy(forward(x), y).backward()
         return grad
+    return model, grad_of
+
+
+def _serial(run: Run, x: torch.Tensor, y: torch.Tensor) -> dict:
+    """Serial autograd's gradient (rank 0): eager, and with bench.compile_serial the same
+    network under torch.compile (the whole forward, static shapes; backward by AOTAutograd)."""
+    b = run.cfg.bench
+    model, grad_of = serial_gradient(run, x, y)
     eager = grad_of(model)
     out = {"serial_grad_s": _median_time(eager, b.repeats, b.warmup, run.device),
            "serial_kernels": count_ops(eager)["kernels"]}
@@ -147,10 +162,8 @@ def _serial(run: Run, x: torch.Tensor, y: torch.Tensor) -> dict:
 def bench(run: Run) -> dict | None:
     cfg, comm, world = run.cfg, run.msg.comm, run.world
     b = cfg.bench
-    n = cfg.data.batch_size or len(run.data.x_train)
-    idx = torch.arange(n)
-    x = run.data.x_train[:n].to(run.device, run.dtype)
-    y = run.data.y_train[:n].to(run.device)
+    x, y, idx = bench_batch(run)
+    n = x.shape[0]
     N, P = cfg.model.layers, comm.Get_size()
 
     serial = _serial(run, x, y) if world.Get_rank() == 0 else None

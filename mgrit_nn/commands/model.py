@@ -21,11 +21,10 @@ import statistics
 import time
 
 import torch
-import torch.nn.functional as F
 import yaml
 from mpi4py import MPI
 
-from mgrit_nn.commands.bench import _median_time, idle_barrier
+from mgrit_nn.commands.bench import _median_time, bench_batch, idle_barrier, serial_gradient
 from mgrit_nn.commands.pingpong import pingpong, state_bytes
 from mgrit_nn.config import ConfigError
 from mgrit_nn.methods.base import Batch
@@ -38,30 +37,21 @@ from mgrit_nn.runtime import agree_on_config
 from mgrit_nn.setup_run import Run
 
 
-def _batch(run: Run):
-    n = run.cfg.data.batch_size or len(run.data.x_train)
-    return (run.data.x_train[:n].to(run.device, run.dtype), run.data.y_train[:n].to(run.device),
-            torch.arange(n))
-
-
 def gradient_of(exact: bool):
     """``run -> (() -> None)``: one gradient of the layer-parallel method on ``run``'s group
     (one-shot with fixed iteration counts, as the bench, or exact MGRIT)."""
     def make(run: Run):
         method = LayerParallelMethod(run, exact=exact, fixed_iters=not exact)
-        x, y, idx = _batch(run)
+        x, y, idx = bench_batch(run)
         return lambda: method.step(Batch(x, y, idx))
     return make
 
 
 def _serial(run: Run):
     """Serial autograd's gradient, and its kernels and elements."""
-    model = SerialResNet(run.cfg.model, run.shapes, run.dtype, run.device)
-    x, y, _ = _batch(run)
-
-    def grad() -> None:
-        model.zero_grad()
-        F.cross_entropy(model(x), y).backward()
+    x, y, _ = bench_batch(run)
+    model, grad_of = serial_gradient(run, x, y)
+    grad = grad_of(model)
     with Trace(count=True) as tr:
         grad()
     return grad, totals(tr.events)
@@ -121,9 +111,9 @@ def calibrate(run: Run) -> dict:
         segs, one_rank_s = on_virtual_ranks(1, timed_segments, run)[0]
         m = fit(segs + [(serial["kernels"], serial["elements"], serial_s)])
         out = {"machine": m, "serial_grad_s": serial_s, "oneshot_grad_s_1": one_rank_s,
-               "segments": len(segs)}
+               "segments": len(segs), "serial": serial}
     idle_barrier(world)
-    x, *_ = _batch(run)
+    x, *_ = bench_batch(run)
     link = pingpong(run.msg, run.device, state_bytes(run.shapes, x.shape[0], run.dtype))
     idle_barrier(world)
     segs, measured = timed_segments(run)          # every rank: its part on the whole group
@@ -142,20 +132,24 @@ def calibrate(run: Run) -> dict:
     return out
 
 
-def predict(run: Run, m: dict, ranks: list[int], exact: bool, serial: dict) -> list[dict]:
-    rows = []
+def predict(run: Run, m: dict, ranks: list[int], exact: bool, serial: dict,
+            keep: int | None = None) -> tuple[list[dict], list | None]:
+    """One row per rank count; and the one-shot schedule recorded at ``keep`` ranks."""
+    rows, kept = [], None
     serial_s = compute_s(serial["kernels"], serial["elements"], m)
     for P in ranks:
         row = {"ranks": P}
         for name, ex in (("oneshot", False),) + ((("mgrit", True),) if exact else ()):
             traces = record(run, P, gradient_of(ex))
+            if P == keep and not ex:
+                kept = traces
             r = replay(traces, m)
             tot = [totals(t) for t in traces]
             row.update({f"{name}_s": r["seconds"], f"{name}_speedup": serial_s / r["seconds"],
                         f"{name}_kernels": max(t["kernels"] for t in tot),
                         f"{name}_busy_s": max(r["busy_s"])})
         rows.append(row)
-    return rows
+    return rows, kept
 
 
 def rank_list(text: str | None, layers: int) -> list[int]:
@@ -195,15 +189,15 @@ def model_command(run: Run, machine: str | None, ranks_text: str | None, exact: 
     if write_machine:
         with open(write_machine, "w") as f:
             f.write(f"# mgrit-nn model: calibrated on {run.cfg.model.kind} width "
-                    f"{run.cfg.model.width}, batch {_batch(run)[0].shape[0]}, "
+                    f"{run.cfg.model.width}, batch {bench_batch(run)[0].shape[0]}, "
                     f"{run.cfg.runtime.dtype}, {run.msg.size} ranks\n")
             f.writelines(f"{k}: {m[k]:.4g}\n" for k in KEYS)
-    serial = _serial(run)[1]
+    serial = cal["serial"] if cal else _serial(run)[1]
     wanted = sorted(set(ranks) | ({1, run.msg.size} if cal else set()))
-    rows = predict(run, m, wanted, exact, serial)
+    rows, traces = predict(run, m, wanted, exact, serial, keep=run.msg.size if cal else None)
     serial_s = compute_s(serial["kernels"], serial["elements"], m)
     faster = [r["ranks"] for r in rows if r["oneshot_s"] < serial_s]
-    out = {"layers": run.cfg.model.layers, "batch": _batch(run)[0].shape[0],
+    out = {"layers": run.cfg.model.layers, "batch": bench_batch(run)[0].shape[0],
            "dtype": run.cfg.runtime.dtype, "machine": m, "serial_predicted_s": serial_s,
            "serial_kernels": serial["kernels"], "predicted": rows,
            "crossover_ranks": faster[0] if faster else None}
@@ -215,7 +209,6 @@ def model_command(run: Run, machine: str | None, ranks_text: str | None, exact: 
             "oneshot_1": {"measured_s": cal["oneshot_grad_s_1"], "predicted_s": at[1]},
             f"oneshot_{P}": {"measured_s": cal[f"oneshot_grad_s_{P}"], "predicted_s": at[P]}}
         ml = cal["machine_loaded"]
-        traces = record(run, P, gradient_of(False))
         loaded = replay(traces, ml)
         out["validation"][f"oneshot_{P}_loaded"] = {
             "measured_s": cal[f"oneshot_grad_s_{P}"], "predicted_s": loaded["seconds"]}

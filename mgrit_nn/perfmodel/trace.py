@@ -48,10 +48,9 @@ class Trace(TorchDispatchMode):
         return super().__exit__(*exc) if self.count else None
 
     def cut(self) -> None:
-        """End the current compute segment (kept only if it did something)."""
+        """End the current compute segment."""
         now = time.perf_counter()
-        if self.kernels or now - self.t0 > 0:
-            self.events.append(("c", self.kernels, self.elements, now - self.t0))
+        self.events.append(("c", self.kernels, self.elements, now - self.t0))
         self.kernels = self.elements = 0
         self.t0 = now
 

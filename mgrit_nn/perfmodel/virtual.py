@@ -206,5 +206,3 @@ def record(run, size: int, gradient) -> list[list[tuple]]:
         return tr.events
     return on_virtual_ranks(size, work, run)
 
-
-__all__ = ["VirtualComm", "on_virtual_ranks", "record", "Trace"]
