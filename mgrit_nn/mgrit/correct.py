@@ -1,4 +1,8 @@
-"""Coarse-grid correction (design §4): ``u_c += u^(l+1)_I - v_I`` at C-points, then F-relax."""
+"""Coarse-grid correction (design §4): ``u_c += u^(l+1)_I - v_I`` at C-points, then F-relax.
+
+``v_I`` is the restriction's injection of ``u_c``, and level l has not changed since
+(restrict.py): it is read from level l itself.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +16,6 @@ def correct(solver, l: int) -> None:
     fine, coarse = solver.data[l], solver.data[l + 1]
     fine_c, coarse_c = c_slots(solver, l)
     e = solver.work.get("correct", len(coarse_c), coarse.u)
-    torch.sub(coarse_c.get(coarse.u), coarse_c.get(coarse.v), out=e)
+    torch.sub(coarse_c.get(coarse.u), fine_c.get(fine.u), out=e)
     fine_c.add_(fine.u, e)
     f_relax(solver, l)

@@ -6,6 +6,10 @@ At each coarse point I >= 1 with fine index c = I*m on level l::
     v_I          = u_c                          (injection)
     g^(l+1)_I    = r_c + v_I - Phi^(l+1)_I(v_{I-1})
     u^(l+1)      = v
+
+``v`` is not stored: level l is not touched between its restriction and its correction
+(only the coarser levels are), so ``v`` is always the level-l iterate at its C-points, and
+the correction reads it there (correct.py). One state set per coarse level saved.
 """
 
 from __future__ import annotations
@@ -41,11 +45,10 @@ def restrict(solver, l: int, r: torch.Tensor | None = None) -> None:
     fine_c, coarse_c = c_slots(solver, l)
     if r is None:
         r = fine_residual(solver, l)
-    coarse_c.put(coarse.v, fine_c.get(fine.u))
-    coarse.u.copy_(coarse.v)
+    coarse_c.put(coarse.u, fine_c.get(fine.u))                  # u^(l+1) = v
     cslots, phi_c = evaluate(solver, l + 1, "all", with_g=False)
     # the coarse members (I >= 1) are the fine C-points c >= 1, in the same order
-    r.add_(cslots.get(coarse.v)).sub_(phi_c)
+    r.add_(cslots.get(coarse.u)).sub_(phi_c)
     cslots.put(coarse.g, r)
 
 
@@ -54,6 +57,5 @@ def inject(solver, l: int) -> None:
     with no FAS right-hand side (g = 0)."""
     fine, coarse = solver.data[l], solver.data[l + 1]
     fine_c, coarse_c = c_slots(solver, l)
-    coarse_c.put(coarse.v, fine_c.get(fine.u))
-    coarse.u.copy_(coarse.v)
+    coarse_c.put(coarse.u, fine_c.get(fine.u))
     coarse.g.zero_()

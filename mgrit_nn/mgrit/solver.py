@@ -54,7 +54,6 @@ class SolverStats:
 @dataclass
 class LevelData:
     u: torch.Tensor          # iterate, slots 0..n_local (slot 0 = ghost)
-    v: torch.Tensor | None   # restricted fine values (levels > 0 only)
     g: torch.Tensor | None   # FAS right-hand side (levels > 0 only; zero on level 0)
 
 
@@ -105,8 +104,8 @@ class MGRIT:
 
             def z(size=size):
                 return torch.zeros(size, device=self.device, dtype=self.dtype)
-            coarse = lev.index > 0          # level 0 needs no v and no g: 2 state sets saved
-            self.data.append(LevelData(z(), z() if coarse else None, z() if coarse else None))
+            # level 0 needs no g; no level stores v (restrict.py)
+            self.data.append(LevelData(z(), z() if lev.index > 0 else None))
 
     @property
     def u(self) -> torch.Tensor:
