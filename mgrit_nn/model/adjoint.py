@@ -94,6 +94,8 @@ def layer_gradients(net) -> tuple[torch.Tensor, torch.Tensor]:
     holds (level 0, adjoint slot hi - j + 1) for every layer j >= lo. The stacks are taken
     in adjoint (descending j) order, so only the primal states and the weights are reversed.
     Layer lo - 1 (the step from the ghost state, held here) is linearized on its own.
+    The layers are taken in chunks of as many as a relaxation steps at once (level 0's
+    intervals), so the sweep's temporaries stay a fraction of a level's states.
     """
     net.solver.refresh_ghost(0)       # collective with the neighbours: u_{lo-1} (layer lo-1)
     if net.jhi < net.jlo:             # a rank owning only point 0 holds no layer
@@ -102,16 +104,19 @@ def layer_gradients(net) -> tuple[torch.Tensor, torch.Tensor]:
     K, b = net.weight.detach(), net.bias.detach()
     fwd, adj = net.solver, net.adjoint           # adjoint point of forward point i: N - i
     j0 = max(net.jlo, lo)
-    n = net.jhi - j0 + 1                                       # layers j0..jhi
-    parts = []
+    ghost = []
     if net.jlo < j0:                 # layer lo - 1: u_{lo-1} (the ghost) with lam_lo
-        parts.append(scheme.param_grad(op, net.act, fwd.states(lo - 1, lo - 1),
+        ghost.append(scheme.param_grad(op, net.act, fwd.states(lo - 1, lo - 1),
                                        adj.states(N - lo, N - lo), K[0:1], b[0:1], net.h))
-    if n > 0:                        # layers jhi..j0 (descending): lam_{j+1}, D at u_j
-        rows = slice(j0 - net.jlo, net.jhi - net.jlo + 1)
-        D = adj.prop.D[0][adj.slots(N - net.jhi, N - j0)]
-        gK, gb = scheme.param_grad(op, net.act, fwd.states(j0, net.jhi).flip(0),
-                                   adj.states(N - net.jhi - 1, N - j0 - 1),
-                                   K[rows].flip(0), b[rows].flip(0), net.h, D=D)
-        parts.append((gK.flip(0), gb.flip(0)))
+    chunk = max(1, fwd.levels[0].n_local // fwd.levels[0].cfactor)
+    D0, chunks = adj.prop.D[0], []
+    for top in range(net.jhi, j0 - 1, -chunk):   # layers top..bottom, descending
+        bottom = max(j0, top - chunk + 1)
+        rows = slice(bottom - net.jlo, top - net.jlo + 1)
+        u = fwd.states(bottom, top).flip(0)
+        gK, gb = scheme.param_grad(op, net.act, u, adj.states(N - top - 1, N - bottom - 1),
+                                   K[rows].flip(0), b[rows].flip(0), net.h,
+                                   D=D0[adj.slots(N - top, N - bottom)])
+        chunks.append((gK.flip(0), gb.flip(0)))
+    parts = ghost + chunks[::-1]                 # ascending layers
     return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
