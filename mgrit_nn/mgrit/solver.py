@@ -108,6 +108,15 @@ class MGRIT:
             self.data.append(LevelData(z(), z() if lev.index > 0 else None))
 
     @property
+    def chunk(self) -> int:
+        """Rows a relaxation steps at once on level 0 (about its interval count): sweeps
+        over every level-0 point outside the solver (the adjoint's linearization, the layer
+        gradients) go in chunks of this size, so their temporaries stay a fraction of a
+        level's states, like the relaxation's own."""
+        lev = self.levels[0]
+        return max(1, lev.n_local // lev.cfactor)
+
+    @property
     def u(self) -> torch.Tensor:
         """This rank's level-0 states (points lo..hi), a view of the solver's storage."""
         return self.data[0].u[1:]

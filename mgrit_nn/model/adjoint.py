@@ -52,15 +52,23 @@ class AdjointPropagator:
                 for lev in levels]
         self.table.refresh()
         primal = net.solver.states()            # forward points lo-1 .. hi
-        old, self.D = self.D, []
+        old, self.D, chunk = self.D, [], net.solver.chunk
         for l, lev in enumerate(levels):
             K, b = self.table.level_K[l], self.table.level_b[l]       # every slot's weights
             idx = self.state_slot[l]
-            u = torch.index_select(primal, 0, idx, out=self.work.get("primal", len(idx), primal))
+            shape = (len(idx),) + primal.shape[1:]
             # D is kept from solve to solve (same shape: overwritten in place, no allocation)
-            into = old[l] if l < len(old) and old[l].shape == u.shape else None
-            self.D.append(net.scheme.linearize(net.shapes.op, net.act, u, K, b,
-                                               net.h * lev.stride, out=into))
+            D = old[l] if l < len(old) and old[l].shape == shape else \
+                torch.empty(shape, dtype=primal.dtype, device=primal.device)
+            for a in range(0, len(idx), chunk):    # the primal states gathered a chunk at a time
+                rows = slice(a, a + chunk)
+                u = torch.index_select(primal, 0, idx[rows],
+                                       out=self.work.get("primal", len(idx[rows]), primal))
+                d = net.scheme.linearize(net.shapes.op, net.act, u, K[rows], b[rows],
+                                         net.h * lev.stride, out=D[rows])
+                if d.data_ptr() != D[rows].data_ptr():          # conv: a new tensor
+                    D[rows].copy_(d)
+            self.D.append(D)
         self._cache = {}
 
     def step(self, level: int, sel: Selection, lam: torch.Tensor, out: torch.Tensor) -> None:
@@ -108,7 +116,7 @@ def layer_gradients(net) -> tuple[torch.Tensor, torch.Tensor]:
     if net.jlo < j0:                 # layer lo - 1: u_{lo-1} (the ghost) with lam_lo
         ghost.append(scheme.param_grad(op, net.act, fwd.states(lo - 1, lo - 1),
                                        adj.states(N - lo, N - lo), K[0:1], b[0:1], net.h))
-    chunk = max(1, fwd.levels[0].n_local // fwd.levels[0].cfactor)
+    chunk = fwd.chunk
     D0, chunks = adj.prop.D[0], []
     for top in range(net.jhi, j0 - 1, -chunk):   # layers top..bottom, descending
         bottom = max(j0, top - chunk + 1)
