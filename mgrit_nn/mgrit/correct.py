@@ -1,7 +1,8 @@
 """Coarse-grid correction (design §4): ``u_c += u^(l+1)_I - v_I`` at C-points, then F-relax.
 
 ``v_I`` is the restriction's injection of ``u_c``, and level l has not changed since
-(restrict.py): it is read from level l itself.
+(restrict.py): it is read from level l itself. The difference is formed in level l+1's
+storage: its iterate is spent once the correction is made (the next cycle restricts anew).
 """
 
 from __future__ import annotations
@@ -15,7 +16,10 @@ from mgrit_nn.mgrit.restrict import c_slots
 def correct(solver, l: int) -> None:
     fine, coarse = solver.data[l], solver.data[l + 1]
     fine_c, coarse_c = c_slots(solver, l)
-    e = solver.work.get("correct", len(coarse_c), coarse.u)
-    torch.sub(coarse_c.get(coarse.u), fine_c.get(fine.u), out=e)
+    if coarse_c.sl is not None:                 # always (a level's own points are a range)
+        e = coarse.u[coarse_c.sl]
+        torch.sub(e, fine_c.get(fine.u), out=e)
+    else:
+        e = coarse_c.get(coarse.u).sub_(fine_c.get(fine.u))
     fine_c.add_(fine.u, e)
     f_relax(solver, l)

@@ -71,19 +71,24 @@ class Workspace:
 
     ``get(name, n, like)`` returns the first ``n`` rows of a buffer shaped like
     ``like``'s rows; after the first iteration of a solve nothing is allocated.
-    The caller owns the rows until it asks for the same name again.
+    The caller owns the rows until it asks for the same name again. Computations that
+    never run at the same time may share one workspace (a network's forward and adjoint
+    solvers and their steps do): each name's memory is then held once for all of them.
     """
 
     def __init__(self) -> None:
         self._bufs: dict = {}
 
     def get(self, name, n: int, like: torch.Tensor) -> torch.Tensor:
-        row = tuple(like.shape[1:])
+        return self.rows(name, n, tuple(like.shape[1:]), like.dtype, like.device)
+
+    def rows(self, name, n: int, row: tuple[int, ...], dtype: torch.dtype,
+             device: torch.device) -> torch.Tensor:
+        """The first ``n`` rows of the buffer ``name`` with rows of shape ``row``."""
         buf = self._bufs.get(name)
         if buf is None or buf.shape[1:] != row or buf.shape[0] < n or \
-                buf.dtype != like.dtype or buf.device != like.device:
-            buf = self._bufs[name] = torch.empty((n,) + row, dtype=like.dtype,
-                                                 device=like.device)
+                buf.dtype != dtype or buf.device != device:
+            buf = self._bufs[name] = torch.empty((n,) + row, dtype=dtype, device=device)
         return buf[:n]
 
 

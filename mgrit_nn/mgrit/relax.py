@@ -155,15 +155,22 @@ def sweep(solver, l: int, kind: str) -> None:
     _run(solver, l, kind, sequential=True, with_g=True, tag=Tag.SWEEP + LEVEL_STRIDE * l)
 
 
-def evaluate(solver, l: int, kind: str, with_g: bool) -> tuple[Index, torch.Tensor]:
+def members(solver, l: int, kind: str) -> Index:
+    """The slots (increasing) an evaluation of this point set writes, in its row order."""
+    return plan(solver.levels[l], kind, solver.device, False).slots
+
+
+def evaluate(solver, l: int, kind: str, with_g: bool,
+             into: torch.Tensor | None = None) -> tuple[Index, torch.Tensor]:
     """Member slots (increasing) and ``Phi~`` there from the current values.
 
     The values are rows of a workspace buffer (one per level and point set), valid
-    until the next evaluation of the same level and point set.
+    until the next evaluation of the same level and point set; or, given ``into``
+    (one row per member), written there.
     """
     d = solver.data[l]
     p = plan(solver.levels[l], kind, solver.device, False)
-    out = solver.work.get(("eval", l, kind), len(p.slots), d.u)
+    out = solver.work.get(("eval", l, kind), len(p.slots), d.u) if into is None else into
     _run(solver, l, kind, sequential=False, with_g=with_g, tag=Tag.EVAL + LEVEL_STRIDE * l, out=out)
     return p.slots, out
 

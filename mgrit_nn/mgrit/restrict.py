@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 
 from mgrit_nn.mgrit.propagator import Index
-from mgrit_nn.mgrit.relax import evaluate
+from mgrit_nn.mgrit.relax import evaluate, members
 
 
 def c_slots(solver, l: int) -> tuple[Index, Index]:
@@ -46,10 +46,16 @@ def restrict(solver, l: int, r: torch.Tensor | None = None) -> None:
     if r is None:
         r = fine_residual(solver, l)
     coarse_c.put(coarse.u, fine_c.get(fine.u))                  # u^(l+1) = v
-    cslots, phi_c = evaluate(solver, l + 1, "all", with_g=False)
-    # the coarse members (I >= 1) are the fine C-points c >= 1, in the same order
-    r.add_(cslots.get(coarse.u)).sub_(phi_c)
-    cslots.put(coarse.g, r)
+    # the coarse members (I >= 1) are the fine C-points c >= 1, in the same order;
+    # Phi^(l+1)(v) is evaluated straight into g's rows, then g = r + v - Phi^(l+1)(v)
+    cslots = members(solver, l + 1, "all")
+    into = coarse.g[cslots.sl] if cslots.sl is not None else None
+    _, phi_c = evaluate(solver, l + 1, "all", with_g=False, into=into)
+    r.add_(cslots.get(coarse.u))
+    if into is not None:
+        torch.sub(r, phi_c, out=phi_c)
+    else:
+        cslots.put(coarse.g, r.sub_(phi_c))
 
 
 def inject(solver, l: int) -> None:

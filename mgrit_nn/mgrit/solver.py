@@ -77,7 +77,10 @@ class MGRIT:
     """Distributed nonlinear MGRIT on a chain of ranks, for one propagator."""
 
     def __init__(self, chain: Chain, prop: Propagator, msg: Messenger, opts: MgritConfig,
-                 device: torch.device, dtype: torch.dtype, name: str = "MGRIT") -> None:
+                 device: torch.device, dtype: torch.dtype, name: str = "MGRIT",
+                 scratch: Workspace | None = None) -> None:
+        """``scratch``: where the coarse levels and the evaluation buffers live; solvers that
+        never run at the same time (a network's forward and adjoint) pass the same one."""
         self.chain, self.prop, self.msg, self.opts = chain, prop, msg, opts
         self.device, self.dtype, self.name = device, dtype, name
         self.rank = msg.rank
@@ -88,24 +91,28 @@ class MGRIT:
         self.data: list[LevelData] = []
         self.shape: tuple[int, ...] | None = None
         self.stats = SolverStats()
-        self.work = Workspace()                            # scratch, allocated once
+        self.work = Workspace() if scratch is None else scratch     # allocated once
         self.r0: torch.Tensor | None = None                # see cycle.py
         self.first = chain.ranks[0] == self.rank           # owns point 0
         self.last = chain.ranks[-1] == self.rank           # owns point N
 
     # -- storage ---------------------------------------------------------------------------
     def _allocate(self, shape: tuple[int, ...]) -> None:
-        if self.shape == shape:
-            return
-        self.shape = shape
-        self.data = []
-        for lev in self.levels:
-            size = (lev.n_local + 1,) + shape
-
-            def z(size=size):
-                return torch.zeros(size, device=self.device, dtype=self.dtype)
-            # level 0 needs no g; no level stores v (restrict.py)
-            self.data.append(LevelData(z(), z() if lev.index > 0 else None))
+        """Level 0 is the solver's own (the solution, read after the solve). The coarse
+        levels hold nothing from one solve to the next (each cycle restricts to them anew,
+        the initial guess zeroes g): they are scratch rows, taken again at every solve."""
+        if self.shape != shape:
+            self.shape = shape
+            top = torch.zeros((self.levels[0].n_local + 1,) + shape, device=self.device,
+                              dtype=self.dtype)
+        else:
+            top = self.data[0].u
+        self.data = [LevelData(top, None)]            # level 0 needs no g; no level stores v
+        for lev in self.levels[1:]:
+            def rows(what: str, lev=lev) -> torch.Tensor:
+                return self.work.rows(("level", lev.index, what), lev.n_local + 1, shape,
+                                      self.dtype, self.device)
+            self.data.append(LevelData(rows("u"), rows("g")))
 
     @property
     def chunk(self) -> int:

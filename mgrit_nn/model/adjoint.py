@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 
 from mgrit_nn.config import MgritConfig
-from mgrit_nn.mgrit import MGRIT, Chain, Level, Selection, SolveResult, Warm, Workspace
+from mgrit_nn.mgrit import MGRIT, Chain, Level, Selection, SolveResult, Warm
 from mgrit_nn.model.layers import LayerTable
 
 
@@ -34,7 +34,7 @@ class AdjointPropagator:
         self.net = net
         self.table: LayerTable | None = None
         self._cache: dict = {}
-        self.work = Workspace()
+        self.work = net.scratch
         self.D: list[torch.Tensor] = []      # per level, kept from solve to solve
 
     def prepare(self, levels: list[Level]) -> None:
@@ -83,7 +83,7 @@ class AdjointPropagator:
 def adjoint_solver(net, opts: MgritConfig) -> MGRIT:
     chain = Chain.block(net.cfg.layers, net.msg.size, reverse=True)
     return MGRIT(chain, AdjointPropagator(net), net.msg, opts, net.device, net.dtype,
-                 "MGRIT adjoint")
+                 "MGRIT adjoint", net.scratch)
 
 
 def solve_adjoint(net, lam_N: torch.Tensor | None, warm: Warm | None = None,

@@ -38,7 +38,7 @@ class ForwardPropagator:
         self.net = net
         self.table: LayerTable | None = None
         self._cache: dict = {}
-        self.work = Workspace()     # the step's scratch, reused across steps and solves
+        self.work = net.scratch     # the step's scratch, reused across steps and solves
         self._compiled = compiled_step(net.scheme, net.shapes.op, net.act) \
             if compile_step else None
 
@@ -108,8 +108,12 @@ class ParallelResNet(nn.Module):
             self.cls_weight, self.cls_bias = param(w), param(b0)
         # the time-smoothness term couples neighbouring ranks' layers: agree on that once
         self.neighbour_layers = neighbour_layers(self) if self.reg and self.reg.ddt > 0 else None
+        # the forward and the adjoint solve never run at the same time: one scratch serves
+        # both solvers (coarse levels, evaluations) and both propagators (a step's rows)
+        self.scratch = Workspace()
         self.prop = ForwardPropagator(self, compile_step)
-        self.solver = MGRIT(self.chain, self.prop, msg, opts, device, dtype, "MGRIT forward")
+        self.solver = MGRIT(self.chain, self.prop, msg, opts, device, dtype, "MGRIT forward",
+                            self.scratch)
         self.adjoint = adjoint_solver(self, adj_opts or opts)
         self.fwd_result: SolveResult | None = None
         self.adj_result: SolveResult | None = None

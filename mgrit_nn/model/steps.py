@@ -49,7 +49,9 @@ ACTIVATIONS = {
 
 
 def scratch(ws: Workspace | None, name: str, like: torch.Tensor) -> torch.Tensor:
-    """A buffer shaped like ``like`` (contiguous): from the workspace, or a new one."""
+    """A buffer shaped like ``like`` (contiguous): from the workspace, or a new one. A step's
+    scratch is named ``a``, ``b``: valid only during the one step that takes it, so the
+    forward and the adjoint steps of a network share the rows (one workspace)."""
     if ws is None:
         return torch.empty(like.shape, dtype=like.dtype, device=like.device)
     return ws.get(name, like.shape[0], like)
@@ -66,7 +68,7 @@ def euler_step_(op: Operator, act: Activation, u: torch.Tensor, K: torch.Tensor,
                 ws: Workspace | None = None) -> torch.Tensor:
     """The same into ``out`` without autograd (the MGRIT hot path): with a workspace,
     dense steps allocate nothing."""
-    z = act.fn_(op.part(u, K, b, out=scratch(ws, "z", u)))
+    z = act.fn_(op.part(u, K, b, out=scratch(ws, "a", u)))
     return torch.add(u, z, alpha=h, out=out)
 
 
@@ -154,9 +156,9 @@ class VerletScheme:
     def step_(self, op, act, u, K, b, h, out, ws=None):
         y, z = op.halves(u)
         y1, z1 = op.halves(out)
-        a = op.transpose_bias(y, K, b, out=scratch(ws, "z", y))
+        a = op.transpose_bias(y, K, b, out=scratch(ws, "a", y))
         torch.add(z, act.fn_(a), alpha=-h, out=z1)
-        c = op.part(z1, K, b, out=scratch(ws, "z", y))
+        c = op.part(z1, K, b, out=scratch(ws, "a", y))
         torch.add(y, act.fn_(c), alpha=h, out=y1)
         return out
 
