@@ -152,7 +152,7 @@ class CheckpointConfig:
 @dataclass
 class BenchConfig:
     repeats: int = opt(5, "mgrit-nn bench: timed repetitions (the median is reported)", ge=1)
-    warmup: int = opt(2, "mgrit-nn bench: untimed repetitions first", ge=0)
+    warmup: int = opt(2, "mgrit-nn bench: untimed repetitions first (MGRIT: at least 1)", ge=0)
     exact: bool = opt(True, "mgrit-nn bench: also time the exact (to tolerance) MGRIT gradient")
     compile_serial: bool = opt(False, "mgrit-nn bench: also time serial autograd under "
                                "torch.compile (minutes at N = 1024); ratios against the faster")

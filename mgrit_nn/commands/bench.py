@@ -5,7 +5,10 @@ repetitions. Work is counted by the solvers (step applications on any level) and
 reported in fine-sweep equivalents (steps / N, forward and adjoint separately), and in
 tensor operations that run a kernel (``opcount``): serial autograd's, and the busiest
 rank's for MGRIT (on one rank the whole gradient; on P ranks a lower bound of the critical
-path, which also runs through the sequential coarsest-level solve).
+path, which also runs through the sequential coarsest-level solve). Memory: the most tensor
+bytes a rank's first gradient holds at once (``livemem``: its solvers' storage, scratch,
+warm-start stores and temporaries), also in the rank's level-0 state sets (rows 0..n_local
+of the batch's states: ``*_state_sets``).
 
 ``span_speedup`` is a critical-path model in step applications (a forward step and
 an adjoint step count one each): serial = 2N (forward + backward sweep); MGRIT =
@@ -29,6 +32,7 @@ from mpi4py import MPI
 
 from mgrit_nn.commands.pingpong import pingpong, state_bytes
 from mgrit_nn.commands.pipeline import pipeline
+from mgrit_nn.livemem import peak_live_bytes
 from mgrit_nn.methods.base import Batch
 from mgrit_nn.methods.layer_parallel import LayerParallelMethod
 from mgrit_nn.model.serial import SerialResNet
@@ -81,9 +85,11 @@ def _one(method: LayerParallelMethod, x, y, idx, repeats: int, warmup: int, run:
 
     def grad() -> None:
         method.step(Batch(x, y, idx))
-    for _ in range(warmup):
+    peak = peak_live_bytes(grad)              # the first gradient allocates the storage
+    for _ in range(warmup - 1):
         grad()
     net = method.net
+    sets = comm.allgather(peak / net.solver.data[0].u.nbytes)
     for s in (net.solver.stats, net.adjoint.stats):
         s.reset()
     before = dict(run.msg.timers.seconds)
@@ -108,7 +114,8 @@ def _one(method: LayerParallelMethod, x, y, idx, repeats: int, warmup: int, run:
             "fwd_iters": fwd_res.iters, "adj_iters": adj_res.iters,
             "fwd_factor": fwd_res.conv_factor, "adj_factor": adj_res.conv_factor,
             "span": float(span), "phases": phases,
-            "kernels": max(kernels), "kernels_total": sum(kernels)}
+            "kernels": max(kernels), "kernels_total": sum(kernels),
+            "peak_mb": max(comm.allgather(peak)) / 2**20, "state_sets": max(sets)}
 
 
 def bench_batch(run: Run) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -201,11 +208,13 @@ def bench(run: Run) -> dict | None:
         "oneshot_fwd_sweeps": oneshot["fwd_sweeps"], "oneshot_adj_sweeps": oneshot["adj_sweeps"],
         "oneshot_kernels": oneshot["kernels"],
         "oneshot_kernels_total": oneshot["kernels_total"],
+        "oneshot_peak_mb": oneshot["peak_mb"], "oneshot_state_sets": oneshot["state_sets"],
         **({"mgrit_grad_s": exact["seconds"], "ratio_mgrit": exact["seconds"] / best_s,
             "mgrit_fwd_iters": exact["fwd_iters"], "mgrit_adj_iters": exact["adj_iters"],
             "mgrit_fwd_factor": exact["fwd_factor"], "mgrit_adj_factor": exact["adj_factor"],
             "mgrit_work_sweeps": exact["fwd_sweeps"] + exact["adj_sweeps"],
-            "mgrit_kernels": exact["kernels"],
+            "mgrit_kernels": exact["kernels"], "mgrit_peak_mb": exact["peak_mb"],
+            "mgrit_state_sets": exact["state_sets"],
             "span_speedup_mgrit": 2 * N / exact["span"]} if exact else {}),
         "span_speedup_oneshot": 2 * N / oneshot["span"], "pingpong": link,
         **(piped or {}),

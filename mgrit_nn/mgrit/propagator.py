@@ -9,6 +9,7 @@ can be) and :class:`Workspace` (scratch that is allocated once, not per step).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -67,10 +68,11 @@ class Index:
 
 
 class Workspace:
-    """Named scratch tensors, each kept at the largest size asked for.
+    """Named scratch memory, each name kept at the largest size asked for.
 
-    ``get(name, n, like)`` returns the first ``n`` rows of a buffer shaped like
-    ``like``'s rows; after the first iteration of a solve nothing is allocated.
+    ``get(name, n, like)`` returns ``n`` rows shaped like ``like``'s rows (contiguous, the
+    start of the name's memory, whatever row shape it was asked for before); after the
+    first iteration of a solve nothing is allocated.
     The caller owns the rows until it asks for the same name again. Computations that
     never run at the same time may share one workspace (a network's forward and adjoint
     solvers and their steps do): each name's memory is then held once for all of them.
@@ -84,12 +86,14 @@ class Workspace:
 
     def rows(self, name, n: int, row: tuple[int, ...], dtype: torch.dtype,
              device: torch.device) -> torch.Tensor:
-        """The first ``n`` rows of the buffer ``name`` with rows of shape ``row``."""
+        """``n`` rows of shape ``row`` from the memory of ``name``."""
+        need = n * math.prod(row)
         buf = self._bufs.get(name)
-        if buf is None or buf.shape[1:] != row or buf.shape[0] < n or \
-                buf.dtype != dtype or buf.device != device:
+        if buf is None or buf.numel() < need or buf.dtype != dtype or buf.device != device:
             buf = self._bufs[name] = torch.empty((n,) + row, dtype=dtype, device=device)
-        return buf[:n]
+        if tuple(buf.shape[1:]) == row:     # rows of a buffer of that shape (what compiled
+            return buf[:n]                  # code expects of an output)
+        return buf.view(-1)[:need].view((n,) + row)
 
 
 @dataclass(frozen=True, eq=False)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 
 from mgrit_nn.config import MgritConfig
-from mgrit_nn.mgrit import MGRIT, Chain, Level, Selection, SolveResult, Warm
+from mgrit_nn.mgrit import MGRIT, Chain, Index, Level, Selection, SolveResult, Warm
 from mgrit_nn.model.layers import LayerTable
 
 
@@ -50,34 +50,51 @@ class AdjointPropagator:
                                     for I in lev.points()],
                              dtype=torch.long, device=net.device)
                 for lev in levels]
+            # where the scheme's linearization does not depend on the spacing (Euler:
+            # sigma'(K u + b)), a coarse step's D is level 0's at the same fine point and
+            # layer: only level 0 is linearized, coarse levels read its rows (level-0 slot
+            # of tau-point I M_l for the level-l slot of I; the ghost slot, never a step's
+            # destination, reads row 0)
+            own = [0] + [l for l in range(1, len(levels)) if net.scheme.linearization_uses_h]
+            self.d_level = [l if l in own else 0 for l in range(len(levels))]
+            self.d_rows = [None if l in own else
+                           [0] + [levels[0].slot(I * lev.stride) for I in lev.points()]
+                           for l, lev in enumerate(levels)]
         self.table.refresh()
         primal = net.solver.states()            # forward points lo-1 .. hi
-        old, self.D, chunk = self.D, [], net.solver.chunk
+        old, chunk = self.D, net.solver.chunk
+        self.D = [None] * len(levels)
         for l, lev in enumerate(levels):
+            if self.d_level[l] != l:
+                continue
             K, b = self.table.level_K[l], self.table.level_b[l]       # every slot's weights
             idx = self.state_slot[l]
             shape = (len(idx),) + primal.shape[1:]
             # D is kept from solve to solve (same shape: overwritten in place, no allocation)
-            D = old[l] if l < len(old) and old[l].shape == shape else \
+            D = old[l] if l < len(old) and old[l] is not None and old[l].shape == shape else \
                 torch.empty(shape, dtype=primal.dtype, device=primal.device)
-            for a in range(0, len(idx), chunk):    # the primal states gathered a chunk at a time
-                rows = slice(a, a + chunk)
+            for a in range(0, len(idx), chunk):    # the primal states gathered a chunk at a time,
+                rows = slice(a, a + chunk)           # into a step's scratch (no step runs now)
                 u = torch.index_select(primal, 0, idx[rows],
-                                       out=self.work.get("primal", len(idx[rows]), primal))
+                                       out=self.work.get("b", len(idx[rows]), primal))
                 d = net.scheme.linearize(net.shapes.op, net.act, u, K[rows], b[rows],
                                          net.h * lev.stride, out=D[rows])
                 if d.data_ptr() != D[rows].data_ptr():          # conv: a new tensor
                     D[rows].copy_(d)
-            self.D.append(D)
+            self.D[l] = D
         self._cache = {}
 
     def step(self, level: int, sel: Selection, lam: torch.Tensor, out: torch.Tensor) -> None:
-        K = self._cache.get(sel.key)
-        if K is None:
-            K = self._cache[sel.key] = self.table.gather(level, sel.slots)[0]
+        got = self._cache.get(sel.key)
+        if got is None:
+            rows = self.d_rows[level]
+            D = sel.slots if rows is None else \
+                Index.of([rows[s] for s in sel.slots.t.tolist()], self.net.device)
+            got = self._cache[sel.key] = (self.table.gather(level, sel.slots)[0], D)
+        K, D = got
         H = self.net.h * self.table.levels[level].stride
-        self.net.scheme.adjoint(self.net.shapes.op, lam, sel.slots.get(self.D[level]), K, H,
-                                out, self.work)
+        self.net.scheme.adjoint(self.net.shapes.op, lam, D.get(self.D[self.d_level[level]]), K,
+                                H, out, self.work)
 
 
 def adjoint_solver(net, opts: MgritConfig) -> MGRIT:
@@ -121,10 +138,11 @@ def layer_gradients(net) -> tuple[torch.Tensor, torch.Tensor]:
     for top in range(net.jhi, j0 - 1, -chunk):   # layers top..bottom, descending
         bottom = max(j0, top - chunk + 1)
         rows = slice(bottom - net.jlo, top - net.jlo + 1)
-        u = fwd.states(bottom, top).flip(0)
+        primal = fwd.states(bottom, top)       # reversed into a step's scratch (none runs)
+        u = torch.ops.aten.flip.out(primal, [0], out=net.scratch.get("a", len(primal), primal))
         gK, gb = scheme.param_grad(op, net.act, u, adj.states(N - top - 1, N - bottom - 1),
                                    K[rows].flip(0), b[rows].flip(0), net.h,
-                                   D=D0[adj.slots(N - top, N - bottom)])
+                                   D=D0[adj.slots(N - top, N - bottom)], ws=net.scratch)
         chunks.append((gK.flip(0), gb.flip(0)))
     parts = ghost + chunks[::-1]                 # ascending layers
     return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])

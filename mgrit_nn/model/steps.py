@@ -84,6 +84,7 @@ class EulerScheme:
     """``u' = u + h sigma(K u + b)``: state = the network state, shape (w,) or (c, H, W)."""
 
     name = "euler"
+    linearization_uses_h = False      # sigma'(K u + b): a coarse step's is the fine one's
 
     def state_shape(self, op: Operator, base: tuple[int, ...]) -> tuple[int, ...]:
         return base
@@ -110,12 +111,13 @@ class EulerScheme:
     def adjoint(self, op, lam, D, K, h, out, ws=None):
         return euler_adjoint(op, lam, D, K, h, out, ws)
 
-    def param_grad(self, op, act, u, lam, K, b, h, D=None):
+    def param_grad(self, op, act, u, lam, K, b, h, D=None, ws=None):
         """``(dPhi/d(K, b) (u))^T lam`` for every stacked step (``lam`` at the step's end);
-        ``D``: the linearization at ``u`` if already known (saves the forward recomputation)."""
+        ``D``: the linearization at ``u`` if already known (saves the forward recomputation);
+        ``ws``: a workspace for the product's rows (``b``)."""
         if D is None:
             D = act.deriv_(op.part(u, K, b))
-        return op.param_grad(u, torch.mul(D, lam).mul_(h), K, b)
+        return op.param_grad(u, torch.mul(D, lam, out=scratch(ws, "b", lam)).mul_(h), K, b)
 
 
 class VerletScheme:
@@ -137,6 +139,7 @@ class VerletScheme:
     """
 
     name = "verlet"
+    linearization_uses_h = True       # D2 is taken at z' = z - h sigma(...)
 
     def state_shape(self, op: Operator, base: tuple[int, ...]) -> tuple[int, ...]:
         return op.pair_shape(base)
@@ -184,7 +187,7 @@ class VerletScheme:
                   out=ny)
         return out
 
-    def param_grad(self, op, act, u, lam, K, b, h, D=None):
+    def param_grad(self, op, act, u, lam, K, b, h, D=None, ws=None):
         y, z = op.halves(u)
         ly, lz = op.halves(lam)
         with torch.enable_grad():
