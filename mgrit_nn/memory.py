@@ -8,11 +8,11 @@ cannot fit before any work.
   peak RSS; on a GPU the CUDA context comes on top, in GPU memory);
 - ``weights``: the rank's layers in every copy alive: weight, gradient, optimizer state,
   and for the MGRIT methods each solver's weight table and the per-selection gathered rows;
-- ``states``: the network states of one batch, by method: the MGRIT hierarchy of the
-  forward and the adjoint solver (every level's points; FAS storage v, g on coarse levels),
-  their workspaces, the adjoint's linearization on every level and the layer-gradient
-  sweep; or, for the methods that run autograd over their layers (serial, penalty/al,
-  parpas, local_critic), the tensors autograd saves per layer;
+- ``states``: the network states of one batch, by method: for MGRIT about 5 level-0 state
+  sets (:func:`mgrit_state_sets`: both solvers' level-0 iterates, the coarse levels and
+  scratch they share, the adjoint's linearization); or, for the methods that run autograd
+  over their layers (serial, penalty/al, parpas, local_critic), the tensors autograd saves
+  per layer;
 - ``warm start``: the one-shot stores (level-0 C-points only, in ``train.warm_dtype``; not
   counted when ``train.warm_store: mmap`` keeps them in a file-backed mapping);
 - ``method``: a method's own per-sample arrays (penalty/al lambda and kappa, parpas'
@@ -91,23 +91,25 @@ def _operator(cfg):
 
 
 def mgrit_state_sets(cfg, layer_ranks: int) -> float:
-    """State sets of one batch the forward and adjoint MGRIT solvers hold on the rank:
-    level storage u (level 0) and u, v, g (coarse levels); the relaxation workspace (the
-    F-points stepped together, level 0) and the step's scratch (as many rows); the C-point
-    evaluations of every level; the adjoint's linearization D on every level and the primal
-    states it gathers; the layer-gradient sweep (D * lambda and the step's products)."""
+    """State sets of one batch the forward and adjoint MGRIT solvers hold on the rank (the
+    code's structure, issue 16; ``mgrit-nn bench`` measures them as ``*_state_sets``): each
+    solver's level-0 iterate; the coarse levels' u and g, once for both solvers (they never
+    run at the same time); the adjoint's linearization D on level 0 (Euler's coarse levels
+    read it; Verlet's depend on the spacing and hold their own); a step's two scratch row
+    sets (the F-points stepped together, level 0's interval count), also the chunks of the
+    linearization and of the layer-gradient sweep; the C-point evaluations of every level;
+    a convolution's unfolded input."""
     from mgrit_nn.config import at_level
+    from mgrit_nn.model.steps import SCHEMES
 
     n = _level_points(cfg, layer_ranks)
-    c0 = at_level(cfg.mgrit.cfactor, 0)
-    storage = (n[0] + 1) + 3 * sum(k + 1 for k in n[1:])
-    f_rows = n[0] * (c0 - 1) / c0
+    coarse = sum(k + 1 for k in n[1:])
+    rows = n[0] / at_level(cfg.mgrit.cfactor, 0)            # a relaxation's selection
     evals = sum(k / at_level(cfg.mgrit.cfactor, lv) for lv, k in enumerate(n))
-    per_solver = storage + 2 * f_rows + evals
-    adjoint_extra = sum(k + 1 for k in n) + (n[0] + 1)
-    gradient = 2 * n[0]
-    unfold = _operator(cfg).unfold * f_rows
-    return 2 * per_solver + adjoint_extra + gradient + unfold
+    linearization = (n[0] + 1) + (coarse if SCHEMES[cfg.model.step].linearization_uses_h
+                                  else 0)
+    unfold = _operator(cfg).unfold * rows
+    return 2 * (n[0] + 1) + 2 * coarse + linearization + 2 * rows + evals + unfold
 
 
 def estimate_memory(cfg, ranks: int = 1) -> dict[str, int]:

@@ -179,11 +179,13 @@ def test_memory_estimate_terms_and_what_fits():
     assert set(terms) == {"libraries", "weights", "states", "evaluation", "warm start",
                           "method", "data"}
     # N = 64, cfactor 4, 1 rank: levels of 65, 17, 5 points (min_coarse 2 stops before 1
-    # interval), each with a ghost slot; per solver u (66) and u, v, g (3 x (18 + 6)),
-    # 2 x 65 * 3/4 F-rows, C-evaluations (65 + 17 + 5) / 4; the adjoint's D (66 + 18 + 6)
-    # and primal (66); the gradient sweep 2 x 65
-    per_solver = 66 + 3 * (18 + 6) + 2 * 65 * 3 / 4 + (65 + 17 + 5) / 4
-    assert mgrit_state_sets(cfg, 1) == 2 * per_solver + (66 + 18 + 6) + 66 + 2 * 65
+    # interval), each with a ghost slot; u on level 0 per solver (2 x 66); coarse u and g
+    # once for both solvers (2 x (18 + 6)); Euler's linearization on level 0 only (66); a
+    # step's two scratch row sets of 65 / 4; C-evaluations (65 + 17 + 5) / 4
+    sets = 2 * 66 + 2 * (18 + 6) + 66 + 2 * 65 / 4 + (65 + 17 + 5) / 4
+    assert mgrit_state_sets(cfg, 1) == sets
+    verlet = load_config(str(ROOT / "configs/peaks.yaml"), ["model.step=verlet"])
+    assert mgrit_state_sets(verlet, 1) == sets + 18 + 6          # its coarse D too
     one_set = 5000 * 8 * 8                                  # batch x width x float64
     assert terms["states"] == int(mgrit_state_sets(cfg, 1) * one_set)
     # the warm start: forward and adjoint at ceil(65 / cfactor 4) = 17 C-points
