@@ -7,6 +7,15 @@ level-0 C-points are kept (``MGRIT.warm_rows``: every solve's first F-relaxation
 recomputes the F-points from them before any is read, so training is bitwise the same as
 with every point kept). Memory per rank: 2 x (local C-points) x n_train x state size,
 1/cfactor of all points.
+
+Adaptive iteration counts (oneshot, ``oneshot.check_every``): every check_every-th step
+also takes the exact gradient g* (both solves cold, to ``mgrit.tol``) of the same batch at
+the same weights, and the optimizer steps along it. When the one-shot gradient g has
+drifted, ``||g - g*|| / ||g*|| > oneshot.max_error``, the forward and the adjoint
+iteration counts go up by one, to at most ``mgrit.max_iter``. Below 1 the error keeps -g
+a descent direction (g . g* > 0); the counts only rise, so a run that needs it ends up at
+exact solves. The warm starts keep the one-shot iterates: a check measures, it does not
+improve the next step's start.
 """
 
 from __future__ import annotations
@@ -100,6 +109,9 @@ class LayerParallelMethod(PartitionedMethod):
               "mmap": t.warm_store == "mmap", "mmap_dir": t.warm_store_dir}
         self.fwd_store = WarmStore(n, net.solver, **kw) if warm else None
         self.adj_store = WarmStore(n, net.adjoint, reverse_of=N, **kw) if warm else None
+        o = run.cfg.oneshot
+        self.check_every = o.check_every if not exact and not fixed_iters else 0
+        self.max_error, self.max_iter, self.calls = o.max_error, run.cfg.mgrit.max_iter, 0
 
     def step(self, batch: Batch) -> StepInfo:
         """Forward MGRIT (warm-started), loss, adjoint MGRIT (warm-started), layer gradients."""
@@ -112,11 +124,36 @@ class LayerParallelMethod(PartitionedMethod):
         grads = net.backprop(x, y, scale, warm=ads.get(idx) if ads else None, **self.adj_kw)
         if ads:
             ads.put(idx, net.adjoint.u)
+        adj = net.adj_result
+        info = StepInfo(loss * scale, correct(logits, y), fwd.iters, fwd.residuals[-1],
+                        adj.iters, adj.residuals[-1], fwd.residuals, adj.residuals)
+        self.calls += 1
+        if self.check_every and self.calls % self.check_every == 0:
+            grads = self._check(batch, grads, info)
         for p, g in zip(self.parameters(), grads, strict=True):
             p.grad = g.detach().clone()
-        adj = net.adj_result
-        return StepInfo(loss * scale, correct(logits, y), fwd.iters, fwd.residuals[-1],
-                        adj.iters, adj.residuals[-1], fwd.residuals, adj.residuals)
+        return info
+
+    def _check(self, batch: Batch, grads: list[torch.Tensor], info: StepInfo) -> list:
+        """The exact gradient of the batch, the one-shot gradient's relative error against
+        it (over every rank and replica, the same value everywhere), and the raised counts
+        (module docstring). Returns the exact gradient."""
+        net = self.net
+        net.solve_forward(batch.x)
+        net.loss(batch.y)
+        exact = net.backprop(batch.x, batch.y, batch.scale)
+        diff = torch.cat([(g - e).flatten() for g, e in zip(grads, exact, strict=True)])
+        ref = torch.cat([e.flatten() for e in exact])
+        if self.run.data_msg.size > 1:            # the batch's gradient: every replica's sum
+            both = torch.stack([diff, ref])
+            self.run.data_msg.allreduce_tensor(both)
+            diff, ref = both[0], both[1]
+        error = (self.dot(float(diff @ diff)) / max(self.dot(float(ref @ ref)), 1e-300)) ** 0.5
+        info.extra["grad_error"] = error
+        if error > self.max_error:
+            self.fwd_kw["max_iter"] = min(self.fwd_kw["max_iter"] + 1, self.max_iter)
+            self.adj_kw["max_iter"] = min(self.adj_kw["max_iter"] + 1, self.max_iter)
+        return exact
 
     def loss(self, batch: Batch) -> float:
         """Loss of the exact forward pass (line search)."""
@@ -125,7 +162,17 @@ class LayerParallelMethod(PartitionedMethod):
 
     def state_dict(self) -> dict:
         """``warm``: the global warm-start iterates at the stored points (``<name>_points``,
-        forward point indices, increasing), gathered on rank 0."""
+        forward point indices, increasing), gathered on rank 0; with adaptive counts,
+        ``iterations``: the current counts and the steps taken."""
+        out = {}
+        if self.check_every:
+            out["iterations"] = {"fwd_iters": np.array(self.fwd_kw["max_iter"]),
+                                 "adj_iters": np.array(self.adj_kw["max_iter"]),
+                                 "steps": np.array(self.calls)}
+        warm = self._warm_state()
+        return {**out, "warm": warm} if warm else out
+
+    def _warm_state(self) -> dict:
         fs, ads = self.fwd_store, self.adj_store
         if fs is None or fs.store is None:
             return {}
@@ -145,9 +192,14 @@ class LayerParallelMethod(PartitionedMethod):
             points = self.rows_part(torch.from_numpy(np.sort(store.points)), ())
             if full is not None:
                 out[name], out[f"{name}_points"] = full, points
-        return {"warm": out}
+        return out
 
     def load_state_dict(self, ckpt) -> None:
+        if self.check_every and "iterations" in ckpt:
+            it = ckpt["iterations"]
+            self.fwd_kw["max_iter"] = int(it["fwd_iters"][()])
+            self.adj_kw["max_iter"] = int(it["adj_iters"][()])
+            self.calls = int(it["steps"][()])
         if self.fwd_store is None or "warm" not in ckpt or "forward" not in ckpt["warm"]:
             return
         warm, n = ckpt["warm"], self.fwd_store.n

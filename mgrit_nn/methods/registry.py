@@ -125,6 +125,19 @@ class ParpasConfig:
 
 
 @dataclass
+class OneshotConfig:
+    """``train.method: oneshot``: iteration counts that adapt to the gradient's error
+    (issue 16; docs/training.md)."""
+
+    check_every: int = opt(0, "every this many steps also take the exact gradient (MGRIT to "
+                           "mgrit.tol) of the batch, step along it, and raise train.fwd_iters "
+                           "and adj_iters by one if the one-shot gradient's relative error "
+                           "exceeds max_error; 0: fixed counts", ge=0)
+    max_error: float = opt(0.5, "relative error ||g - g*|| / ||g*|| of the one-shot gradient "
+                           "that raises the counts (below 1, -g is a descent direction)", gt=0)
+
+
+@dataclass
 class ClipConfig:
     """``train.method: clipped`` (the worked example of docs/architecture.md)."""
 
@@ -188,7 +201,8 @@ METHODS: dict[str, MethodSpec] = {s.name: s for s in (
     MethodSpec("serial", "mgrit_nn.methods.serial:SerialMethod", "1 rank, autograd",
                one_rank=True),
     MethodSpec("mgrit", _LP, "exact: forward and adjoint MGRIT to tolerance"),
-    MethodSpec("oneshot", _LP, "inexact, warm-started: train.fwd_iters + adj_iters iterations"),
+    MethodSpec("oneshot", _LP, "inexact, warm-started: train.fwd_iters + adj_iters iterations",
+               section="oneshot", schema=OneshotConfig),
     MethodSpec("local_critic", "mgrit_nn.methods.local_critic:LocalCriticMethod",
                "Lee, Hsieh, Lee", section="critic", schema=CriticConfig,
                line_search="local_critic updates each layer group from its own loss; lbfgs (a "

@@ -76,6 +76,26 @@ def test_resume_same_ranks_is_bitwise_in_float32(shared_tmp, train):
     assert np.array_equal(a[10:], b[10:])
 
 
+@ranks(1, 2)
+def test_resume_keeps_the_adaptive_iteration_counts(shared_tmp, train):
+    """oneshot.check_every: the raised counts and the steps since the start travel through
+    the checkpoint (a tiny max_error raises them at every check; no tolerance stops a solve
+    before its count; 64 layers: 3 levels, so 4 iterations are not yet exact)."""
+    d = ["--set", "oneshot.check_every=3", "--set", "oneshot.max_error=1e-12",
+         "--set", "mgrit.tol=0", "--set", "mgrit.max_iter=6", "--set", "model.layers=64",
+         "--set", "train.fwd_iters=1", "--set", "train.adj_iters=1", "--set", "checkpoint.every=5"]
+    train(shared_tmp / "straight", *d, steps=12)
+    train(shared_tmp / "split", *d, steps=5)
+    train(shared_tmp / "split", *d, "--resume", "latest", steps=12)
+    a, b = losses(shared_tmp / "straight"), losses(shared_tmp / "split")
+    assert len(a) == len(b) == 12 and np.array_equal(a, b)
+    with h5py.File(shared_tmp / "split/history.h5", "r") as f:
+        its = f["steps/fwd_iters"][()]
+        checked = ~np.isnan(f["steps/grad_error"][()])
+    assert list(np.flatnonzero(checked) + 1) == [3, 6, 9, 12]       # every 3rd step
+    assert list(its) == [1, 1, 1, 2, 2, 2, 3, 3, 3, 4, 4, 4]          # +1 after each check
+
+
 def test_resume_lbfgs_keeps_its_pairs(shared_tmp, train):
     """L-BFGS' (s, y) pairs and rho_k travel through the checkpoint: a resumed run takes the
     same steps as the straight one (full batch, so the pairs are in use)."""
