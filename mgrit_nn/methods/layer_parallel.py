@@ -12,10 +12,11 @@ Adaptive iteration counts (oneshot, ``oneshot.check_every``): every check_every-
 also takes the exact gradient g* (both solves cold, to ``mgrit.tol``) of the same batch at
 the same weights, and the optimizer steps along it. When the one-shot gradient g has
 drifted, ``||g - g*|| / ||g*|| > oneshot.max_error``, the forward and the adjoint
-iteration counts go up by one, to at most ``mgrit.max_iter``. Below 1 the error keeps -g
-a descent direction (g . g* > 0); the counts only rise, so a run that needs it ends up at
-exact solves. The warm starts keep the one-shot iterates: a check measures, it does not
-improve the next step's start.
+iteration counts go up by one, to at most ``mgrit.max_iter`` (a run that needs it ends up
+at exact solves); below 1 the error keeps -g a descent direction (g . g* > 0). Once the
+error falls below ``oneshot.min_error`` they go down by one again, to no fewer than the
+configured ``train.fwd_iters``/``adj_iters``. The warm starts keep the one-shot iterates:
+a check measures, it does not improve the next step's start.
 """
 
 from __future__ import annotations
@@ -111,7 +112,8 @@ class LayerParallelMethod(PartitionedMethod):
         self.adj_store = WarmStore(n, net.adjoint, reverse_of=N, **kw) if warm else None
         o = run.cfg.oneshot
         self.check_every = o.check_every if not exact and not fixed_iters else 0
-        self.max_error, self.max_iter, self.calls = o.max_error, run.cfg.mgrit.max_iter, 0
+        self.max_error, self.min_error, self.calls = o.max_error, o.min_error, 0
+        self.max_iter, self.least = run.cfg.mgrit.max_iter, (t.fwd_iters, t.adj_iters)
 
     def step(self, batch: Batch) -> StepInfo:
         """Forward MGRIT (warm-started), loss, adjoint MGRIT (warm-started), layer gradients."""
@@ -150,9 +152,9 @@ class LayerParallelMethod(PartitionedMethod):
             diff, ref = both[0], both[1]
         error = (self.dot(float(diff @ diff)) / max(self.dot(float(ref @ ref)), 1e-300)) ** 0.5
         info.extra["grad_error"] = error
-        if error > self.max_error:
-            self.fwd_kw["max_iter"] = min(self.fwd_kw["max_iter"] + 1, self.max_iter)
-            self.adj_kw["max_iter"] = min(self.adj_kw["max_iter"] + 1, self.max_iter)
+        change = 1 if error > self.max_error else -1 if error < self.min_error else 0
+        for kw, least in zip((self.fwd_kw, self.adj_kw), self.least, strict=True):
+            kw["max_iter"] = min(max(kw["max_iter"] + change, least), self.max_iter)
         return exact
 
     def loss(self, batch: Batch) -> float:

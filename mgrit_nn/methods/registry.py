@@ -135,6 +135,8 @@ class OneshotConfig:
                            "exceeds max_error; 0: fixed counts", ge=0)
     max_error: float = opt(0.5, "relative error ||g - g*|| / ||g*|| of the one-shot gradient "
                            "that raises the counts (below 1, -g is a descent direction)", gt=0)
+    min_error: float = opt(0.05, "below this error both counts go down by one again, to no "
+                           "fewer than train.fwd_iters/adj_iters; 0: they only rise", ge=0)
 
 
 @dataclass

@@ -56,9 +56,21 @@ def test_a_check_steps_along_the_exact_gradient_and_raises_the_counts(max_error)
     assert (nxt.fwd_iters, nxt.adj_iters) == ((2, 2) if raised else (1, 1))
 
 
+def test_the_counts_fall_back_when_the_error_is_small_again():
+    # min_error above any error: each check lowers the counts, never below the configured 2
+    run = setup(None, sets(**{**BASE, "train__fwd_iters": 2, "train__adj_iters": 2},
+                           oneshot__check_every=1, oneshot__max_error=1e9,
+                           oneshot__min_error=1e8, mgrit__tol=0.0), WORLD)
+    x, y, idx = bench_batch(run)
+    method = LayerParallelMethod(run)
+    method.fwd_kw["max_iter"] = method.adj_kw["max_iter"] = 4      # as if raised before
+    iters = [method.step(Batch(x, y, idx)).fwd_iters for _ in range(4)]
+    assert iters == [4, 3, 2, 2]
+
+
 def test_the_counts_stop_at_mgrit_max_iter():
     run = setup(None, sets(**BASE, oneshot__check_every=1, oneshot__max_error=1e-12,
-                           mgrit__max_iter=3, mgrit__tol=0.0), WORLD)
+                           oneshot__min_error=0.0, mgrit__max_iter=3, mgrit__tol=0.0), WORLD)
     x, y, idx = bench_batch(run)
     method = LayerParallelMethod(run)
     iters = [method.step(Batch(x, y, idx)).fwd_iters for _ in range(5)]

@@ -82,7 +82,8 @@ def test_resume_keeps_the_adaptive_iteration_counts(shared_tmp, train):
     the checkpoint (a tiny max_error raises them at every check; no tolerance stops a solve
     before its count; 64 layers: 3 levels, so 4 iterations are not yet exact)."""
     d = ["--set", "oneshot.check_every=3", "--set", "oneshot.max_error=1e-12",
-         "--set", "mgrit.tol=0", "--set", "mgrit.max_iter=6", "--set", "model.layers=64",
+         "--set", "oneshot.min_error=0", "--set", "mgrit.tol=0", "--set", "mgrit.max_iter=6",
+         "--set", "model.layers=64",
          "--set", "train.fwd_iters=1", "--set", "train.adj_iters=1", "--set", "checkpoint.every=5"]
     train(shared_tmp / "straight", *d, steps=12)
     train(shared_tmp / "split", *d, steps=5)
