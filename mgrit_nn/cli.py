@@ -132,9 +132,12 @@ pipeline_1f1b_s, pipeline_1f1b_microbatches (the best of each schedule), pipelin
 (the stages' layer ranges) and pipeline_grad_diff (largest difference of its gradient from
 serial autograd's); the tensor
 operations that run a kernel per gradient: serial_kernels,
-oneshot_kernels (the busiest rank's), oneshot_kernels_total (all ranks'); with bench.exact
+oneshot_kernels (the busiest rank's), oneshot_kernels_total (all ranks'); the memory of the
+first one-shot gradient: oneshot_peak_mb (the most tensor bytes a rank held at once) and
+oneshot_state_sets (that, in the rank's level-0 state sets); with bench.exact
 also mgrit_grad_s, ratio_mgrit, mgrit_fwd_iters, mgrit_adj_iters, mgrit_fwd_factor,
-mgrit_adj_factor, mgrit_work_sweeps, mgrit_kernels, span_speedup_mgrit;
+mgrit_adj_factor, mgrit_work_sweeps, mgrit_kernels, mgrit_peak_mb, mgrit_state_sets,
+span_speedup_mgrit;
 the settings (ranks, layers, batch, width, kind, relax, cfactor, cycle, levels, dtype,
 device, repeats, warmup), per_rank (rank, rss_mb, gpu_mb and the seconds per phase of the
 solves, oneshot_phases_s and mgrit_phases_s) and machine (platform, cpus, torch, threads,

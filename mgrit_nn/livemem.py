@@ -28,16 +28,20 @@ class _Live(TorchDispatchMode):
         self.live = self.peak = 0
         with warnings.catch_warnings():     # isinstance on deprecated torch aliases warns
             warnings.simplefilter("ignore")
-            before = [o for o in gc.get_objects() if isinstance(o, torch.Tensor)]
-        for t in before:
-            self._follow(t, self.old)
+            for o in gc.get_objects():
+                try:
+                    tensor = isinstance(o, torch.Tensor)
+                except ReferenceError:       # a weakref.proxy whose object is gone
+                    continue
+                if tensor:
+                    self._follow(o, self.old)
 
     def _follow(self, t: torch.Tensor, into) -> int:
         try:
             s = t.untyped_storage()
-        except (RuntimeError, NotImplementedError):     # no storage (sparse, functional)
+            ptr, n = s.data_ptr(), s.nbytes()
+        except (RuntimeError, NotImplementedError):     # no storage (sparse, fake, functional)
             return 0
-        ptr, n = s.data_ptr(), s.nbytes()
         if n == 0 or ptr in self.old or ptr in self.new:
             return 0
         if into is self.old:
