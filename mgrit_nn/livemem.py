@@ -34,9 +34,11 @@ class _Live(TorchDispatchMode):
                 except ReferenceError:       # a weakref.proxy whose object is gone
                     continue
                 if tensor:
-                    self._follow(o, self.old)
+                    self._follow(o, before=True)
 
-    def _follow(self, t: torch.Tensor, into) -> int:
+    def _follow(self, t: torch.Tensor, before: bool = False) -> int:
+        """Start following ``t``'s storage if it is new; the bytes it adds to the live total
+        (0 for a storage that existed ``before`` the call)."""
         try:
             s = t.untyped_storage()
             ptr, n = s.data_ptr(), s.nbytes()
@@ -44,7 +46,7 @@ class _Live(TorchDispatchMode):
             return 0
         if n == 0 or ptr in self.old or ptr in self.new:
             return 0
-        if into is self.old:
+        if before:
             self.old.add(ptr)
             weakref.finalize(s, self.old.discard, ptr)
             return 0
@@ -59,7 +61,7 @@ class _Live(TorchDispatchMode):
         out = func(*args, **(kwargs or {}))
         for t in tree_flatten(out)[0]:
             if isinstance(t, torch.Tensor):
-                self.live += self._follow(t, self.new)
+                self.live += self._follow(t)
         self.peak = max(self.peak, self.live)
         return out
 

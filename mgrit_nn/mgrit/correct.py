@@ -16,10 +16,8 @@ from mgrit_nn.mgrit.restrict import c_slots
 def correct(solver, l: int) -> None:
     fine, coarse = solver.data[l], solver.data[l + 1]
     fine_c, coarse_c = c_slots(solver, l)
-    if coarse_c.sl is not None:                 # always (a level's own points are a range)
-        e = coarse.u[coarse_c.sl]
-        torch.sub(e, fine_c.get(fine.u), out=e)
-    else:
-        e = coarse_c.get(coarse.u).sub_(fine_c.get(fine.u))
+    assert coarse_c.sl is not None     # a level's own points are a range of slots:
+    e = coarse_c.get(coarse.u)         # a view, written in place
+    torch.sub(e, fine_c.get(fine.u), out=e)
     fine_c.add_(fine.u, e)
     f_relax(solver, l)

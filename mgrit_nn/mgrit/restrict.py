@@ -49,13 +49,9 @@ def restrict(solver, l: int, r: torch.Tensor | None = None) -> None:
     # the coarse members (I >= 1) are the fine C-points c >= 1, in the same order;
     # Phi^(l+1)(v) is evaluated straight into g's rows, then g = r + v - Phi^(l+1)(v)
     cslots = members(solver, l + 1, "all")
-    into = coarse.g[cslots.sl] if cslots.sl is not None else None
-    _, phi_c = evaluate(solver, l + 1, "all", with_g=False, into=into)
-    r.add_(cslots.get(coarse.u))
-    if into is not None:
-        torch.sub(r, phi_c, out=phi_c)
-    else:
-        cslots.put(coarse.g, r.sub_(phi_c))
+    assert cslots.sl is not None       # a range of slots: its g rows are a view, written into
+    _, phi_c = evaluate(solver, l + 1, "all", with_g=False, into=cslots.get(coarse.g))
+    torch.sub(r.add_(cslots.get(coarse.u)), phi_c, out=phi_c)
 
 
 def inject(solver, l: int) -> None:

@@ -55,9 +55,8 @@ class AdjointPropagator:
             # layer: only level 0 is linearized, coarse levels read its rows (level-0 slot
             # of tau-point I M_l for the level-l slot of I; the ghost slot, never a step's
             # destination, reads row 0)
-            own = [0] + [l for l in range(1, len(levels)) if net.scheme.linearization_uses_h]
-            self.d_level = [l if l in own else 0 for l in range(len(levels))]
-            self.d_rows = [None if l in own else
+            own = net.scheme.linearization_uses_h
+            self.d_rows = [None if l == 0 or own else
                            [0] + [levels[0].slot(I * lev.stride) for I in lev.points()]
                            for l, lev in enumerate(levels)]
         self.table.refresh()
@@ -65,7 +64,7 @@ class AdjointPropagator:
         old, chunk = self.D, net.solver.chunk
         self.D = [None] * len(levels)
         for l, lev in enumerate(levels):
-            if self.d_level[l] != l:
+            if self.d_rows[l] is not None:         # reads level 0's D
                 continue
             K, b = self.table.level_K[l], self.table.level_b[l]       # every slot's weights
             idx = self.state_slot[l]
@@ -77,24 +76,25 @@ class AdjointPropagator:
                 rows = slice(a, a + chunk)           # into a step's scratch (no step runs now)
                 u = torch.index_select(primal, 0, idx[rows],
                                        out=self.work.get("b", len(idx[rows]), primal))
+                into = D[rows]
                 d = net.scheme.linearize(net.shapes.op, net.act, u, K[rows], b[rows],
-                                         net.h * lev.stride, out=D[rows])
-                if d.data_ptr() != D[rows].data_ptr():          # conv: a new tensor
-                    D[rows].copy_(d)
+                                         net.h * lev.stride, out=into)
+                if d.data_ptr() != into.data_ptr():             # conv: a new tensor
+                    into.copy_(d)
             self.D[l] = D
         self._cache = {}
 
     def step(self, level: int, sel: Selection, lam: torch.Tensor, out: torch.Tensor) -> None:
         got = self._cache.get(sel.key)
         if got is None:
-            rows = self.d_rows[level]
-            D = sel.slots if rows is None else \
-                Index.of([rows[s] for s in sel.slots.t.tolist()], self.net.device)
-            got = self._cache[sel.key] = (self.table.gather(level, sel.slots)[0], D)
-        K, D = got
+            rows = self.d_rows[level]        # None: this level's own D, at the same slots
+            D = (sel.slots, level) if rows is None else \
+                (Index.of([rows[s] for s in sel.slots.t.tolist()], self.net.device), 0)
+            got = self._cache[sel.key] = (self.table.gather(level, sel.slots)[0], *D)
+        K, D_rows, D_level = got
         H = self.net.h * self.table.levels[level].stride
-        self.net.scheme.adjoint(self.net.shapes.op, lam, D.get(self.D[self.d_level[level]]), K,
-                                H, out, self.work)
+        self.net.scheme.adjoint(self.net.shapes.op, lam, D_rows.get(self.D[D_level]), K, H,
+                                out, self.work)
 
 
 def adjoint_solver(net, opts: MgritConfig) -> MGRIT:
