@@ -11,6 +11,7 @@ import functools
 import os
 import signal
 import sys
+import time
 import traceback
 from contextlib import contextmanager
 
@@ -168,6 +169,26 @@ def agree_on_config(build, comm: MPI.Comm | None = None):
     return result
 
 
+ABORT_GRACE_S = 0.5
+
+
+def _take_down(comm: MPI.Comm, line: str, code: int) -> None:
+    """Print this rank's one line, then end the job with ``code``.
+
+    The line reaches the launcher through a pipe that the launcher polls
+    alongside the abort request; a launcher that handles the abort first kills
+    the job with the line unread (seen once in CI: exit status right, message
+    gone). So the line is written straight to the file descriptor and the
+    launcher is given ``ABORT_GRACE_S`` to forward it before the abort.
+    """
+    sys.stderr.flush()
+    os.write(2, (line + "\n").encode(errors="replace"))
+    if comm.Get_size() > 1:
+        time.sleep(ABORT_GRACE_S)
+        comm.Abort(code)
+    sys.exit(code)
+
+
 @contextmanager
 def abort_on_error(comm: MPI.Comm | None = None):
     """An uncaught exception on this rank aborts every rank (no hang).
@@ -186,16 +207,9 @@ def abort_on_error(comm: MPI.Comm | None = None):
         say(f"mgrit-nn: error: {exc}", comm)
         sys.exit(1)
     except OutputError as exc:           # one rank (the writer): take the others down
-        print(f"mgrit-nn: error: {exc}", file=sys.stderr, flush=True)
-        if comm.Get_size() > 1:
-            comm.Abort(EXIT_OUTPUT)
-        sys.exit(EXIT_OUTPUT)
+        _take_down(comm, f"mgrit-nn: error: {exc}", EXIT_OUTPUT)
     except BaseException as exc:  # noqa: BLE001 - any failure must take the job down
         rank, size = comm.Get_rank(), comm.Get_size()
         if os.environ.get("MGRIT_NN_TRACEBACK") == "1":
             traceback.print_exc()
-        print(f"mgrit-nn: rank {rank}/{size} failed: {type(exc).__name__}: {exc}",
-              file=sys.stderr, flush=True)
-        if size > 1:
-            comm.Abort(1)
-        sys.exit(1)
+        _take_down(comm, f"mgrit-nn: rank {rank}/{size} failed: {type(exc).__name__}: {exc}", 1)
