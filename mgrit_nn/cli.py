@@ -95,7 +95,8 @@ def _parser() -> argparse.ArgumentParser:
 _OUTPUTS = {
     "check": """\
 Runs the MGRIT forward solve, the adjoint solve and the gradient on all ranks and checks them
-against the serial network (autograd on rank 0).
+against the serial network (autograd on rank 0), in float64 whatever the config's
+runtime.dtype (--set runtime.dtype=float32 checks float32).
 Prints (rank 0, stderr) a verdict: per solve its iterations and final residual against its
 tolerance (mgrit.tol / adjoint.tol, raised to the dtype's rounding floor 10 eps |C-point
 states| where that is larger), the state and gradient relative errors against sqrt(eps), and
@@ -324,6 +325,12 @@ def _announce(args) -> None:
     print(f"mgrit-nn {args.command}: {what} ...", file=sys.stderr, flush=True)
 
 
+def _overrides(args) -> list[str]:
+    """``--set`` values; ``check`` first sets float64 (an exactness check, whatever dtype the
+    config trains in), which its own ``--set runtime.dtype=...`` still overrides."""
+    return (["runtime.dtype=float64"] if args.command == "check" else []) + args.set
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     _announce(args)
@@ -354,7 +361,7 @@ def main(argv: list[str] | None = None) -> int:
         from mgrit_nn.setup_run import setup
 
         node_ranks()            # collective on first call: every rank, before any sub-communicator
-        run = setup(args.config, args.set, comm, check=lambda: _check_args(args))
+        run = setup(args.config, _overrides(args), comm, check=lambda: _check_args(args))
         code = 0
         if args.command == "check":
             from mgrit_nn.commands.check import check

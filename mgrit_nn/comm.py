@@ -120,19 +120,24 @@ class Messenger:
         return _Recv(req, host, out, self, source, tag)
 
     def allreduce_sum(self, value: float) -> float:
-        """The sum of one float over all ranks, bitwise the same on every rank.
+        """The sum of one float over all ranks, bitwise the same on every rank."""
+        return self.allreduce_sums([value])[0]
+
+    def allreduce_sums(self, values: list[float]) -> list[float]:
+        """The sums of a few floats over all ranks, bitwise the same on every rank.
 
         MPI_Allreduce may add in a different order on different ranks (e.g. on 3
         ranks), and decisions taken on the result (stop iterating, accept a line-search
         step) must agree everywhere: gather all values and add them in rank order.
         """
-        buf = np.empty(self.size, dtype=np.float64)
-        self._reduction(8)
+        n = len(values)
+        buf = np.empty((self.size, n), dtype=np.float64)
+        self._reduction(8 * n)
         t0 = time.perf_counter()
-        self.comm.Allgather(np.array([value], dtype=np.float64), buf)
+        self.comm.Allgather(np.array(values, dtype=np.float64), buf)
         self.timers.add("comm", time.perf_counter() - t0)
         self._reduced()
-        return float(sum(buf.tolist()))
+        return [float(sum(col)) for col in buf.T.tolist()]
 
     def _reduction(self, nbytes: int) -> None:
         if self.trace is not None:

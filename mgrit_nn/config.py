@@ -61,7 +61,8 @@ class MgritConfig:
     relax: Relax | list[Relax] = opt("FCF", "F | FCF | FCFCF, one value or a list per level")
     cycle: Literal["V", "F"] = opt("V", "V-cycle or F-cycle")
     max_iter: int = opt(20, "maximum MGRIT iterations per solve", ge=1)
-    tol: float = opt(1e-10, "absolute tolerance on the level-0 C-point residual norm", ge=0)
+    tol: float = opt(1e-10, "absolute, on the level-0 C-point residual norm, raised to the "
+                     "rounding floor 10 eps ||u_C||; 0: always max_iter iterations", ge=0)
     init: Literal["zero", "copy", "coarse"] = opt("zero", "initial guess of a cold solve")
     skip: bool = opt(False, "cold solves: no relaxation/restriction work on the first "
                      "down-cycle (coarse levels start from the injected guess, g = 0)")
@@ -117,8 +118,7 @@ class TrainConfig:
     adj_iters: int = opt(2, "oneshot: adjoint MGRIT iterations per step", ge=1)
     warm_start: bool = opt(True, "oneshot: start each solve from the samples' previous iterates")
     warm_dtype: Literal["same", "float32", "bfloat16", "float16"] = opt(
-        "same", "oneshot: dtype the warm starts are stored in (lower: less memory, a "
-        "rounded warm start; same: runtime.dtype)")
+        "same", "oneshot: warm starts' dtype (lower: less memory, rounded; same: runtime's)")
     warm_store: Literal["memory", "mmap"] = opt(
         "memory", "oneshot: warm starts in memory (on the device) or memory-mapped on the CPU "
         "(a file in warm_store_dir, deleted once mapped: states that exceed RAM)")
@@ -168,7 +168,7 @@ class ParallelConfig:
 
 @dataclass
 class RuntimeConfig:
-    dtype: Literal["float32", "float64"] = opt("float64", "dtype of states, weights and messages")
+    dtype: Literal["float32", "float64"] = opt("float32", "training dtype (check: float64)")
     device: Literal["auto", "cpu", "cuda"] = opt("auto", "auto: node-local rank's GPU, else CPU")
     threads: int = opt(0, "torch threads per rank; 0: cores / ranks on the node", ge=0,
                        le=4096)     # more than any node has; 10^6 crashed torch (SIGSEGV)

@@ -186,11 +186,11 @@ def test_memory_estimate_terms_and_what_fits():
     assert mgrit_state_sets(cfg, 1) == sets
     verlet = load_config(str(ROOT / "configs/peaks.yaml"), ["model.step=verlet"])
     assert mgrit_state_sets(verlet, 1) == sets + 18 + 6          # its coarse D too
-    one_set = 5000 * 8 * 8                                  # batch x width x float64
+    one_set = 5000 * 8 * 4                                  # batch x width x float32
     assert terms["states"] == int(mgrit_state_sets(cfg, 1) * one_set)
     # the warm start: forward and adjoint at ceil(65 / cfactor 4) = 17 C-points
-    assert terms["warm start"] == 2 * 17 * 5000 * 8 * 8 and terms["libraries"] == LIBRARIES
-    half = load_config(str(ROOT / "configs/peaks.yaml"), ["train.warm_dtype=float32"])
+    assert terms["warm start"] == 2 * 17 * one_set and terms["libraries"] == LIBRARIES
+    half = load_config(str(ROOT / "configs/peaks.yaml"), ["train.warm_dtype=bfloat16"])
     assert estimate_memory(half)["warm start"] == terms["warm start"] // 2
     serial = load_config(str(ROOT / "configs/peaks.yaml"), ["train.method=serial"])
     assert estimate_memory(serial)["states"] == 4 * 65 * one_set      # autograd: 4 per layer
@@ -199,7 +199,7 @@ def test_memory_estimate_terms_and_what_fits():
     assert estimate_memory(serial)["evaluation"] == 0
     bigger = load_config(str(ROOT / "configs/peaks.yaml"), ["train.method=serial",
                                                             "data.batch_size=100"])
-    assert estimate_memory(bigger)["evaluation"] == 66 * one_set - 4 * 65 * 100 * 8 * 8
+    assert estimate_memory(bigger)["evaluation"] == 66 * one_set - 4 * 65 * 100 * 8 * 4
     four = estimate_memory(cfg, 4)
     assert four["states"] < terms["states"] / 3.5 and four["warm start"] == 2 * 5 * one_set
     assert 0 < sum(terms.values()) < machine_memory()

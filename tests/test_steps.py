@@ -120,6 +120,7 @@ def test_compiled_step_gives_the_same_solve(step):
         run = setup(None, [f"model.step={step}", "model.layers=40", "model.width=4",
                            "data.n_train=24", "data.n_val=0", "mgrit.cfactor=[2, 4, 2]",
                            "mgrit.relax=FCF", "mgrit.max_iter=5", "mgrit.tol=0",
+                           "runtime.dtype=float64",
                            f"runtime.compile={str(compiled).lower()}"], MPI.COMM_SELF)
         net = run.network()
         res = net.solve_forward(run.data.x_train.to(run.dtype))

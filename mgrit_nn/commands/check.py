@@ -30,10 +30,9 @@ import torch
 import torch.nn.functional as F
 
 from mgrit_nn.comm import Tag
+from mgrit_nn.mgrit.solver import ROUNDING_FLOOR as FLOOR
 from mgrit_nn.model.serial import SerialResNet
 from mgrit_nn.setup_run import Run
-
-FLOOR = 10.0        # residual floor: FLOOR x eps x the norm of the C-point states
 
 
 def check(run: Run) -> tuple[dict | None, bool]:

@@ -17,9 +17,11 @@ from mgrit_nn.config import MgritConfig, per_level
 from mgrit_nn.mgrit.cycle import CYCLES
 from mgrit_nn.mgrit.hierarchy import Chain, Level, build_levels
 from mgrit_nn.mgrit.propagator import Propagator, Workspace
-from mgrit_nn.mgrit.relax import f_relax, sweep
+from mgrit_nn.mgrit.relax import f_relax, members, sweep
 from mgrit_nn.mgrit.restrict import c_slots, fine_residual
 from mgrit_nn.runtime import CollectiveError
+
+ROUNDING_FLOOR = 10.0   # the residual floor: ROUNDING_FLOOR x eps x the C-point states' norm
 
 Warm = tuple[torch.Tensor, torch.Tensor]   # a warm start: (rows of u, their states)
 
@@ -93,6 +95,7 @@ class MGRIT:
         self.stats = SolverStats()
         self.work = Workspace() if scratch is None else scratch     # allocated once
         self.r0: torch.Tensor | None = None                # see cycle.py
+        self.scale = 0.0                # ||u_C|| of the last residual (the rounding floor)
         self.first = chain.ranks[0] == self.rank           # owns point 0
         self.last = chain.ranks[-1] == self.rank           # owns point N
 
@@ -229,11 +232,26 @@ class MGRIT:
     # -- the iteration ---------------------------------------------------------------------
     def residual(self) -> float:
         """``sqrt(sum over level-0 C-points c>=1 of ||Phi(u_{c-1}) - u_c||^2)``: one reduction,
-        the same bits on every rank, so every rank takes the same stopping decision."""
+        the same bits on every rank, so every rank takes the same stopping decision. The
+        same reduction gives the norm of those states, :attr:`scale` (the rounding floor)."""
         r = fine_residual(self, 0)                         # g = 0 on level 0
-        local = float(torch.dot(r.flatten(), r.flatten())) if len(r) else 0.0
+        local = [0.0, 0.0]
+        if len(r):
+            u_c = members(self, 0, "C").get(self.data[0].u).flatten()
+            local = [float(torch.dot(r.flatten(), r.flatten())), float(torch.dot(u_c, u_c))]
         self.r0 = r                                        # kept for the next restriction
-        return math.sqrt(self.msg.allreduce_sum(local))
+        r2, u2 = self.msg.allreduce_sums(local)
+        self.scale = math.sqrt(u2)
+        return math.sqrt(r2)
+
+    def reachable(self, tol: float) -> float:
+        """``tol``, raised to the rounding floor ``ROUNDING_FLOOR eps ||u_C||`` where that is
+        larger: a residual cannot go below the rounding of the states it compares (in float32
+        an absolute 1e-10 is out of reach, and an exact solve would run to ``max_iter``).
+        ``tol = 0`` stays 0: a fixed count of ``max_iter`` iterations, as asked."""
+        if tol == 0:
+            return 0.0
+        return max(tol, ROUNDING_FLOOR * torch.finfo(self.dtype).eps * self.scale)
 
     def solve(self, u0: torch.Tensor | None, shape: tuple[int, ...],
               warm: Warm | None = None,
@@ -264,6 +282,6 @@ class MGRIT:
                     f"{self.name}: residual is {r} at iteration {k} "
                     f"(level 0 of {len(self.levels)}); the step may be unstable for "
                     f"this spacing: try a smaller model.T, more layers or fewer levels")
-            if r <= tol:
+            if r <= self.reachable(tol):
                 break
         return result

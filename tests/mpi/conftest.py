@@ -35,8 +35,10 @@ def pytest_configure(config):
 
 
 def sets(**kw) -> list[str]:
-    """``sets(model__layers=63)`` -> ``["model.layers=63"]``."""
-    return [f"{k.replace('__', '.')}={v}" for k, v in kw.items()]
+    """``sets(model__layers=63)`` -> ``["runtime.dtype=float64", "model.layers=63"]``: the MPI
+    tests compare against serial autograd and across rank counts to round-off, so they run
+    in float64 (not the training default, float32) unless a test sets ``runtime__dtype``."""
+    return ["runtime.dtype=float64"] + [f"{k.replace('__', '.')}={v}" for k, v in kw.items()]
 
 
 SMALL = dict(data__n_train=24, data__n_val=0, model__width=4)

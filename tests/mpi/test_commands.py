@@ -91,6 +91,7 @@ def test_check_keeps_the_float64_tolerance_unless_it_is_below_round_off(mgrit_nn
     code, out, err = mgrit_nn("check", "configs/peaks.yaml", *SMALL, "--set", "mgrit.tol=1e-300")
     assert code == 0, err
     assert 1e-300 < out["fwd_tol"] < 1e-11 and out["passed"]
+    assert out["dtype"] == "float64"       # the config trains in float32; check runs float64
     assert "tol 1e-300 raised to the float64 rounding floor" in err
 
 
@@ -188,9 +189,10 @@ def test_bench_reports_times_ratios_and_work(mgrit_nn):
     # linearization (3 state sets) are the floor; the rest is at most 3 more (issue 16)
     for m in ("oneshot", "mgrit"):
         assert 3 < r[f"{m}_state_sets"] <= 6 and r[f"{m}_peak_mb"] > 0
-    # the ping-pong of ranks 0 and 1: one size is the run's state message (float64)
+    # the ping-pong of ranks 0 and 1: one size is the run's state message (the training
+    # default, float32)
     link = r["pingpong"]
-    assert r["batch"] * r["width"] * 8 in link["bytes"]
+    assert r["dtype"] == "float32" and r["batch"] * r["width"] * 4 in link["bytes"]
     assert len(link["one_way_s"]) == len(link["bytes"])
     assert 0 < link["latency_s"] <= max(link["one_way_s"]) and link["bandwidth_Bps"] > 0
 
@@ -202,7 +204,7 @@ def test_bench_times_a_compiled_serial_baseline(mgrit_nn):
     code, r, err = mgrit_nn("bench", "configs/peaks.yaml", "--set", "model.layers=4",
                             "--set", "data.n_train=16", "--set", "bench.repeats=2", "--set",
                             "bench.warmup=1", "--set", "bench.exact=false",
-                            "--set", "bench.compile_serial=true")
+                            "--set", "bench.compile_serial=true", "--set", "runtime.dtype=float64")
     assert code == 0, err
     assert r["serial_compile_s"] > 0 and r["serial_compiled_grad_s"] > 0
     assert r["serial_compiled_grad_diff"] < 1e-12         # the same gradient, float64
@@ -219,7 +221,8 @@ def test_bench_times_the_pipeline_baseline_with_the_serial_gradient(mgrit_nn):
     code, r, err = mgrit_nn("bench", "configs/peaks.yaml", "--set", "model.layers=12",
                             "--set", "data.n_train=12", "--set", "bench.repeats=1", "--set",
                             "bench.warmup=0", "--set", "bench.exact=false", "--set",
-                            "bench.pipeline=true", "--set", "bench.max_microbatches=4")
+                            "bench.pipeline=true", "--set", "bench.max_microbatches=4",
+                            "--set", "runtime.dtype=float64")
     assert code == 0, err
     assert r["pipeline_bounds"] == {2: [0, 6, 12], 3: [0, 4, 8, 12]}[WORLD.size]
     assert [(q["schedule"], q["microbatches"]) for q in r["pipeline"]] == [

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 from conftest import WORLD, sets
 from mpi4py import MPI
 
@@ -31,6 +32,23 @@ def test_mgrit_follows_serial_loss_curve(opt, step):
     assert len(exact) == len(serial) == 20
     for a, b in zip(exact, serial, strict=True):
         assert abs(a - b) <= 1e-8 * abs(b), (a, b)
+
+
+def test_float32_exact_mgrit_stops_at_the_rounding_floor_and_follows_serial():
+    """The training default, float32: tol 1e-10 is out of float32's reach, so each exact solve
+    stops at 10 eps ||u_C|| (not after max_iter), and the loss curve is serial float32's to
+    float32 accuracy."""
+    serial, _ = curve(MPI.COMM_SELF, train__method="serial", runtime__dtype="float32")
+    trainer = Trainer(setup(None, sets(**{**BASE, "train__method": "mgrit", "mgrit__tol": 1e-10,
+                                          "mgrit__max_iter": 40, "runtime__dtype": "float32"}),
+                            WORLD))
+    trainer.train(quiet=True)
+    assert trainer.run.dtype == torch.float32
+    iters = [r["fwd_iters"] for r in trainer.history] + [r["adj_iters"] for r in trainer.history]
+    assert max(iters) < 40 and min(iters) >= 2
+    exact = [r["loss"] for r in trainer.history]
+    for a, b in zip(exact, serial, strict=True):
+        assert abs(a - b) <= 1e-4 * abs(b), (a, b)
 
 
 @pytest.mark.parametrize("kw", [
