@@ -169,6 +169,13 @@ def agree_on_config(build, comm: MPI.Comm | None = None):
     return result
 
 
+def idle_barrier(comm: MPI.Comm) -> None:
+    """A barrier that sleeps instead of spinning, leaving the cores to the working rank."""
+    req = comm.Ibarrier()
+    while not req.Test():
+        time.sleep(0.01)
+
+
 ABORT_GRACE_S = 0.5
 
 

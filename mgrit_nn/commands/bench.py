@@ -37,14 +37,8 @@ from mgrit_nn.methods.base import Batch
 from mgrit_nn.methods.layer_parallel import LayerParallelMethod
 from mgrit_nn.model.serial import SerialResNet
 from mgrit_nn.opcount import count_ops
+from mgrit_nn.runtime import idle_barrier
 from mgrit_nn.setup_run import Run
-
-
-def idle_barrier(comm: MPI.Comm) -> None:
-    """A barrier that sleeps instead of spinning, leaving the cores to the working rank."""
-    req = comm.Ibarrier()
-    while not req.Test():
-        time.sleep(0.01)
 
 
 def _sync(device: torch.device) -> None:

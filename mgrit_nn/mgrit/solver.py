@@ -236,9 +236,9 @@ class MGRIT:
         same reduction gives the norm of those states, :attr:`scale` (the rounding floor)."""
         r = fine_residual(self, 0)                         # g = 0 on level 0
         local = [0.0, 0.0]
-        if len(r):
-            u_c = members(self, 0, "C").get(self.data[0].u).flatten()
-            local = [float(torch.dot(r.flatten(), r.flatten())), float(torch.dot(u_c, u_c))]
+        if len(r):                                         # one device sync for both
+            u_c, rf = members(self, 0, "C").get(self.data[0].u).flatten(), r.flatten()
+            local = torch.stack([torch.dot(rf, rf), torch.dot(u_c, u_c)]).tolist()
         self.r0 = r                                        # kept for the next restriction
         r2, u2 = self.msg.allreduce_sums(local)
         self.scale = math.sqrt(u2)
