@@ -95,10 +95,10 @@ def mgrit_state_sets(cfg, layer_ranks: int) -> float:
     code's structure, issue 16; ``mgrit-nn bench`` measures them as ``*_state_sets``): each
     solver's level-0 iterate; the coarse levels' u and g, once for both solvers (they never
     run at the same time); the adjoint's linearization D on level 0 (Euler's coarse levels
-    read it; Verlet's depend on the spacing and hold their own); a step's two scratch row
-    sets (the F-points stepped together, level 0's interval count), also the chunks of the
-    linearization and of the layer-gradient sweep; the C-point evaluations of every level;
-    a convolution's unfolded input."""
+    read it; Verlet's read D1 and hold their own D2, which depends on the spacing); a step's
+    two scratch row sets (the F-points stepped together, level 0's interval count), also the
+    chunks of the linearization and of the layer-gradient sweep; the C-point evaluations of
+    every level; a convolution's unfolded input."""
     from mgrit_nn.config import at_level
     from mgrit_nn.model.steps import SCHEMES
 
@@ -106,8 +106,7 @@ def mgrit_state_sets(cfg, layer_ranks: int) -> float:
     coarse = sum(k + 1 for k in n[1:])
     rows = n[0] / at_level(cfg.mgrit.cfactor, 0)            # a relaxation's selection
     evals = sum(k / at_level(cfg.mgrit.cfactor, lv) for lv, k in enumerate(n))
-    linearization = (n[0] + 1) + (coarse if SCHEMES[cfg.model.step].linearization_uses_h
-                                  else 0)
+    linearization = (n[0] + 1) + coarse * SCHEMES[cfg.model.step].coarse_linearization
     unfold = _operator(cfg).unfold * rows
     return 2 * (n[0] + 1) + 2 * coarse + linearization + 2 * rows + evals + unfold
 

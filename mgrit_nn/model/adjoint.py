@@ -50,35 +50,37 @@ class AdjointPropagator:
                                     for I in lev.points()],
                              dtype=torch.long, device=net.device)
                 for lev in levels]
-            # where the scheme's linearization does not depend on the spacing (Euler:
-            # sigma'(K u + b)), a coarse step's D is level 0's at the same fine point and
-            # layer: only level 0 is linearized, coarse levels read its rows (level-0 slot
-            # of tau-point I M_l for the level-l slot of I; the ghost slot, never a step's
-            # destination, reads row 0)
-            own = net.scheme.linearization_uses_h
-            self.d_rows = [None if l == 0 or own else
+            # a coarse step's linearization is level 0's at the same fine point and layer
+            # where it does not depend on the spacing (Euler: sigma'(K u + b); Verlet: D1):
+            # coarse levels read level 0's rows (level-0 slot of tau-point I M_l for the
+            # level-l slot of I; the ghost slot, never a step's destination, reads row 0) and
+            # hold only the part that depends on the spacing (Verlet: D2; Euler: none)
+            self.d_rows = [None if l == 0 else
                            [0] + [levels[0].slot(I * lev.stride) for I in lev.points()]
                            for l, lev in enumerate(levels)]
         self.table.refresh()
         primal = net.solver.states()            # forward points lo-1 .. hi
         old, chunk = self.D, net.solver.chunk
         self.D = [None] * len(levels)
+        scheme, op = net.scheme, net.shapes.op
         for l, lev in enumerate(levels):
-            if self.d_rows[l] is not None:         # reads level 0's D
+            if l > 0 and not scheme.coarse_linearization:      # reads level 0's D
                 continue
             K, b = self.table.level_K[l], self.table.level_b[l]       # every slot's weights
             idx = self.state_slot[l]
-            shape = (len(idx),) + primal.shape[1:]
+            row = tuple(primal.shape[1:]) if l == 0 else \
+                tuple(scheme.coarse_part(op, primal[:1]).shape[1:])
+            shape = (len(idx),) + row
             # D is kept from solve to solve (same shape: overwritten in place, no allocation)
             D = old[l] if l < len(old) and old[l] is not None and old[l].shape == shape else \
                 torch.empty(shape, dtype=primal.dtype, device=primal.device)
+            fn = scheme.linearize if l == 0 else scheme.linearize_coarse
             for a in range(0, len(idx), chunk):    # the primal states gathered a chunk at a time,
                 rows = slice(a, a + chunk)           # into a step's scratch (no step runs now)
                 u = torch.index_select(primal, 0, idx[rows],
                                        out=self.work.get("b", len(idx[rows]), primal))
                 into = D[rows]
-                d = net.scheme.linearize(net.shapes.op, net.act, u, K[rows], b[rows],
-                                         net.h * lev.stride, out=into)
+                d = fn(op, net.act, u, K[rows], b[rows], net.h * lev.stride, out=into)
                 if d.data_ptr() != into.data_ptr():             # conv: a new tensor
                     into.copy_(d)
             self.D[l] = D
@@ -87,14 +89,17 @@ class AdjointPropagator:
     def step(self, level: int, sel: Selection, lam: torch.Tensor, out: torch.Tensor) -> None:
         got = self._cache.get(sel.key)
         if got is None:
-            rows = self.d_rows[level]        # None: this level's own D, at the same slots
-            D = (sel.slots, level) if rows is None else \
-                (Index.of([rows[s] for s in sel.slots.t.tolist()], self.net.device), 0)
-            got = self._cache[sel.key] = (self.table.gather(level, sel.slots)[0], *D)
-        K, D_rows, D_level = got
-        H = self.net.h * self.table.levels[level].stride
-        self.net.scheme.adjoint(self.net.shapes.op, lam, D_rows.get(self.D[D_level]), K, H,
-                                out, self.work)
+            rows = self.d_rows[level]        # None: level 0, its D at the same slots
+            fine = sel.slots if rows is None else \
+                Index.of([rows[s] for s in sel.slots.t.tolist()], self.net.device)
+            got = self._cache[sel.key] = (self.table.gather(level, sel.slots)[0], fine)
+        K, fine = got
+        net, D = self.net, fine.get(self.D[0])
+        if level > 0:
+            own = self.D[level]
+            D = net.scheme.coarse_D(net.shapes.op, D, None if own is None else sel.slots.get(own))
+        H = net.h * self.table.levels[level].stride
+        net.scheme.adjoint(net.shapes.op, lam, D, K, H, out, self.work)
 
 
 def adjoint_solver(net, opts: MgritConfig) -> MGRIT:

@@ -51,6 +51,12 @@ class Operator:
             _, fn = vjp(lambda K_, b_: self.part(u, K_, b_), K, b)
         return fn(g)
 
+    def transpose_bias_grad(self, v, g, K, b) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(d(K_k^T v_k + b_k)/d(K_k, b_k))^T g_k`` for every k."""
+        with torch.enable_grad():
+            _, fn = vjp(lambda K_, b_: self.transpose_bias(v, K_, b_), K, b)
+        return fn(g)
+
     # -- two-part states (Verlet: y and z) -------------------------------------------------
     def pair_shape(self, base: tuple[int, ...]) -> tuple[int, ...]:
         raise NotImplementedError
@@ -106,6 +112,9 @@ class Dense(Operator):
 
     def param_grad(self, u, g, K, b):
         return torch.bmm(g.transpose(1, 2), u), g.sum(1)
+
+    def transpose_bias_grad(self, v, g, K, b):
+        return torch.bmm(v.transpose(1, 2), g), g.sum(1)
 
     def pair_shape(self, base):
         return (2,) + base

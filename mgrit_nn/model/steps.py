@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch.func import vjp
 
 from mgrit_nn.mgrit.propagator import Workspace
 from mgrit_nn.model.operators import Operator
@@ -84,7 +83,7 @@ class EulerScheme:
     """``u' = u + h sigma(K u + b)``: state = the network state, shape (w,) or (c, H, W)."""
 
     name = "euler"
-    linearization_uses_h = False      # sigma'(K u + b): a coarse step's is the fine one's
+    coarse_linearization = 0.0    # sigma'(K u + b): a coarse step's is the fine one's (level 0's)
 
     def state_shape(self, op: Operator, base: tuple[int, ...]) -> tuple[int, ...]:
         return base
@@ -110,6 +109,11 @@ class EulerScheme:
 
     def adjoint(self, op, lam, D, K, h, out, ws=None):
         return euler_adjoint(op, lam, D, K, h, out, ws)
+
+    def coarse_D(self, op, fine, own):
+        """A coarse step's linearization from level 0's rows (and, where the spacing enters,
+        its own rows): Euler's is level 0's."""
+        return fine
 
     def param_grad(self, op, act, u, lam, K, b, h, D=None, ws=None):
         """``(dPhi/d(K, b) (u))^T lam`` for every stacked step (``lam`` at the step's end);
@@ -139,7 +143,8 @@ class VerletScheme:
     """
 
     name = "verlet"
-    linearization_uses_h = True       # D2 is taken at z' = z - h sigma(...)
+    coarse_linearization = 0.5    # D2 is taken at z' = z - h sigma(...): coarse levels hold
+                                  # their own D2 (half a state) and read D1 from level 0
 
     def state_shape(self, op: Operator, base: tuple[int, ...]) -> tuple[int, ...]:
         return op.pair_shape(base)
@@ -176,9 +181,24 @@ class VerletScheme:
         act.deriv_(D2.copy_(op.part(z1, K, b)))
         return out
 
+    def linearize_coarse(self, op, act, u, K, b, h, out) -> torch.Tensor:
+        """Only ``D2`` (the part that depends on the spacing), into ``out`` (half a state)."""
+        y, z = op.halves(u)
+        z1 = act.fn_(op.transpose_bias(y, K, b)).mul_(-h).add_(z)
+        return act.deriv_(out.copy_(op.part(z1, K, b)))     # as linearize's D2, bit for bit
+
+    def coarse_part(self, op, D):
+        """The part of a linearization stacked like a state that a coarse level holds."""
+        return op.halves(D)[1]
+
+    def coarse_D(self, op, fine, own):
+        """``(D1, D2)``: D1 from level 0's rows, D2 the coarse level's own."""
+        return op.halves(fine)[0], own
+
     def adjoint(self, op, lam, D, K, h, out, ws=None):
+        """``D``: stacked like a state, or the pair ``(D1, D2)`` (a coarse level's)."""
         ly, lz = op.halves(lam)
-        D1, D2 = op.halves(D)
+        D1, D2 = D if isinstance(D, tuple) else op.halves(D)
         ny, mu = op.halves(out)
         a, b = scratch(ws, "a", ly), scratch(ws, "b", ly)
         torch.add(lz, op.transpose(torch.mul(D2, ly, out=a), K, out=b), alpha=h,
@@ -188,20 +208,23 @@ class VerletScheme:
         return out
 
     def param_grad(self, op, act, u, lam, K, b, h, D=None, ws=None):
+        """No autograd: with ``D`` (the linearization at ``u``, which the adjoint solve holds)
+        the adjoints of ``c = K z' + b`` and ``a = K^T y + b`` are products with it; the
+        temporaries are two half states (a workspace's ``b`` rows)."""
         y, z = op.halves(u)
         ly, lz = op.halves(lam)
-        with torch.enable_grad():
-            a, fa = vjp(lambda K_, b_: op.transpose_bias(y, K_, b_), K, b)
-        a = a.detach()
-        z1 = act(a).mul_(-h).add_(z)
-        with torch.enable_grad():
-            c, fc = vjp(lambda K_, b_: op.part(z1, K_, b_), K, b)
-        g2 = act.deriv_(c.detach()).mul_(ly).mul_(h)         # adjoint of c
-        mu = op.transpose(g2, K).add_(lz)          # adjoint of z'
-        g1 = act.deriv(a).mul_(mu).mul_(-h)                  # adjoint of a
-        gK1, gb1 = fa(g1)
-        gK2, gb2 = fc(g2)
-        return gK1 + gK2, gb1 + gb2
+        D1, D2 = op.halves(self.linearize(op, act, u, K, b, h) if D is None else D)
+        n, row = y.shape[0], tuple(y.shape[1:])
+        t = torch.empty((2 * n,) + row, dtype=y.dtype, device=y.device) if ws is None else \
+            ws.rows("b", 2 * n, row, y.dtype, y.device)
+        s1, s2 = t[:n], t[n:]
+        z1 = act.fn_(op.transpose_bias(y, K, b, out=s1)).mul_(-h).add_(z)      # z'
+        g2 = torch.mul(D2, ly, out=s2).mul_(h)                                  # adjoint of c
+        gK2, gb2 = op.param_grad(z1, g2, K, b)
+        mu = op.transpose(g2, K, out=s1).add_(lz)                               # adjoint of z'
+        g1 = torch.mul(D1, mu, out=s2).mul_(-h)                                 # adjoint of a
+        gK1, gb1 = op.transpose_bias_grad(y, g1, K, b)
+        return gK1.add_(gK2), gb1.add_(gb2)
 
 
 SCHEMES = {"euler": EulerScheme(), "verlet": VerletScheme()}

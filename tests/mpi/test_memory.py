@@ -36,11 +36,11 @@ def first_gradient(exact: bool, **kw) -> tuple[float, float, float]:
             est["states"] + (0 if exact else est["warm start"]))
 
 
-@pytest.mark.parametrize("relax", ["F", "FCF"])
-def test_one_shot_and_exact_gradients_hold_at_most_6_state_sets(relax):
+@pytest.mark.parametrize("relax,step", [("F", "euler"), ("FCF", "euler"), ("FCF", "verlet")])
+def test_one_shot_and_exact_gradients_hold_at_most_6_state_sets(relax, step):
     # the floor is 3 (u and lambda at every point, and the linearization D)
     for exact in (False, True):
-        peak, state_sets, _ = first_gradient(exact, mgrit__relax=relax)
+        peak, state_sets, _ = first_gradient(exact, mgrit__relax=relax, model__step=step)
         assert 3 < state_sets <= 6, (exact, state_sets)
 
 
