@@ -185,7 +185,7 @@ def test_memory_estimate_terms_and_what_fits():
     sets = 2 * 66 + 2 * (18 + 6) + 66 + 2 * 65 / 4 + (65 + 17 + 5) / 4
     assert mgrit_state_sets(cfg, 1) == sets
     verlet = load_config(str(ROOT / "configs/peaks.yaml"), ["model.step=verlet"])
-    assert mgrit_state_sets(verlet, 1) == sets + 18 + 6          # its coarse D too
+    assert mgrit_state_sets(verlet, 1) == sets + (18 + 6) / 2    # its coarse D2 (half a state)
     one_set = 5000 * 8 * 4                                  # batch x width x float32
     assert terms["states"] == int(mgrit_state_sets(cfg, 1) * one_set)
     # the warm start: forward and adjoint at ceil(65 / cfactor 4) = 17 C-points
