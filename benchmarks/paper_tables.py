@@ -3,6 +3,7 @@
 
     python benchmarks/paper_tables.py sun [--ks 1,2,3,4] [--methods penalty,al] \\
         [--set k=v ...] [--out sun.json]
+    python benchmarks/paper_tables.py sun-seeds [--ks 1,2,4] [--seeds 0,1,2,3,4] [--set ...]
     python benchmarks/paper_tables.py sun-ablation [--k 4] [--methods penalty,al] \\
         [--variants ours,shallow,...] [--set k=v ...] [--out ablation.json]
 
@@ -13,6 +14,9 @@ the slowest stage's CPU time of local work, waits excluded, plus the shallow net
 training: the time with one core per stage, messages not counted) and its speed-up, and
 the constraint violation at the end of every beta phase. With K above the cores the
 measured time is oversubscribed: read the critical-path columns.
+
+``sun-seeds``: the same runs for several ``model.seed`` values (``--seeds 0,1,2,3,4``): test
+accuracy per seed, mean and spread per K, and the mean per-seed difference to K = 1.
 
 ``sun-ablation``: at one K, each departure of ours from the paper's literal text undone
 alone (``penalty.literal``), the shallow initialization on/off, the paper's own settings
@@ -286,7 +290,7 @@ def main() -> None:
     p.add_argument("--variants", default="", help=f"sun-ablation: of {','.join(VARIANTS)}")
     p.add_argument("--ranks", default="2,4", help="parpas, lct: rank counts")
     p.add_argument("--configs", default="swissroll,ellipses", help="parpas: problems")
-    p.add_argument("--seeds", default="0", help="parpas, lct: model.seed values")
+    p.add_argument("--seeds", default="0", help="parpas, lct, sun-seeds: model.seed values")
     p.add_argument("--set", action="append", default=[])
     p.add_argument("--out", default=None)
     args = p.parse_args()

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 from collections import Counter
 
+import torch
 from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_map
 
 # operations that only make a new view or read metadata: no kernel runs
 _VIEWS = {"view", "_unsafe_view", "as_strided", "t", "transpose", "permute", "expand",
@@ -42,3 +44,38 @@ def count_ops(fn) -> dict:
     ops = mode.ops
     kernels = sum(n for name, n in ops.items() if name not in _VIEWS)
     return {"ops": sum(ops.values()), "kernels": kernels, "by_op": dict(ops)}
+
+
+class _Record(TorchDispatchMode):
+    """Every dispatched operation with copies of its tensor arguments: one copy per storage
+    (taken when the recording first meets it, before the operation runs), each argument a
+    view of its storage's copy with the same offset, sizes and strides, so replayed
+    operations read and write the copies as the originals did."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops: list = []
+        self._copies: dict[int, torch.UntypedStorage] = {}
+
+    def _copy(self, t):
+        if not isinstance(t, torch.Tensor):
+            return t
+        s = t.untyped_storage()
+        c = self._copies.get(s.data_ptr())
+        if c is None:
+            c = self._copies[s.data_ptr()] = s.clone()
+        return torch.empty(0, dtype=t.dtype, device=t.device).set_(
+            c, t.storage_offset(), t.size(), t.stride())
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        self.ops.append((func, tree_map(self._copy, args), tree_map(self._copy, kwargs)))
+        return func(*args, **kwargs)
+
+
+def record(fn) -> list:
+    """Runs ``fn()`` once; its ATen operations as ``(op, args, kwargs)`` on copies of their
+    tensors (:class:`_Record`), to be called again (``benchmarks/kernel_floor.py``)."""
+    with _Record() as mode:
+        fn()
+    return mode.ops
