@@ -276,8 +276,44 @@ def table_lct(args) -> list[dict]:
     return rows
 
 
-TABLES = {"sun": table_sun, "sun-ablation": table_sun_ablation, "parpas": table_parpas,
-          "lct": table_lct}
+def table_sun_seeds(args) -> list[dict]:
+    """Test accuracy per seed (``model.seed``: the weights' initialization; the data are fixed)
+    at every K, its mean and spread, and the mean of the per-seed differences to K = 1."""
+    import statistics as st
+    rows, seeds = [], list(map(int, args.seeds.split(",")))
+    methods, ks = args.methods.split(","), [int(k) for k in args.ks.split(",")]
+    for method in methods:
+        for K in ks:
+            for seed in seeds:
+                with tempfile.TemporaryDirectory() as d:
+                    r = train(args.config or config_of(method), K,
+                              SUN_QUIET + [f"model.seed={seed}"] + args.set, Path(d))
+                r.update(K=K, method=method, seed=seed)
+                rows.append(r)
+                print(f"  done {method} K={K} seed {seed}: acc {r['val_accuracy']:.3f}",
+                      file=sys.stderr)
+    print(f"config {args.config or 'configs/levelset_METHOD.yaml'} {' '.join(args.set)}; "
+          f"seeds {args.seeds}\n")
+    print("| method | K | test acc per seed | mean | sd | mean of (K - K=1) per seed [points] "
+          "| train loss (serial pass), mean |")
+    print("|---|---|---|---|---|---|---|")
+    for method in methods:
+        one = {r["seed"]: r["val_accuracy"] for r in rows
+               if r["method"] == method and r["K"] == 1}
+        for K in ks:
+            got = [r for r in rows if r["method"] == method and r["K"] == K]
+            acc = [r["val_accuracy"] for r in got]
+            gap = [100 * (r["val_accuracy"] - one[r["seed"]]) for r in got if r["seed"] in one]
+            sd = st.stdev(acc) if len(acc) > 1 else 0.0
+            mean_gap = f"{st.mean(gap):+.1f}" if gap else "-"
+            print(f"| {method} | {K} | {' / '.join(f'{a:.3f}' for a in acc)} "
+                  f"| {st.mean(acc):.3f} | {sd:.3f} | {mean_gap} "
+                  f"| {st.mean(r['train_loss'] for r in got):.3f} |")
+    return rows
+
+
+TABLES = {"sun": table_sun, "sun-seeds": table_sun_seeds, "sun-ablation": table_sun_ablation,
+          "parpas": table_parpas, "lct": table_lct}
 
 
 def main() -> None:
