@@ -4,7 +4,7 @@
 
 Runs one one-shot gradient and one serial-autograd gradient of the config's bench batch (one
 rank), records every ATen operation each dispatches (``mgrit_nn.opcount.record``), and
-times three things in this one process:
+times, in this one process:
 
 - ``call_s``: the gradient as ``mgrit-nn bench`` times it (median of the repeats);
 - ``replay_s``: the recorded operations called again back to back from one Python loop, on
@@ -34,7 +34,7 @@ from collections import defaultdict
 
 import torch
 
-from mgrit_nn.commands.bench import bench_batch, serial_gradient
+from mgrit_nn.commands.bench import _median_time, bench_batch, serial_gradient
 from mgrit_nn.methods.base import Batch
 from mgrit_nn.methods.layer_parallel import LayerParallelMethod
 from mgrit_nn.opcount import record
@@ -51,18 +51,8 @@ def _best(fn, repeats: int) -> float:
     return best
 
 
-def _median(fn, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return sorted(times)[len(times) // 2]
-
-
-def floor(name: str, grad, repeats: int) -> dict:
-    call = _median(grad, repeats)
+def floor(name: str, grad, repeats: int, device: torch.device) -> dict:
+    call = _median_time(grad, repeats, 1, device)
     ops = record(grad)
 
     def replay(sel=None):
@@ -107,9 +97,10 @@ def main() -> None:
     torch.set_flush_denormal(True)        # replayed inputs repeat in-place ops on themselves
     x, y, idx = bench_batch(run)
     method = LayerParallelMethod(run, exact=False, fixed_iters=True)   # as mgrit-nn bench
-    print(json.dumps(floor("oneshot", lambda: method.step(Batch(x, y, idx)), a.repeats)))
+    print(json.dumps(floor("oneshot", lambda: method.step(Batch(x, y, idx)), a.repeats,
+                                run.device)))
     model, grad_of = serial_gradient(run, x, y)
-    print(json.dumps(floor("serial", grad_of(model), a.repeats)))
+    print(json.dumps(floor("serial", grad_of(model), a.repeats, run.device)))
 
 
 if __name__ == "__main__":

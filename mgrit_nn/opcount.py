@@ -55,15 +55,16 @@ class _Record(TorchDispatchMode):
     def __init__(self) -> None:
         super().__init__()
         self.ops: list = []
-        self._copies: dict[int, torch.UntypedStorage] = {}
+        self._copies: dict[tuple[int, int], torch.UntypedStorage] = {}
 
     def _copy(self, t):
         if not isinstance(t, torch.Tensor):
             return t
         s = t.untyped_storage()
-        c = self._copies.get(s.data_ptr())
+        key = (s.data_ptr(), s.nbytes())     # an address freed and reused by a larger storage
+        c = self._copies.get(key)            # gets its own copy
         if c is None:
-            c = self._copies[s.data_ptr()] = s.clone()
+            c = self._copies[key] = s.clone()
         return torch.empty(0, dtype=t.dtype, device=t.device).set_(
             c, t.storage_offset(), t.size(), t.stride())
 
