@@ -211,9 +211,20 @@ def run_logged(cmd: list[str], log: Path, timeout: float | None) -> tuple[int, s
         f.write(f"$ {shlex.join(cmd)}\n")
         f.flush()
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=f, text=True, env=env,
-                                start_new_session=True)
+        # a SIGTERM or Ctrl-C between the fork and ``proc`` being known would leave the group
+        # running: they wait until the try below, where they stop it
+        stops = {signal.SIGTERM, signal.SIGINT}
+        signal.pthread_sigmask(signal.SIG_BLOCK, stops)
         try:
+            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=f, text=True, env=env,
+                                    start_new_session=True,       # the child takes the mask:
+                                    preexec_fn=lambda: signal.pthread_sigmask(   # clear it
+                                        signal.SIG_UNBLOCK, stops))
+        except BaseException:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, stops)
+            raise
+        try:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, stops)
             out, _ = proc.communicate(timeout=timeout or None)
         except (subprocess.TimeoutExpired, KeyboardInterrupt) as exc:
             _stop_group(proc)
