@@ -16,8 +16,10 @@ times, in this one process:
 
 With ``--products W``, it first prints the cost of one batched step's product alone
 (``torch.baddbmm`` of 256 stacked (B x W)(W x W) products, the step of a level-0 relaxation
-at N = 1024) for B = 1 .. 16: ATen's CPU kernel runs products of fewer than 400
-multiply-adds (B W^2 < 400) in a scalar loop, larger ones through MKL.
+at N = 1024) for B = 1 .. 16, 32, 64, 256, 1000: ATen's CPU kernel runs products of fewer
+than 400 multiply-adds (B W^2 < 400) in a scalar loop, larger ones through MKL; next to it
+the same products in the feature-major layout, (W x W)(W x B), and the step's tanh, torch's
+and the steps' CPU form (2 sigmoid(2z) - 1, in place).
 
 ``call_s - replay_s`` is what the issuing code adds; ``replay_s - dispatch_s`` approximates
 the kernels' own time. If the kernels dominate, only fewer or cheaper operations make the
@@ -71,16 +73,31 @@ def floor(name: str, grad, repeats: int, device: torch.device) -> dict:
             "by_op_s": {k: [round(v, 6), len(groups[k])] for k, v in top}}
 
 
+def _step_costs(B: int, width: int, stack: int, repeats: int) -> dict:
+    from mgrit_nn.model.steps import ACTIVATIONS
+    tanh_ = ACTIVATIONS["tanh"].fn_
+    u, K = torch.randn(stack, B, width), torch.randn(stack, width, width)
+    b, out = torch.randn(stack, 1, width), torch.empty(stack, B, width)
+    uT, outT = u.transpose(1, 2).contiguous(), torch.empty(stack, width, B)
+    n = max(1, 2000 // B)
+
+    def per_call(fn):
+        return _best(lambda: [fn() for _ in range(n)], repeats) / n
+    s = per_call(lambda: torch.baddbmm(b, u, K, out=out))
+    return {"B": B, "width": width, "multiply_adds": B * width * width,
+            "step_product_s": s, "ns_per_multiply_add": s / (stack * B * width * width) * 1e9,
+            "feature_major_product_s": per_call(lambda: torch.bmm(K, uT, out=outT)),
+            "torch_tanh_s": per_call(lambda: torch.tanh(u, out=out)),
+            "steps_tanh_s": per_call(lambda: tanh_(out.copy_(u))) - per_call(
+                lambda: out.copy_(u))}
+
+
 def products(width: int, repeats: int, stack: int = 256) -> None:
-    """One step's batched product per batch size B: seconds, and per multiply-add."""
-    for B in range(1, 17):
-        u, K = torch.randn(stack, B, width), torch.randn(stack, width, width)
-        b, out = torch.randn(stack, 1, width), torch.empty(stack, B, width)
-        s = _best(lambda u=u, b=b, K=K, out=out: [torch.baddbmm(b, u, K, out=out)
-                                                       for _ in range(20)], repeats) / 20
-        print(json.dumps({"B": B, "width": width, "multiply_adds": B * width * width,
-                          "step_product_s": s, "ns_per_multiply_add":
-                          s / (stack * B * width * width) * 1e9}))
+    """One step's batched product and activation per batch size B: seconds, and per
+    multiply-add; the product also in the feature-major layout (W x W)(W x B), which the
+    states' (B, W) layout does not use; tanh as torch's and as the steps' CPU form."""
+    for B in list(range(1, 17)) + [32, 64, 256, 1000]:
+        print(json.dumps(_step_costs(B, width, stack, repeats)))
 
 
 def main() -> None:

@@ -122,7 +122,9 @@ train.adj_iters iterations) and, with bench.exact, of exact MGRIT (to mgrit.tol)
 bench.repeats after bench.warmup. Prints, as the last line of rank 0's stdout, one JSON
 object: serial_grad_s (eager autograd), with bench.compile_serial serial_compiled_grad_s,
 serial_compile_s (torch.compile of the whole network) and serial_compiled_grad_diff (largest
-difference of its parameter gradients from eager's), serial_best_grad_s (the faster),
+difference of its parameter gradients from eager's), on the CPU with tanh
+serial_sigmoid_grad_s (eager autograd with tanh as 2 sigmoid(2z) - 1, the formulation the
+layer-parallel steps use there), serial_best_grad_s (the fastest),
 oneshot_grad_s, ratio_oneshot (one-shot / best serial), ratio_oneshot_eager (one-shot / eager),
 oneshot_work_sweeps (oneshot_fwd_sweeps + oneshot_adj_sweeps: step applications / N),
 span_speedup_oneshot (the critical-path model), pingpong (on 2 or more ranks: bytes,

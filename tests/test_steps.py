@@ -131,3 +131,22 @@ def test_compiled_step_gives_the_same_solve(step):
     for a, b in zip(r_comp, r_eager, strict=True):
         assert abs(a - b) <= 1e-10 * b
     assert (u_comp - u_eager).abs().max() <= 1e-12 * u_eager.abs().max()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_cpu_tanh_takes_the_sigmoid_form_from_the_threshold_and_rounds_alike(dtype):
+    """The hot path's tanh_ (steps.py): torch's below SIGMOID_TANH_MIN elements per position,
+    2 sigmoid(2z) - 1 from it on (ATen's CPU tanh is a scalar loop), the same function to
+    within 1.5 units in the last place of 1 either way."""
+    from mgrit_nn.model import steps
+    per = steps.SIGMOID_TANH_MIN
+    g = torch.Generator().manual_seed(0)
+    for n_pos, elems in ((3, per - 1), (3, per), (1, 4 * per)):
+        z = torch.randn((n_pos, elems), generator=g, dtype=dtype) * 4
+        got = ACTIVATIONS["tanh"].fn_(z.clone())
+        form = torch.tanh(z) if elems < per else 2 * torch.sigmoid(2 * z) - 1
+        assert torch.equal(got, form), (n_pos, elems)
+        assert (got - torch.tanh(z)).abs().max() <= 1.5 * torch.finfo(dtype).eps
+    # the sigmoid form is not torch's tanh bit for bit (else the test could not tell them apart)
+    z = torch.randn((2, 4 * per), generator=g, dtype=dtype) * 4
+    assert not torch.equal(2 * torch.sigmoid(2 * z) - 1, torch.tanh(z))
