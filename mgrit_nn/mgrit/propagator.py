@@ -80,20 +80,31 @@ class Workspace:
 
     def __init__(self) -> None:
         self._bufs: dict = {}
+        self._views: dict = {}      # (name, n, row, dtype, device) -> the rows, while current
 
     def get(self, name, n: int, like: torch.Tensor) -> torch.Tensor:
-        return self.rows(name, n, tuple(like.shape[1:]), like.dtype, like.device)
+        return self.rows(name, n, like.shape[1:], like.dtype, like.device)
 
     def rows(self, name, n: int, row: tuple[int, ...], dtype: torch.dtype,
              device: torch.device) -> torch.Tensor:
-        """``n`` rows of shape ``row`` from the memory of ``name``."""
+        """``n`` rows of shape ``row`` from the memory of ``name`` (the same view object for
+        the same request while the memory stays: no slicing per step)."""
+        key = (name, n, tuple(row), dtype, device)
+        view = self._views.get(key)
+        if view is not None:
+            return view
+        row = key[2]
         need = n * math.prod(row)
         buf = self._bufs.get(name)
         if buf is None or buf.numel() < need or buf.dtype != dtype or buf.device != device:
             buf = self._bufs[name] = torch.empty((n,) + row, dtype=dtype, device=device)
+            self._views = {k: v for k, v in self._views.items() if k[0] != name}
         if tuple(buf.shape[1:]) == row:     # rows of a buffer of that shape (what compiled
-            return buf[:n]                  # code expects of an output)
-        return buf.view(-1)[:need].view((n,) + row)
+            view = buf[:n]                  # code expects of an output)
+        else:
+            view = buf.view(-1)[:need].view((n,) + row)
+        self._views[key] = view
+        return view
 
 
 @dataclass(frozen=True, eq=False)

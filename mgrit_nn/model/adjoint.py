@@ -58,7 +58,10 @@ class AdjointPropagator:
             self.d_rows = [None if l == 0 else
                            [0] + [levels[0].slot(I * lev.stride) for I in lev.points()]
                            for l, lev in enumerate(levels)]
+        gen = self.table.generation
         self.table.refresh()
+        if self.table.generation != gen:    # (a new table starts at 0): the per-selection
+            self._cache = {}                # weight views and level-0 rows are made anew
         primal = net.solver.states()            # forward points lo-1 .. hi
         old, chunk = self.D, net.solver.chunk
         self.D = [None] * len(levels)
@@ -84,7 +87,6 @@ class AdjointPropagator:
                 if d.data_ptr() != into.data_ptr():             # conv: a new tensor
                     into.copy_(d)
             self.D[l] = D
-        self._cache = {}
 
     def step(self, level: int, sel: Selection, lam: torch.Tensor, out: torch.Tensor) -> None:
         got = self._cache.get(sel.key)

@@ -80,6 +80,9 @@ class LayerTable:
             rows = [0] + [0 if j is None else (j - net.jlo if j in own else
                           len(own) + self.exchange.rows[j]) for j in js]
             self.rows.append(torch.tensor(rows, dtype=torch.long, device=net.device))
+        self.level_K: list[torch.Tensor] = []
+        self.level_b: list[torch.Tensor] = []
+        self.generation = 0
 
     def refresh(self) -> None:
         """The current weights, and per level the weights of its slots in slot order (one
@@ -90,8 +93,18 @@ class LayerTable:
         # row 0 also stands for "no step" (point 0): a rank without layers has no row 0
         K, b = (self.K, self.b) if len(self.K) else (self.K.new_zeros((1,) + self.K.shape[1:]),
                                                      self.b.new_zeros((1,) + self.b.shape[1:]))
-        self.level_K = [K.index_select(0, rows) for rows in self.rows]
-        self.level_b = [b.index_select(0, rows) for rows in self.rows]
+        # into the same tensors at every refresh while the weights keep their dtype and
+        # device, so a propagator's per-selection views of them stay valid across solves;
+        # ``generation`` counts the (re)allocations (a propagator drops its views on a change)
+        if not self.level_K or self.level_K[0].dtype != K.dtype or \
+                self.level_K[0].device != K.device:
+            self.level_K = [K.index_select(0, rows) for rows in self.rows]
+            self.level_b = [b.index_select(0, rows) for rows in self.rows]
+            self.generation += 1
+            return
+        for rows, lK, lb in zip(self.rows, self.level_K, self.level_b, strict=True):
+            torch.index_select(K, 0, rows, out=lK)
+            torch.index_select(b, 0, rows, out=lb)
 
     def gather(self, level: int, slots: Index) -> tuple[torch.Tensor, torch.Tensor]:
         """The weights of the steps into these slots: views when the slots are regular."""

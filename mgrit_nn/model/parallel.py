@@ -45,8 +45,10 @@ class ForwardPropagator:
     def prepare(self, levels: list[Level]) -> None:
         if self.table is None or self.table.levels is not levels:
             self.table = LayerTable(self.net, levels, lambda lev, I: (I - 1) * lev.stride)
+        gen = self.table.generation
         self.table.refresh()
-        self._cache = {}
+        if self.table.generation != gen:
+            self._cache = {}          # the weights' views change only with the table's buffers
 
     def step(self, level: int, sel: Selection, u: torch.Tensor, out: torch.Tensor) -> None:
         Kb = self._cache.get(sel.key)
