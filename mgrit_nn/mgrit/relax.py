@@ -102,9 +102,9 @@ def _phi(solver, l: int, sel: Selection, with_g: bool, out: torch.Tensor) -> Non
     """Phi~ into ``out`` for the selected slots, from their predecessors' current values."""
     d = solver.data[l]
     solver.stats.steps += len(sel.slots)
-    solver.prop.step(l, sel, sel.prev.get(d.u), out)
+    solver.prop.step(l, sel, solver.view(sel.prev, d.u), out)
     if with_g and l > 0:
-        out.add_(sel.slots.get(d.g))
+        out.add_(solver.view(sel.slots, d.g))
 
 
 def _apply(solver, l: int, sel: Selection, with_g: bool, out: torch.Tensor | None) -> None:
@@ -114,7 +114,7 @@ def _apply(solver, l: int, sel: Selection, with_g: bool, out: torch.Tensor | Non
         return
     u = solver.data[l].u
     if sel.slots.sl is not None:
-        _phi(solver, l, sel, with_g, u[sel.slots.sl])
+        _phi(solver, l, sel, with_g, solver.view(sel.slots, u))
     else:
         buf = solver.work.get("sweep", len(sel.slots), u)
         _phi(solver, l, sel, with_g, buf)

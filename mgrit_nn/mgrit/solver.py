@@ -16,7 +16,7 @@ from mgrit_nn.comm import Messenger, Tag
 from mgrit_nn.config import MgritConfig, per_level
 from mgrit_nn.mgrit.cycle import CYCLES
 from mgrit_nn.mgrit.hierarchy import Chain, Level, build_levels
-from mgrit_nn.mgrit.propagator import Propagator, Workspace
+from mgrit_nn.mgrit.propagator import Index, Propagator, Workspace
 from mgrit_nn.mgrit.relax import f_relax, members, sweep
 from mgrit_nn.mgrit.restrict import c_slots, fine_residual
 from mgrit_nn.runtime import CollectiveError
@@ -95,6 +95,8 @@ class MGRIT:
         self.stats = SolverStats()
         self.work = Workspace() if scratch is None else scratch     # allocated once
         self.r0: torch.Tensor | None = None                # see cycle.py
+        self._stores: tuple = ()                           # the levels' u and g (view())
+        self._views: dict = {}
         self.scale = 0.0                # ||u_C|| of the last residual (the rounding floor)
         self.first = chain.ranks[0] == self.rank           # owns point 0
         self.last = chain.ranks[-1] == self.rank           # owns point N
@@ -116,6 +118,22 @@ class MGRIT:
                 return self.work.rows(("level", lev.index, what), lev.n_local + 1, shape,
                                       self.dtype, self.device)
             self.data.append(LevelData(rows("u"), rows("g")))
+        stores = tuple(t for d in self.data for t in (d.u, d.g) if t is not None)
+        if len(stores) != len(self._stores) or \
+                any(a is not b for a, b in zip(stores, self._stores, strict=False)):
+            self._stores, self._views = stores, {}    # new storage: the old views go
+
+    def view(self, idx: Index, x: torch.Tensor) -> torch.Tensor:
+        """``idx.get(x)`` for a level's storage ``x``; a view (regular slots) is made once
+        and kept while the storage stays (``_allocate`` drops them with it), so a sweep
+        slices nothing per step. Irregular slots give a gathered copy, never kept."""
+        if idx.sl is None:
+            return idx.get(x)
+        key = (id(idx), id(x))            # the entry holds both: neither id can be reused
+        got = self._views.get(key)
+        if got is None:
+            got = self._views[key] = (idx, x, x[idx.sl])
+        return got[2]
 
     @property
     def chunk(self) -> int:

@@ -34,6 +34,7 @@ class AdjointPropagator:
         self.net = net
         self.table: LayerTable | None = None
         self._cache: dict = {}
+        self._dviews: dict = {}
         self.work = net.scratch
         self.D: list[torch.Tensor] = []      # per level, kept from solve to solve
 
@@ -61,7 +62,7 @@ class AdjointPropagator:
         gen = self.table.generation
         self.table.refresh()
         if self.table.generation != gen:    # (a new table starts at 0): the per-selection
-            self._cache = {}                # weight views and level-0 rows are made anew
+            self._cache, self._dviews = {}, {}    # weight views and level-0 rows are made anew
         primal = net.solver.states()            # forward points lo-1 .. hi
         old, chunk = self.D, net.solver.chunk
         self.D = [None] * len(levels)
@@ -87,6 +88,8 @@ class AdjointPropagator:
                 if d.data_ptr() != into.data_ptr():             # conv: a new tensor
                     into.copy_(d)
             self.D[l] = D
+        if len(old) != len(self.D) or any(a is not b for a, b in zip(old, self.D, strict=False)):
+            self._dviews = {}               # views of the old D buffers go with them
 
     def step(self, level: int, sel: Selection, lam: torch.Tensor, out: torch.Tensor) -> None:
         got = self._cache.get(sel.key)
@@ -96,10 +99,16 @@ class AdjointPropagator:
                 Index.of([rows[s] for s in sel.slots.t.tolist()], self.net.device)
             got = self._cache[sel.key] = (self.table.gather(level, sel.slots)[0], fine)
         K, fine = got
-        net, D = self.net, fine.get(self.D[0])
-        if level > 0:
-            own = self.D[level]
-            D = net.scheme.coarse_D(net.shapes.op, D, None if own is None else sel.slots.get(own))
+        net = self.net
+        D = self._dviews.get(sel.key)
+        if D is None:                       # views while the D buffers stay (prepare)
+            D = fine.get(self.D[0])
+            if level > 0:
+                own = self.D[level]
+                D = net.scheme.coarse_D(net.shapes.op, D,
+                                        None if own is None else sel.slots.get(own))
+            if fine.sl is not None and (level == 0 or sel.slots.sl is not None):
+                self._dviews[sel.key] = D
         H = net.h * self.table.levels[level].stride
         net.scheme.adjoint(net.shapes.op, lam, D, K, H, out, self.work)
 

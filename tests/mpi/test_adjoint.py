@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import WORLD, gradients, sets
+from conftest import SMALL, WORLD, gradients, sets
 from mpi4py import MPI
 
 from mgrit_nn.setup_run import setup
@@ -140,3 +140,24 @@ def test_optimizer_step_on_local_parameters():
     opt.zero_grad()
     second = net(x, y)
     assert second.item() < first.item()
+
+
+@pytest.mark.parametrize("step", ["euler", "verlet"])
+def test_gradient_after_the_batch_size_changes(step):
+    """The solvers keep their views of level storage, workspace rows, weights and the
+    linearization from solve to solve (no slicing per step); a new batch size reallocates
+    the storage and must drop them: alternating batch sizes, every gradient is still serial
+    autograd's."""
+    from mgrit_nn.commands.check import gradient_errors
+
+    run = setup(None, sets(**{**SMALL, "model__layers": 63, "mgrit__levels": 3,
+                              "model__step": step, **TIGHT}), WORLD)
+    net = run.network()
+    for n in (24, 10, 24, 10):
+        x, y = run.data.x_train[:n].to(run.dtype), run.data.y_train[:n]
+        net.solve_forward(x)
+        err, worst = gradient_errors(run, net, net.backprop(x, y), x, y)
+        assert err < 1e-10 and worst < 1e-8, (n, err, worst)
+        for solver in (net.solver, net.adjoint):    # and nothing keeps old storage alive
+            assert all(any(x is s for s in solver._stores) for _, x, _ in
+                       solver._views.values())
