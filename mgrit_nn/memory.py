@@ -43,7 +43,8 @@ WARM_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}     # train.warm_dtype;
 # copies of the weights alive in training: weights, gradient, optimizer state
 OPT_COPIES = {"sgd": 3, "adam": 4, "lbfgs": 2}
 # the MGRIT methods' extra weight copies: per solver (forward, adjoint) the weight table of
-# every level (own and fetched rows) and the rows gathered per selection (propagator cache)
+# every level (own and fetched rows) and, dense, its transpose (selections take views of
+# them; only irregular slot sets, none in the block layout, would gather copies)
 SOLVER_WEIGHT_COPIES = 4
 LIBRARIES = 340 * 2**20       # a tiny 1-rank run's peak RSS here (torch 2.13 CPU, MPICH)
 # Per network kind (the Operator's ``unfold`` and ``autograd_sets``): the state sets a

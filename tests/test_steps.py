@@ -150,3 +150,28 @@ def test_cpu_tanh_takes_the_sigmoid_form_from_the_threshold_and_rounds_alike(dty
     # the sigmoid form is not torch's tanh bit for bit (else the test could not tell them apart)
     z = torch.randn((2, 4 * per), generator=g, dtype=dtype) * 4
     assert not torch.equal(2 * torch.sigmoid(2 * z) - 1, torch.tanh(z))
+
+
+@pytest.mark.parametrize("B", [2, 40])      # 2 x 8 x 8 < 400 (ATen's scalar loop), 40 x 64 not
+def test_dense_hot_weights_take_the_faster_layout_and_the_same_products(B):
+    """The hot path hands the dense operator K and K^T (DenseWeights): each product takes
+    the second operand ATen's CPU kernel computes faster at its size (scalar loop: a
+    transposed view of a contiguous matrix; MKL: a contiguous one), and equals the product
+    with the plain K."""
+    from mgrit_nn.model import operators as ops
+    g = torch.Generator().manual_seed(1)
+    n, w = 3, 8
+    K = torch.randn((n, w, w), generator=g, dtype=torch.float64)
+    b = torch.randn((n, w), generator=g, dtype=torch.float64)
+    u = torch.randn((n, B, w), generator=g, dtype=torch.float64)
+    hot = OPERATORS["dense"].hot_weights(K, K.transpose(1, 2).contiguous())
+    dense = OPERATORS["dense"]
+    for name in ("part", "transpose_bias"):
+        a, c = getattr(dense, name)(u, hot, b), getattr(dense, name)(u, K, b)
+        assert torch.allclose(a, c, rtol=0, atol=1e-13), name
+    for name in ("transpose", "nobias"):
+        a, c = getattr(dense, name)(u, hot), getattr(dense, name)(u, K)
+        assert torch.allclose(a, c, rtol=0, atol=1e-13), name
+    scalar = B * w * w < ops.SCALAR_PRODUCT
+    times_t, times = ops._times_t(hot, B), ops._times(hot, B)
+    assert times_t.is_contiguous() != scalar and times.is_contiguous() != scalar

@@ -97,7 +97,9 @@ class AdjointPropagator:
             rows = self.d_rows[level]        # None: level 0, its D at the same slots
             fine = sel.slots if rows is None else \
                 Index.of([rows[s] for s in sel.slots.t.tolist()], self.net.device)
-            got = self._cache[sel.key] = (self.table.gather(level, sel.slots)[0], fine)
+            got = (self.table.gather_hot(level, sel.slots)[0], fine)
+            if sel.slots.sl is not None:         # views: kept (irregular: copies, anew)
+                self._cache[sel.key] = got
         K, fine = got
         net = self.net
         D = self._dviews.get(sel.key)

@@ -82,6 +82,7 @@ class LayerTable:
             self.rows.append(torch.tensor(rows, dtype=torch.long, device=net.device))
         self.level_K: list[torch.Tensor] = []
         self.level_b: list[torch.Tensor] = []
+        self.level_Kt: list[torch.Tensor] = []     # K^T of every row, with both_layouts
         self.generation = 0
 
     def refresh(self) -> None:
@@ -96,16 +97,29 @@ class LayerTable:
         # into the same tensors at every refresh while the weights keep their dtype and
         # device, so a propagator's per-selection views of them stay valid across solves;
         # ``generation`` counts the (re)allocations (a propagator drops its views on a change)
+        both = self.net.shapes.op.both_layouts
         if not self.level_K or self.level_K[0].dtype != K.dtype or \
                 self.level_K[0].device != K.device:
             self.level_K = [K.index_select(0, rows) for rows in self.rows]
             self.level_b = [b.index_select(0, rows) for rows in self.rows]
+            self.level_Kt = [lK.transpose(1, 2).contiguous() for lK in self.level_K] \
+                if both else []
             self.generation += 1
             return
         for rows, lK, lb in zip(self.rows, self.level_K, self.level_b, strict=True):
             torch.index_select(K, 0, rows, out=lK)
             torch.index_select(b, 0, rows, out=lb)
+        for lK, lKt in zip(self.level_K, self.level_Kt, strict=False):
+            lKt.copy_(lK.transpose(1, 2))
 
     def gather(self, level: int, slots: Index) -> tuple[torch.Tensor, torch.Tensor]:
-        """The weights of the steps into these slots: views when the slots are regular."""
+        """The weights of the steps into these slots: views when the slots are regular
+        (then valid until ``generation`` changes), else copies (valid until the next
+        refresh)."""
         return slots.get(self.level_K[level]), slots.get(self.level_b[level])
+
+    def gather_hot(self, level: int, slots: Index):
+        """``gather``'s weights as the no-grad steps take them (``Operator.hot_weights``)."""
+        K, b = self.gather(level, slots)
+        Kt = slots.get(self.level_Kt[level]) if self.level_Kt else None
+        return self.net.shapes.op.hot_weights(K, Kt), b

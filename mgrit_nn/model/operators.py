@@ -23,6 +23,12 @@ class Operator:
     name: str
     unfold: int             # state sets a batched step unfolds its input into (memory.py)
     autograd_sets: int      # state sets autograd keeps per layer (memory.py, measured)
+    both_layouts = False    # whether the hot path's layer tables also hold each K^T
+
+    def hot_weights(self, K: torch.Tensor, Kt: torch.Tensor | None):
+        """What the no-grad steps take as ``K`` from the layer tables' rows ``K`` (and, with
+        ``both_layouts``, ``Kt``); every method below accepts it as well as a plain ``K``."""
+        return K
 
     def shapes(self, m, input_shape: tuple[int, ...], n_classes: int) -> tuple:
         """(one sample's state, opening (W, b), layer (K, b), classifier (W, b) shapes) for
@@ -87,28 +93,73 @@ class Operator:
         raise NotImplementedError
 
 
+class DenseWeights:
+    """A stack of dense layer matrices held in both layouts, ``K`` and ``Kt`` (= K^T), each a
+    view of a contiguous table (the hot path's layer tables, model/layers.py), so that every
+    product takes the operand layout ATen's CPU kernels compute faster at its size."""
+
+    __slots__ = ("K", "Kt")
+
+    def __init__(self, K: torch.Tensor, Kt: torch.Tensor) -> None:
+        self.K, self.Kt = K, Kt
+
+
+# ATen's CPU bmm/baddbmm: products of fewer multiply-adds run in a scalar loop, which is
+# 2-2.5x faster with the second operand a transposed view of a contiguous matrix; larger
+# ones go to MKL, 1.3-1.6x faster with it contiguous (docs/performance.md, measured)
+SCALAR_PRODUCT = 400
+
+
+def _scalar_kernel(K: DenseWeights, rows: int) -> bool:
+    """Whether ATen's CPU kernel computes these products (``rows`` rows each) in its loop."""
+    return rows * K.K.shape[1] * K.K.shape[2] < SCALAR_PRODUCT
+
+
+def _times_t(K, rows: int) -> torch.Tensor:
+    """The second operand of ``u @ K^T`` (other devices: always the view of ``K``)."""
+    if isinstance(K, DenseWeights):
+        if K.K.device.type == "cpu" and not _scalar_kernel(K, rows):
+            return K.Kt
+        K = K.K
+    return K.transpose(1, 2)
+
+
+def _times(K, rows: int) -> torch.Tensor:
+    """The second operand of ``v @ K`` (other devices: always ``K``)."""
+    if isinstance(K, DenseWeights):
+        if K.K.device.type == "cpu" and _scalar_kernel(K, rows):
+            return K.Kt.transpose(1, 2)
+        K = K.K
+    return K
+
+
 class Dense(Operator):
-    """States (B, w): ``K u + b`` is a batched matrix product."""
+    """States (B, w): ``K u + b`` is a batched matrix product. ``K``: the stacked matrices,
+    or (the hot path) a :class:`DenseWeights`."""
 
     name = "dense"
     unfold = 0              # memory (mgrit_nn/memory.py): a matmul unfolds nothing
     autograd_sets = 4       # measured: the step's input, sigma's input and output, the update
+    both_layouts = True     # the layer tables hold K^T too (hot_weights)
 
     def shapes(self, m, input_shape, n_classes):
         d_in, w = math.prod(input_shape), m.width
         return (w,), ((w, d_in), (w,)), ((w, w), (w,)), ((n_classes, w), (n_classes,))
 
+    def hot_weights(self, K, Kt):
+        return DenseWeights(K, Kt)
+
     def part(self, u, K, b, out=None):
-        return torch.baddbmm(b.unsqueeze(1), u, K.transpose(1, 2), out=out)
+        return torch.baddbmm(b.unsqueeze(1), u, _times_t(K, u.shape[1]), out=out)
 
     def transpose(self, v, K, out=None):
-        return torch.bmm(v, K, out=out)
+        return torch.bmm(v, _times(K, v.shape[1]), out=out)
 
     def nobias(self, v, K, out=None):
-        return torch.bmm(v, K.transpose(1, 2), out=out)
+        return torch.bmm(v, _times_t(K, v.shape[1]), out=out)
 
     def transpose_bias(self, v, K, b, out=None):
-        return torch.baddbmm(b.unsqueeze(1), v, K, out=out)
+        return torch.baddbmm(b.unsqueeze(1), v, _times(K, v.shape[1]), out=out)
 
     def param_grad(self, u, g, K, b):
         return torch.bmm(g.transpose(1, 2), u), g.sum(1)

@@ -53,7 +53,10 @@ class ForwardPropagator:
     def step(self, level: int, sel: Selection, u: torch.Tensor, out: torch.Tensor) -> None:
         Kb = self._cache.get(sel.key)
         if Kb is None:
-            Kb = self._cache[sel.key] = self.table.gather(level, sel.slots)
+            gather = self.table.gather if self._compiled is not None else self.table.gather_hot
+            Kb = gather(level, sel.slots)
+            if sel.slots.sl is not None:         # views: kept; irregular slots: copies,
+                self._cache[sel.key] = Kb        # gathered anew at every step
         net = self.net
         H = net.h * self.table.levels[level].stride
         if self._compiled is not None:
