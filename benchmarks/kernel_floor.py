@@ -39,6 +39,7 @@ import torch
 from mgrit_nn.commands.bench import _median_time, bench_batch, serial_gradient
 from mgrit_nn.methods.base import Batch
 from mgrit_nn.methods.layer_parallel import LayerParallelMethod
+from mgrit_nn.model.steps import ACTIVATIONS
 from mgrit_nn.opcount import record
 from mgrit_nn.setup_run import setup
 
@@ -74,7 +75,6 @@ def floor(name: str, grad, repeats: int, device: torch.device) -> dict:
 
 
 def _step_costs(B: int, width: int, stack: int, repeats: int) -> dict:
-    from mgrit_nn.model.steps import ACTIVATIONS
     tanh_ = ACTIVATIONS["tanh"].fn_
     u, K = torch.randn(stack, B, width), torch.randn(stack, width, width)
     b, out = torch.randn(stack, 1, width), torch.empty(stack, B, width)

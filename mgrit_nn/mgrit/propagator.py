@@ -67,6 +67,12 @@ class Index:
             x.index_add_(0, self.t, v)
 
 
+def same_objects(a, b) -> bool:
+    """Whether two sequences hold the same objects (``is``) in the same order: a holder of
+    views of some tensors tells by it whether they were replaced."""
+    return len(a) == len(b) and all(x is y for x, y in zip(a, b, strict=True))
+
+
 class Workspace:
     """Named scratch memory, each name kept at the largest size asked for.
 

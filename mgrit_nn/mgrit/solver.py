@@ -16,7 +16,7 @@ from mgrit_nn.comm import Messenger, Tag
 from mgrit_nn.config import MgritConfig, per_level
 from mgrit_nn.mgrit.cycle import CYCLES
 from mgrit_nn.mgrit.hierarchy import Chain, Level, build_levels
-from mgrit_nn.mgrit.propagator import Index, Propagator, Workspace
+from mgrit_nn.mgrit.propagator import Index, Propagator, Workspace, same_objects
 from mgrit_nn.mgrit.relax import f_relax, members, sweep
 from mgrit_nn.mgrit.restrict import c_slots, fine_residual
 from mgrit_nn.runtime import CollectiveError
@@ -119,8 +119,7 @@ class MGRIT:
                                       self.dtype, self.device)
             self.data.append(LevelData(rows("u"), rows("g")))
         stores = tuple(t for d in self.data for t in (d.u, d.g) if t is not None)
-        if len(stores) != len(self._stores) or \
-                any(a is not b for a, b in zip(stores, self._stores, strict=False)):
+        if not same_objects(stores, self._stores):
             self._stores, self._views = stores, {}    # new storage: the old views go
 
     def view(self, idx: Index, x: torch.Tensor) -> torch.Tensor:

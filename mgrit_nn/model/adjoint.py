@@ -18,6 +18,7 @@ import torch
 
 from mgrit_nn.config import MgritConfig
 from mgrit_nn.mgrit import MGRIT, Chain, Index, Level, Selection, SolveResult, Warm
+from mgrit_nn.mgrit.propagator import same_objects
 from mgrit_nn.model.layers import LayerTable
 
 
@@ -88,19 +89,21 @@ class AdjointPropagator:
                 if d.data_ptr() != into.data_ptr():             # conv: a new tensor
                     into.copy_(d)
             self.D[l] = D
-        if len(old) != len(self.D) or any(a is not b for a, b in zip(old, self.D, strict=False)):
+        if not same_objects(old, self.D):
             self._dviews = {}               # views of the old D buffers go with them
 
     def step(self, level: int, sel: Selection, lam: torch.Tensor, out: torch.Tensor) -> None:
+        regular = sel.slots.sl is not None   # views, kept; irregular slots: copies, anew
         got = self._cache.get(sel.key)
         if got is None:
             rows = self.d_rows[level]        # None: level 0, its D at the same slots
             fine = sel.slots if rows is None else \
                 Index.of([rows[s] for s in sel.slots.t.tolist()], self.net.device)
-            got = (self.table.gather_hot(level, sel.slots)[0], fine)
-            if sel.slots.sl is not None:         # views: kept (irregular: copies, anew)
-                self._cache[sel.key] = got
+            K = self.table.gather_hot(level, sel.slots)[0] if regular else None
+            got = self._cache[sel.key] = (K, fine)
         K, fine = got
+        if K is None:
+            K = self.table.gather_hot(level, sel.slots)[0]
         net = self.net
         D = self._dviews.get(sel.key)
         if D is None:                       # views while the D buffers stay (prepare)
@@ -109,7 +112,7 @@ class AdjointPropagator:
                 own = self.D[level]
                 D = net.scheme.coarse_D(net.shapes.op, D,
                                         None if own is None else sel.slots.get(own))
-            if fine.sl is not None and (level == 0 or sel.slots.sl is not None):
+            if regular and fine.sl is not None:
                 self._dviews[sel.key] = D
         H = net.h * self.table.levels[level].stride
         net.scheme.adjoint(net.shapes.op, lam, D, K, H, out, self.work)
