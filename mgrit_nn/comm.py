@@ -83,8 +83,6 @@ class Messenger:
         self.timers = Timers()
         self.sent_bytes = 0          # point-to-point payload posted by this rank (isend)
         self.trace = None            # a perfmodel.trace.Trace recording this rank's schedule
-        self._posted: dict[tuple, tuple[torch.Tensor, _Send]] = {}   # see post()
-        self._staged_sends: list[_Send] = []                            # see post()
 
     def _staged(self, t: torch.Tensor) -> bool:
         return t.is_cuda and not self.cuda_aware
@@ -110,37 +108,6 @@ class Messenger:
         req = self.comm.Isend(self._buffer(t), dest=dest, tag=tag)
         self.timers.add("comm", time.perf_counter() - t0)
         return _Send(req, t, self.timers)
-
-    def post(self, t: torch.Tensor, dest: int, tag: int) -> None:
-        """Send a copy of ``t`` and go on without waiting for it to arrive.
-
-        MPI sends a large message only once the receiver has posted its receive (the
-        rendezvous protocol: over 64 KiB or less, depending on the library), so waiting for
-        the send makes the sender wait for a receiver that is behind. The copy lives in a
-        buffer kept per destination, tag and shape; its previous send is completed before
-        the buffer is reused, and :meth:`flush` completes them all.
-        """
-        t = t.detach()
-        if self._staged(t):          # isend already copies into a fresh pinned buffer
-            self._staged_sends.append(self.isend(t, dest, tag))
-            return
-        key = (dest, tag, tuple(t.shape), t.dtype)
-        held = self._posted.get(key)
-        if held is None:
-            buf = torch.empty(t.shape, dtype=t.dtype, device=t.device)
-        else:
-            buf, previous = held
-            previous.wait()
-        buf.copy_(t)
-        self._posted[key] = (buf, self.isend(buf, dest, tag))
-
-    def flush(self) -> None:
-        """Complete every send :meth:`post` started (at the end of a solve: none outlives it)."""
-        for _, send in self._posted.values():
-            send.wait()
-        for send in self._staged_sends:
-            send.wait()
-        self._staged_sends.clear()
 
     def irecv(self, out: torch.Tensor, source: int, tag: int) -> _Recv:
         """Receive into ``out`` (contiguous); the data is there after ``wait()``."""

@@ -132,18 +132,21 @@ def _run(solver, l: int, kind: str, sequential: bool, with_g: bool, tag: int,
         return None if out is None else out[p.rows[sel.key]]
 
     recv = msg.irecv(d.u[0], lev.left, tag) if p.recv_ghost else None
+    sends = []
     if p.send_last == "early":
-        msg.post(d.u[lev.n_local], lev.right, tag)
+        sends.append(msg.isend(d.u[lev.n_local], lev.right, tag))
     for sel in p.interior:
         _apply(solver, l, sel, with_g, target(sel))
     if p.send_last == "interior":
-        msg.post(d.u[lev.n_local], lev.right, tag)
+        sends.append(msg.isend(d.u[lev.n_local], lev.right, tag))
     if recv is not None:
         recv.wait()
         for sel in p.leading:
             _apply(solver, l, sel, with_g, target(sel))
     if p.send_last == "leading":
-        msg.post(d.u[lev.n_local], lev.right, tag)
+        sends.append(msg.isend(d.u[lev.n_local], lev.right, tag))
+    for s in sends:
+        s.wait()
     return p
 
 

@@ -232,7 +232,6 @@ class MGRIT:
         if self.first:
             self.data[0].u[1].copy_(u0)
         sweep(self, 0, "all")
-        self.msg.flush()
 
     def refresh_ghost(self, l: int = 0) -> None:
         """Make slot 0 of level l hold the left neighbour's current last value."""
@@ -302,5 +301,4 @@ class MGRIT:
                     f"this spacing: try a smaller model.T, more layers or fewer levels")
             if r <= self.reachable(tol):
                 break
-        self.msg.flush()
         return result
