@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import subprocess
 import sys
@@ -303,12 +304,21 @@ def table_sun_seeds(args) -> list[dict]:
         for K in ks:
             got = [r for r in rows if r["method"] == method and r["K"] == K]
             acc = [r["val_accuracy"] for r in got]
-            gap = [100 * (r["val_accuracy"] - one[r["seed"]]) for r in got if r["seed"] in one]
-            sd = st.stdev(acc) if len(acc) > 1 else 0.0
+            # a diverged run (nan loss: training stops with an error) is shown as nan and
+            # left out of the statistics, which say over how many seeds they are
+            ok = [r for r in got if math.isfinite(r["val_accuracy"])]
+            fin = [r["val_accuracy"] for r in ok]
+            gap = [100 * (r["val_accuracy"] - one[r["seed"]]) for r in ok
+                   if math.isfinite(one.get(r["seed"], math.nan))]
+            sd = f"{st.stdev(fin):.3f}" if len(fin) > 1 else "-"
+            mean = f"{st.mean(fin):.3f}" if fin else "-"
+            if len(fin) < len(acc):
+                mean += f" (of {len(fin)})"
             mean_gap = f"{st.mean(gap):+.1f}" if gap else "-"
+            loss = [r["train_loss"] for r in ok]
             print(f"| {method} | {K} | {' / '.join(f'{a:.3f}' for a in acc)} "
-                  f"| {st.mean(acc):.3f} | {sd:.3f} | {mean_gap} "
-                  f"| {st.mean(r['train_loss'] for r in got):.3f} |")
+                  f"| {mean} | {sd} | {mean_gap} "
+                  f"| {f'{st.mean(loss):.3f}' if loss else '-'} |")
     return rows
 
 
