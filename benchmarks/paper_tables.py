@@ -136,13 +136,13 @@ def table_sun(args) -> list[dict]:
     return rows
 
 
-# name -> (what it is, --set overrides; "{k}" is replaced by nothing: one K per table)
 # Every ablation variant is one change from OURS, our departures from the paper's text
 # (random init, the per-sample lambda step of size 1), whatever the config ships: the
 # shipped levelset configs take the paper's initialization and lambda step (variant
 # "paper-init") since 2026-12-03.
 OURS = ["penalty.init=random", "penalty.shallow_every=0", "penalty.literal=[]",
         "penalty.lr_lambda=1.0"]
+# name -> (what it is, --set overrides; "{k}" is replaced by nothing: one K per table)
 VARIANTS = {
     "ours": ("our departures: random init, per-sample lambda step, lr_lambda 1", []),
     "paper-init": ("shallow init (30-layer blocks), literal # scaling + explicit lambda "
