@@ -3,7 +3,8 @@
 
     python benchmarks/paper_tables.py sun [--ks 1,2,3,4] [--methods penalty,al] \\
         [--set k=v ...] [--out sun.json]
-    python benchmarks/paper_tables.py sun-seeds [--ks 1,2,4] [--seeds 0,1,2,3,4] [--set ...]
+    python benchmarks/paper_tables.py sun-seeds [--ks 1,2,4] [--seeds 0,1,2,3,4] \\
+        [--variants ours] [--set ...]
     python benchmarks/paper_tables.py sun-ablation [--k 4] [--methods penalty,al] \\
         [--variants ours,shallow,...] [--set k=v ...] [--out ablation.json]
 
@@ -114,7 +115,8 @@ def table_sun(args) -> list[dict]:
     for method in args.methods.split(","):
         for K in (int(k) for k in args.ks.split(",")):
             with tempfile.TemporaryDirectory() as d:
-                r = train(args.config or config_of(method), K, SUN_QUIET + args.set, Path(d))
+                r = train(args.config or config_of(method), K,
+                          SUN_QUIET + variant_sets(args.variants) + args.set, Path(d))
             r["K"], r["method"] = K, method
             rows.append(r)
             print(f"  done {method} K={K}: acc {r['val_accuracy']:.3f}", file=sys.stderr)
@@ -176,6 +178,13 @@ VARIANTS = {
 AL_ONLY = {"lit-kappa", "al-beta"}
 
 
+def variant_sets(name: str) -> list[str]:
+    """The --set overrides of ablation variant ``name`` ('': the config as it is)."""
+    if name not in VARIANTS and name:
+        sys.exit(f"paper_tables: unknown variant {name!r} (of {', '.join(VARIANTS)})")
+    return OURS + VARIANTS[name][1] if name else []
+
+
 def table_sun_ablation(args) -> list[dict]:
     rows = []
     names = args.variants.split(",") if args.variants else list(VARIANTS)
@@ -185,7 +194,7 @@ def table_sun_ablation(args) -> list[dict]:
                 continue
             with tempfile.TemporaryDirectory() as d:
                 r = train(args.config or config_of(method), args.k,
-                          SUN_QUIET + OURS + VARIANTS[name][1] + args.set,
+                          SUN_QUIET + variant_sets(name) + args.set,
                           Path(d))
             r["variant"], r["method"] = name, method
             rows.append(r)
@@ -300,7 +309,8 @@ def table_sun_seeds(args) -> list[dict]:
             for seed in seeds:
                 with tempfile.TemporaryDirectory() as d:
                     r = train(args.config or config_of(method), K,
-                              SUN_QUIET + [f"model.seed={seed}"] + args.set, Path(d))
+                              SUN_QUIET + variant_sets(args.variants) + [f"model.seed={seed}"]
+                              + args.set, Path(d))
                 r.update(K=K, method=method, seed=seed)
                 rows.append(r)
                 print(f"  done {method} K={K} seed {seed}: acc {r['val_accuracy']:.3f}",
@@ -345,7 +355,9 @@ def main() -> None:
     p.add_argument("--methods", default="penalty,al")
     p.add_argument("--ks", default="1,2,3,4", help="sun: stage counts K")
     p.add_argument("--k", type=int, default=4, help="sun-ablation: the K")
-    p.add_argument("--variants", default="", help=f"sun-ablation: of {','.join(VARIANTS)}")
+    p.add_argument("--variants", default="",
+                   help=f"sun-ablation: of {','.join(VARIANTS)}; sun, sun-seeds: one of "
+                   "them (default: the config as it is)")
     p.add_argument("--ranks", default="2,4", help="parpas, lct: rank counts")
     p.add_argument("--configs", default="swissroll,ellipses", help="parpas: problems")
     p.add_argument("--seeds", default="0", help="parpas, lct, sun-seeds: model.seed values")
