@@ -91,6 +91,9 @@ def train(config: str, ranks: int, sets: list[str], out: Path,
         for col in cols + ("prediction_s",):
             if col in steps:
                 r[col] = np.nan_to_num(np.asarray(steps[col][()], dtype=float)).tolist()
+        for col in ("shallow_loss", "replicated_loss"):     # the start's, first row only
+            if col in steps:
+                r[col] = float(steps[col][0])
     r["shallow_s"] = float(sum(r.get("shallow_s", [0.0])))
     r["critical_path_s"] = r.get("critical_path_s", float("nan")) + r["shallow_s"]
     return r
@@ -318,8 +321,8 @@ def table_sun_seeds(args) -> list[dict]:
     print(f"config {args.config or 'configs/levelset_METHOD.yaml'} {' '.join(args.set)}; "
           f"seeds {args.seeds}\n")
     print("| method | K | test acc per seed | mean | sd | mean of (K - K=1) per seed [points] "
-          "| train loss (serial pass), mean |")
-    print("|---|---|---|---|---|---|---|")
+          "| train loss (serial pass), mean | start: shallow / replicated loss, mean |")
+    print("|---|---|---|---|---|---|---|---|")
     for method in methods:
         one = {r["seed"]: r["val_accuracy"] for r in rows
                if r["method"] == method and r["K"] == 1}
@@ -338,9 +341,12 @@ def table_sun_seeds(args) -> list[dict]:
                 mean += f" (of {len(fin)})"
             mean_gap = f"{st.mean(gap):+.1f}" if gap else "-"
             loss = [r["train_loss"] for r in ok]
+            start = " / ".join(f"{st.mean(v):.3g}" for v in
+                               ([r[c] for r in got if c in r] for c in
+                                ("shallow_loss", "replicated_loss")) if v) or "-"
             print(f"| {method} | {K} | {' / '.join(f'{a:.3f}' for a in acc)} "
                   f"| {mean} | {sd} | {mean_gap} "
-                  f"| {f'{st.mean(loss):.3f}' if loss else '-'} |")
+                  f"| {f'{st.mean(loss):.3f}' if loss else '-'} | {start} |")
     return rows
 
 

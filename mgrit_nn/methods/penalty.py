@@ -105,7 +105,9 @@ class PenaltyMethod(PartitionedMethod):
     def start(self) -> dict[str, float]:
         """``penalty.init: shallow``: train the shallow network, replicate its blocks into
         the stages, then lambda from the new network (``penalty.lambda_init``); nothing once
-        done or restored from a checkpoint, nothing with ``init: random``."""
+        done or restored from a checkpoint, nothing with ``init: random``. Logs the shallow
+        network's loss and the replicated deep network's (a serial pass): far apart, the
+        shallow step ``shallow_every * h`` is too coarse for the start to transfer."""
         c = self.cfg
         if self.started or c.init != "shallow":
             self.started = True
@@ -117,13 +119,16 @@ class PenaltyMethod(PartitionedMethod):
         loss = shallow.train(x, y, c.shallow_steps, c.shallow_lr, self.run.cfg.train,
                              self.run.cfg.data)
         shallow.inject()
+        self.net.propagate(x)      # did the start transfer? the replicated network's loss
+        replicated, _ = self.net.loss(y, with_reg=False)
         if c.lambda_init == "shallow":
             if self.lam is not None:
                 self.lam.put(torch.arange(len(x)), shallow.state_at(x, self.net.lo - 1))
         else:
             self._initialize(x)
         self.started = True
-        return {"shallow_loss": loss, "shallow_s": time.perf_counter() - t0}
+        return {"shallow_loss": loss, "replicated_loss": replicated,
+                "shallow_s": time.perf_counter() - t0}
 
     def shallow_every(self) -> int:
         """Fine layers per shallow block: ``penalty.shallow_every``, 0 = L/K (one per stage)."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 from conftest import WORLD, sets
 from mpi4py import MPI
 
@@ -73,6 +74,19 @@ def test_deep_network_is_the_trained_shallow_one_replicated():
     fresh = full_weights(trainer(penalty__init="random"))
     assert not torch.equal(fresh["layers/00000/weight"], w["layers/00000/weight"])
     assert extra["shallow_loss"] > 0
+
+
+def test_replicated_loss_is_the_deep_networks_loss_after_the_replication():
+    """``replicated_loss`` = the cross-entropy of the replicated deep network, computed here
+    serially from the gathered weights, to 1e-12; it is not the shallow network's."""
+    tr = trainer()
+    extra = tr.method.start()
+    x, y = tr.run.data.x_train.double(), tr.run.data.y_train
+    w = full_weights(tr)
+    uN = deep_states(tr, w, x)[-1]
+    want = float(F.cross_entropy(uN @ w["classifier/weight"].T + w["classifier/bias"], y))
+    assert abs(extra["replicated_loss"] - want) <= 1e-12 * max(1.0, want)
+    assert extra["replicated_loss"] != extra["shallow_loss"]
 
 
 @pytest.mark.parametrize("source", ["forward", "shallow"])
