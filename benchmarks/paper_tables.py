@@ -5,6 +5,7 @@
         [--set k=v ...] [--out sun.json]
     python benchmarks/paper_tables.py sun-seeds [--ks 1,2,4] [--seeds 0,1,2,3,4] \\
         [--variants ours] [--set ...]
+    python benchmarks/paper_tables.py sun-start [--every 1,2,3,6,15,30] [--seeds 0,3]
     python benchmarks/paper_tables.py sun-ablation [--k 4] [--methods penalty,al] \\
         [--variants ours,shallow,...] [--set k=v ...] [--out ablation.json]
 
@@ -18,6 +19,10 @@ measured time is oversubscribed: read the critical-path columns.
 
 ``sun-seeds``: the same runs for several ``model.seed`` values (``--seeds 0,1,2,3,4``): test
 accuracy per seed, mean and spread per K, and the mean per-seed difference to K = 1.
+
+``sun-start``: whether the shallow initialization transfers, per shallow block length S
+(``--every 1,2,3,6,15,30``) and seed, at K = 1: the shallow network's step, its loss and
+the replicated deep network's loss before the first step.
 
 ``sun-ablation``: at one K, each departure of ours from the paper's literal text undone
 alone (``penalty.literal``), the shallow initialization on/off, the paper's own settings
@@ -350,8 +355,35 @@ def table_sun_seeds(args) -> list[dict]:
     return rows
 
 
+def table_sun_start(args) -> list[dict]:
+    """Does the shallow start transfer? Per shallow block length S (``--every``) and seed:
+    the shallow network's step H = S h, its final loss and the replicated deep network's
+    loss (one serial pass, before any step of the method), K = 1."""
+    import yaml
+    rows = []
+    for S in map(int, args.every.split(",")):
+        for seed in map(int, args.seeds.split(",")):
+            with tempfile.TemporaryDirectory() as d:
+                r = train(args.config or config_of("penalty"), 1, SUN_QUIET + [
+                    "penalty.init=shallow", f"penalty.shallow_every={S}", "train.steps=1",
+                    f"model.seed={seed}"] + args.set, Path(d))
+                model = yaml.safe_load((Path(d) / "config.yaml").read_text())["model"]
+            r.update(S=S, seed=seed, H=S * model["T"] / model["layers"])
+            rows.append(r)
+            print(f"  done S={S} seed {seed}: replicated {r.get('replicated_loss')}",
+                  file=sys.stderr)
+    print(f"config {args.config or config_of('penalty')} {' '.join(args.set)}, K = 1\n")
+    print("| S (layers per shallow block) | shallow step H | seed | shallow loss "
+          "| replicated deep network's loss | shallow training [s] |")
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['S']} | {r['H']:.3g} | {r['seed']} | {r['shallow_loss']:.4f} "
+              f"| {r['replicated_loss']:.4f} | {r['shallow_s']:.1f} |")
+    return rows
+
+
 TABLES = {"sun": table_sun, "sun-seeds": table_sun_seeds, "sun-ablation": table_sun_ablation,
-          "parpas": table_parpas, "lct": table_lct}
+          "sun-start": table_sun_start, "parpas": table_parpas, "lct": table_lct}
 
 
 def main() -> None:
@@ -364,6 +396,8 @@ def main() -> None:
     p.add_argument("--variants", default="",
                    help=f"sun-ablation: of {','.join(VARIANTS)}; sun, sun-seeds: one of "
                    "them (default: the config as it is)")
+    p.add_argument("--every", default="1,2,3,6,15,30",
+                   help="sun-start: shallow block lengths (penalty.shallow_every)")
     p.add_argument("--ranks", default="2,4", help="parpas, lct: rank counts")
     p.add_argument("--configs", default="swissroll,ellipses", help="parpas: problems")
     p.add_argument("--seeds", default="0", help="parpas, lct, sun-seeds: model.seed values")
