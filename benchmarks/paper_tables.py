@@ -149,16 +149,22 @@ def table_sun(args) -> list[dict]:
 # Every ablation variant is one change from OURS, our departures from the paper's text
 # (random init, the per-sample lambda step of size 1), whatever the config ships: the
 # shipped levelset configs take the paper's initialization and lambda step (variant
-# "paper-init") since 2026-12-03.
+# "paper-init") since 2026-12-03, with 2-layer shallow blocks since 2026-12-04.
 OURS = ["penalty.init=random", "penalty.shallow_every=0", "penalty.literal=[]",
         "penalty.lr_lambda=1.0"]
 # name -> (what it is, --set overrides; "{k}" is replaced by nothing: one K per table)
 VARIANTS = {
     "ours": ("our departures: random init, per-sample lambda step, lr_lambda 1", []),
-    "paper-init": ("shallow init (30-layer blocks), literal # scaling + explicit lambda "
-                   "step, lr_lambda 0.1 (the shipped levelset configs)",
-                   ["penalty.init=shallow", "penalty.shallow_every=30",
-                    "penalty.literal=[scaling,explicit]", "penalty.lr_lambda=0.1"]),
+    "paper-init": ("shallow init (2-layer blocks, 50 steps), literal # scaling + explicit "
+                   "lambda step, lr_lambda 0.1 (the shipped levelset configs)",
+                   ["penalty.init=shallow", "penalty.shallow_every=2",
+                    "penalty.shallow_steps=50", "penalty.literal=[scaling,explicit]",
+                    "penalty.lr_lambda=0.1"]),
+    "paper-init-s30": ("paper-init with 30-layer shallow blocks, 100 steps (shipped until "
+                       "2026-12-04)",
+                       ["penalty.init=shallow", "penalty.shallow_every=30",
+                        "penalty.shallow_steps=100", "penalty.literal=[scaling,explicit]",
+                        "penalty.lr_lambda=0.1"]),
     "shallow": ("+ shallow init (penalty.init: shallow)", ["penalty.init=shallow"]),
     "shallow-lambda": ("+ shallow init, lambda from the shallow network",
                        ["penalty.init=shallow", "penalty.lambda_init=shallow"]),
