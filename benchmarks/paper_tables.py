@@ -224,7 +224,7 @@ def table_sun_ablation(args) -> list[dict]:
         acc = f"{r['val_accuracy']:.3f}" if "failed" not in r else \
             f"failed: {r['failed'].removeprefix('mgrit-nn: ')}"
         print(f"| {r['method']} | {r['variant']}: {VARIANTS[r['variant']][0]} "
-              f"| {acc} | {r['train_loss']:.4f} "
+              f"| {acc} | {r['train_loss']:.4g} "
               f"| {r['violation'][-1]:.2e} | {ends} |")
     return rows
 
