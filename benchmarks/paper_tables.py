@@ -245,7 +245,9 @@ def table_parpas(args) -> list[dict]:
         for seed in map(int, args.seeds.split(",")):
             for variant, P in runs:
                 with tempfile.TemporaryDirectory() as d:
-                    r = train(config, P, variants[variant] + [f"model.seed={seed}"] + args.set,
+                    # the variant's own keys last: --set parpas.coarse_iters=... must not
+                    # turn the single-level runs into predicted ones
+                    r = train(config, P, [f"model.seed={seed}"] + args.set + variants[variant],
                               Path(d), cols=("regression_mse", "regression_rel_mse"))
                 r.update(config=name, variant=variant, P=P, seed=seed,
                          mse=tail_mean(r, "regression_mse"),
@@ -280,7 +282,7 @@ def table_lct(args) -> list[dict]:
         for seed in seeds:
             sets = (["train.method=serial"] if P == 1 else []) + [f"model.seed={seed}"]
             with tempfile.TemporaryDirectory() as d:
-                r = train("configs/digits_local_critic.yaml", P, sets + args.set, Path(d))
+                r = train("configs/digits_local_critic.yaml", P, args.set + sets, Path(d))
             r.update(P=P, seed=seed)
             rows.append(r)
             print(f"  done P={P} seed {seed}: acc {r['val_accuracy']:.4f}", file=sys.stderr)
