@@ -119,13 +119,10 @@ class PenaltyMethod(PartitionedMethod):
         loss = shallow.train(x, y, c.shallow_steps, c.shallow_lr, self.run.cfg.train,
                              self.run.cfg.data)
         shallow.inject()
-        self.net.propagate(x)      # did the start transfer? the replicated network's loss
-        replicated, _ = self.net.loss(y, with_reg=False)
-        if c.lambda_init == "shallow":
-            if self.lam is not None:
-                self.lam.put(torch.arange(len(x)), shallow.state_at(x, self.net.lo - 1))
-        else:
-            self._initialize(x)
+        from_shallow = c.lambda_init == "shallow"
+        replicated = self._initialize(x, y, store=not from_shallow)   # did it transfer?
+        if from_shallow and self.lam is not None:
+            self.lam.put(torch.arange(len(x)), shallow.state_at(x, self.net.lo - 1))
         self.started = True
         return {"shallow_loss": loss, "replicated_loss": replicated,
                 "shallow_s": time.perf_counter() - t0}
@@ -135,14 +132,20 @@ class PenaltyMethod(PartitionedMethod):
         return self.cfg.shallow_every or self.net.cfg.layers // self.stage.K
 
     @torch.no_grad()
-    def _initialize(self, x: torch.Tensor, chunk: int = 4096) -> None:
+    def _initialize(self, x: torch.Tensor, y: torch.Tensor | None = None, store: bool = True,
+                    chunk: int = 4096) -> float:
         """lambda_k = the state the initial network reaches at interface k (feasible start):
-        one exact forward sweep, whose ghost slot holds the left neighbour's last state."""
+        one exact forward sweep in chunks, whose ghost slot holds the left neighbour's last
+        state (``store``); with ``y``, returns the network's mean cross-entropy on x."""
+        total = 0.0
         for lo in range(0, len(x), chunk):
-            self.net.propagate(x[lo:lo + chunk])
-            if self.lam is not None:
-                self.lam.put(torch.arange(lo, min(lo + chunk, len(x))),
-                             self.net.solver.ghost())
+            hi = min(lo + chunk, len(x))
+            self.net.propagate(x[lo:hi])
+            if store and self.lam is not None:
+                self.lam.put(torch.arange(lo, hi), self.net.solver.ghost())
+            if y is not None:
+                total += self.net.loss(y[lo:hi], with_reg=False)[0] * (hi - lo)
+        return total / len(x)
 
     # -- one step ------------------------------------------------------------------------
     def step(self, batch: Batch) -> StepInfo:

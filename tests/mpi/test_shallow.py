@@ -78,7 +78,8 @@ def test_deep_network_is_the_trained_shallow_one_replicated():
 
 def test_replicated_loss_is_the_deep_networks_loss_after_the_replication():
     """``replicated_loss`` = the cross-entropy of the replicated deep network, computed here
-    serially from the gathered weights, to 1e-12; it is not the shallow network's."""
+    serially from the gathered weights, to 1e-12, also when the pass runs in chunks of
+    unequal size; it is not the shallow network's."""
     tr = trainer()
     extra = tr.method.start()
     x, y = tr.run.data.x_train.double(), tr.run.data.y_train
@@ -87,6 +88,8 @@ def test_replicated_loss_is_the_deep_networks_loss_after_the_replication():
     want = float(F.cross_entropy(uN @ w["classifier/weight"].T + w["classifier/bias"], y))
     assert abs(extra["replicated_loss"] - want) <= 1e-12 * max(1.0, want)
     assert extra["replicated_loss"] != extra["shallow_loss"]
+    chunked = tr.method._initialize(x, y, store=False, chunk=7)    # 40 = 5 x 7 + 5
+    assert abs(chunked - want) <= 1e-12 * max(1.0, want), (chunked, want)
 
 
 @pytest.mark.parametrize("source", ["forward", "shallow"])
