@@ -25,15 +25,17 @@ def drift(out: Path) -> dict[int, float]:
     files = sorted((out / "checkpoints").glob("step_*.h5"))
     if not files:
         raise SystemExit(f"lambda_drift: no checkpoints in {out / 'checkpoints'}")
-    lam = {}
-    for f in files:
+    first, out = None, {}
+    for f in files:           # step order: the names are zero-padded; one lambda in memory
         with h5py.File(f) as h:
             if "penalty/lambda" not in h or h["penalty/lambda"].size == 0:
                 raise SystemExit(f"lambda_drift: {f} has no penalty/lambda (K = 1, or not "
                                  "a penalty/al run)")
-            lam[int(h["penalty/t"][()])] = np.asarray(h["penalty/lambda"][()])
-    first = lam[min(lam)]
-    return {t: float(np.linalg.norm(v - first) / np.linalg.norm(first)) for t, v in lam.items()}
+            lam = np.asarray(h["penalty/lambda"][()])
+            first = lam if first is None else first
+            out[int(h["penalty/t"][()])] = float(np.linalg.norm(lam - first)
+                                                 / np.linalg.norm(first))
+    return out
 
 
 def main() -> None:

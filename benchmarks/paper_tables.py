@@ -147,24 +147,26 @@ def table_sun(args) -> list[dict]:
 
 
 # Every ablation variant is one change from OURS, our departures from the paper's text
-# (random init, the per-sample lambda step of size 1), whatever the config ships: the
-# shipped levelset configs take the paper's initialization and lambda step (variant
-# "paper-init") since 2026-12-03, with 2-layer shallow blocks since 2026-12-04.
+# (random init, lambda by a forward pass, the per-sample lambda step of size 1), whatever
+# the config ships: the shipped levelset configs take the paper's initialization and
+# lambda step (variant "paper-init") since 2026-12-03, with 2-layer shallow blocks since
+# 2026-12-04 (and levelset_penalty lambda from the shallow network: "shallow-lambda").
 OURS = ["penalty.init=random", "penalty.shallow_every=0", "penalty.literal=[]",
-        "penalty.lr_lambda=1.0"]
+        "penalty.lr_lambda=1.0", "penalty.lambda_init=forward"]
+# the paper's lambda step, as the shipped levelset configs take it
+PAPER_LAMBDA = ["penalty.literal=[scaling,explicit]", "penalty.lr_lambda=0.1"]
 # name -> (what it is, --set overrides; "{k}" is replaced by nothing: one K per table)
 VARIANTS = {
     "ours": ("our departures: random init, per-sample lambda step, lr_lambda 1", []),
     "paper-init": ("shallow init (2-layer blocks, 50 steps), literal # scaling + explicit "
-                   "lambda step, lr_lambda 0.1 (the shipped levelset configs)",
+                   "lambda step, lr_lambda 0.1 (levelset_al; levelset_penalty also takes "
+                   "lambda from the shallow network)",
                    ["penalty.init=shallow", "penalty.shallow_every=2",
-                    "penalty.shallow_steps=50", "penalty.literal=[scaling,explicit]",
-                    "penalty.lr_lambda=0.1"]),
+                    "penalty.shallow_steps=50"] + PAPER_LAMBDA),
     "paper-init-s30": ("paper-init with 30-layer shallow blocks, 100 steps (shipped until "
                        "2026-12-04)",
                        ["penalty.init=shallow", "penalty.shallow_every=30",
-                        "penalty.shallow_steps=100", "penalty.literal=[scaling,explicit]",
-                        "penalty.lr_lambda=0.1"]),
+                        "penalty.shallow_steps=100"] + PAPER_LAMBDA),
     "shallow": ("+ shallow init (penalty.init: shallow)", ["penalty.init=shallow"]),
     "shallow-lambda": ("+ shallow init, lambda from the shallow network",
                        ["penalty.init=shallow", "penalty.lambda_init=shallow"]),
@@ -354,9 +356,9 @@ def table_sun_seeds(args) -> list[dict]:
                 mean += f" (of {len(fin)})"
             mean_gap = f"{st.mean(gap):+.1f}" if gap else "-"
             loss = [r["train_loss"] for r in ok]
-            start = " / ".join(f"{st.mean(v):.3g}" for v in
-                               ([r[c] for r in got if c in r] for c in
-                                ("shallow_loss", "replicated_loss")) if v) or "-"
+            start = " / ".join(f"{st.mean(r[c] for r in got):.3g}"
+                               for c in ("shallow_loss", "replicated_loss")
+                               if got and all(c in r for r in got)) or "-"
             print(f"| {method} | {K} | {' / '.join(f'{a:.3f}' for a in acc)} "
                   f"| {mean} | {sd} | {mean_gap} "
                   f"| {f'{st.mean(loss):.3f}' if loss else '-'} | {start} |")
