@@ -140,7 +140,11 @@ first one-shot gradient: oneshot_peak_mb (the most tensor bytes a rank held at o
 oneshot_state_sets (that, in the rank's level-0 state sets); with bench.exact
 also mgrit_grad_s, ratio_mgrit, mgrit_fwd_iters, mgrit_adj_iters, mgrit_fwd_factor,
 mgrit_adj_factor, mgrit_work_sweeps, mgrit_kernels, mgrit_peak_mb, mgrit_state_sets,
-span_speedup_mgrit;
+span_speedup_mgrit; paired (null without bench.pairs; else rounds, serial_s, oneshot_s,
+oneshot_one_rank_s, the medians of the gradients timed alternately round by round, and per
+round ratio_oneshot = one-shot / serial and on 2 or more ranks efficiency = one-rank one-shot
+/ (ranks x one-shot), each as [first quartile, median, third quartile], and
+one_rank_grad_diff, the largest difference of the one-rank gradient from the group's);
 the settings (ranks, layers, batch, width, kind, relax, cfactor, cycle, levels, dtype,
 device, repeats, warmup), per_rank (rank, rss_mb, gpu_mb and the seconds per phase of the
 solves, oneshot_phases_s and mgrit_phases_s) and machine (platform, cpus, torch, threads,

@@ -158,6 +158,8 @@ class BenchConfig:
                                "torch.compile (minutes at N = 1024); ratios against the faster")
     pipeline: bool = opt(False, "mgrit-nn bench: also time GPipe and 1F1B on the same ranks")
     max_microbatches: int = opt(32, "mgrit-nn bench: most micro-batches the pipeline tries", ge=1)
+    pairs: int = opt(0, "mgrit-nn bench: also time serial, one-shot on these ranks and (P > 1) "
+                     "one-shot on one rank alternately, this many rounds (ratios per round)", ge=0)
 
 
 @dataclass

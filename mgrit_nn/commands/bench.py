@@ -23,13 +23,13 @@ import platform
 import resource
 import statistics
 import sys
-import time
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from mpi4py import MPI
 
+from mgrit_nn.commands.paired import paired, seconds
 from mgrit_nn.commands.pingpong import pingpong, state_bytes
 from mgrit_nn.commands.pipeline import pipeline
 from mgrit_nn.livemem import peak_live_bytes
@@ -42,11 +42,6 @@ from mgrit_nn.runtime import idle_barrier
 from mgrit_nn.setup_run import Run
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def _median_time(fn, repeats: int, warmup: int, device: torch.device, comm=None) -> float:
     for _ in range(warmup):
         fn()
@@ -54,11 +49,7 @@ def _median_time(fn, repeats: int, warmup: int, device: torch.device, comm=None)
     for _ in range(repeats):
         if comm is not None:
             comm.Barrier()
-        _sync(device)
-        t0 = time.perf_counter()
-        fn()
-        _sync(device)
-        dt = time.perf_counter() - t0
+        dt = seconds(fn, device)
         if comm is not None:                       # the slowest rank defines the time
             dt = comm.allreduce(dt, op=MPI.MAX)
         times.append(dt)
@@ -135,37 +126,43 @@ def serial_gradient(run: Run, x: torch.Tensor, y: torch.Tensor):
     return model, grad_of
 
 
-def _serial(run: Run, x: torch.Tensor, y: torch.Tensor) -> dict:
+def _serial(run: Run, x: torch.Tensor, y: torch.Tensor):
     """Serial autograd's gradient (rank 0): eager, and with bench.compile_serial the same
-    network under torch.compile (the whole forward, static shapes; backward by AOTAutograd)."""
+    network under torch.compile (the whole forward, static shapes; backward by AOTAutograd).
+    Returns the JSON's serial keys and a closure for one gradient of the fastest variant."""
     b = run.cfg.bench
     model, grad_of = serial_gradient(run, x, y)
     eager = grad_of(model)
     out = {"serial_grad_s": _median_time(eager, b.repeats, b.warmup, run.device),
            "serial_kernels": count_ops(eager)["kernels"]}
+    variants = {"serial_grad_s": eager}
     if run.cfg.model.activation == "tanh" and run.device.type == "cpu":
         # the layer-parallel hot path computes tanh as 2 sigmoid(2z) - 1 on the CPU (steps.py):
         # serial autograd with the same formulation is timed too, and the faster one counts
-        act, model.act = model.act, tanh_via_sigmoid
-        out["serial_sigmoid_grad_s"] = _median_time(eager, b.repeats, b.warmup, run.device)
-        model.act = act
+        def sigmoid_form() -> None:
+            act, model.act = model.act, tanh_via_sigmoid
+            try:
+                eager()
+            finally:
+                model.act = act
+        out["serial_sigmoid_grad_s"] = _median_time(sigmoid_form, b.repeats, b.warmup,
+                                                    run.device)
+        variants["serial_sigmoid_grad_s"] = sigmoid_form
     if b.compile_serial:
         compiled = grad_of(torch.compile(model, dynamic=False, fullgraph=True))
-        t0 = time.perf_counter()
         limit = sys.getrecursionlimit()      # inductor walks the unrolled graph recursively:
         sys.setrecursionlimit(max(limit, 100 * run.cfg.model.layers))   # deep at N = 1024
-        try:
-            compiled()                              # compiles forward and backward
+        try:                                 # the first call compiles forward and backward
+            out["serial_compile_s"] = seconds(compiled, run.device)
         finally:
             sys.setrecursionlimit(limit)
-        _sync(run.device)
-        out["serial_compile_s"] = time.perf_counter() - t0
         got = [q.grad.clone() for q in model.parameters()]
         eager()
         out["serial_compiled_grad_diff"] = max(
             float((g - q.grad).abs().max()) for g, q in zip(got, model.parameters(), strict=True))
         out["serial_compiled_grad_s"] = _median_time(compiled, b.repeats, b.warmup, run.device)
-    return out
+        variants["serial_compiled_grad_s"] = compiled
+    return out, variants[min(variants, key=out.__getitem__)]
 
 
 def bench(run: Run) -> dict | None:
@@ -175,7 +172,7 @@ def bench(run: Run) -> dict | None:
     n = x.shape[0]
     N, P = cfg.model.layers, comm.Get_size()
 
-    serial = _serial(run, x, y) if world.Get_rank() == 0 else None
+    serial, serial_best = _serial(run, x, y) if world.Get_rank() == 0 else (None, None)
     idle_barrier(world)
     serial = world.bcast(serial, root=0)
     best_s = min(serial["serial_grad_s"], serial.get("serial_compiled_grad_s", float("inf")),
@@ -191,6 +188,7 @@ def bench(run: Run) -> dict | None:
     exact = _one(LayerParallelMethod(run, exact=True), x, y, idx, b.repeats, b.warmup, run) \
         if b.exact else None
     piped = pipeline(run, x, y) if b.pipeline else None
+    pairs = paired(run, serial_best, x, y, idx) if b.pairs else None
 
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
     gpu_mb = torch.cuda.max_memory_allocated(run.device) / 2**20 \
@@ -220,7 +218,7 @@ def bench(run: Run) -> dict | None:
             "mgrit_state_sets": exact["state_sets"],
             "span_speedup_mgrit": 2 * N / exact["span"]} if exact else {}),
         "span_speedup_oneshot": 2 * N / oneshot["span"], "pingpong": link,
-        **(piped or {}),
+        **(piped or {}), "paired": pairs,
         "per_rank": per_rank, "repeats": b.repeats, "warmup": b.warmup,
         "machine": {"platform": platform.platform(), "cpus": _cpus(),
                     "torch": torch.__version__, "threads": torch.get_num_threads(),

@@ -238,3 +238,27 @@ def test_bench_times_the_pipeline_baseline_with_the_serial_gradient(mgrit_nn):
         assert r[f"pipeline_{s}_microbatches"] == best["microbatches"]
     text = help_text("bench")
     assert not [k for k in r if k.startswith("pipeline") and k not in text]
+
+
+@ranks(1, 2)
+def test_bench_pairs_times_the_compared_gradients_alternately(mgrit_nn):
+    """bench.pairs: serial, one-shot on the group and (2 or more ranks) one-shot of the whole
+    network on rank 0 alone, round by round; the one-rank gradient is the group's."""
+    code, r, err = mgrit_nn("bench", "configs/peaks.yaml", "--set", "model.layers=16",
+                            "--set", "data.n_train=32", "--set", "bench.repeats=1", "--set",
+                            "bench.warmup=0", "--set", "bench.exact=false", "--set",
+                            "bench.pairs=3", "--set", "runtime.dtype=float64")
+    assert code == 0, err
+    p = r["paired"]
+    assert p["rounds"] == 3 and p["serial_s"] > 0 and p["oneshot_s"] > 0
+    q1, median, q3 = p["ratio_oneshot"]
+    assert 0 < q1 <= median <= q3
+    if WORLD.size == 1:
+        assert p["efficiency"] is None and p["oneshot_one_rank_s"] is None
+        assert p["one_rank_grad_diff"] is None
+    else:
+        assert p["one_rank_grad_diff"] < 1e-12          # float64: the same network and gradient
+        q1, median, q3 = p["efficiency"]
+        assert 0 < q1 <= median <= q3 and p["oneshot_one_rank_s"] > 0
+    text = help_text("bench")
+    assert not [k for k in p if k not in text]
