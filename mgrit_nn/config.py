@@ -128,12 +128,10 @@ class TrainConfig:
     momentum: float = opt(0.9, "sgd momentum", ge=0)
     weight_decay: float = opt(0.0, "sgd/adam weight decay", ge=0)
     schedule: Literal["constant", "step", "cosine"] = opt("constant", "learning-rate schedule")
-    milestones: list[int] = opt([], "step schedule: steps where lr is multiplied by factor",
-                                ge=0)
+    milestones: list[int] = opt([], "step schedule: steps where lr is multiplied by factor", ge=0)
     factor: float = opt(0.1, "step schedule: lr factor at each milestone", gt=0)
     lbfgs_memory: int = opt(10, "lbfgs: stored (s, y) pairs", ge=1)
-    lbfgs_max_ls: int = opt(20, "lbfgs: maximum backtracking steps of the Armijo search",
-                            ge=1)
+    lbfgs_max_ls: int = opt(20, "lbfgs: most backtracking steps of the Armijo search", ge=1)
     eval_every: int = opt(10, "validate every this many steps (0: only at the end)", ge=0)
 
 
@@ -158,8 +156,8 @@ class BenchConfig:
                                "torch.compile (minutes at N = 1024); ratios against the faster")
     pipeline: bool = opt(False, "mgrit-nn bench: also time GPipe and 1F1B on the same ranks")
     max_microbatches: int = opt(32, "mgrit-nn bench: most micro-batches the pipeline tries", ge=1)
-    pairs: int = opt(0, "mgrit-nn bench: also time serial, one-shot on these ranks and (P > 1) "
-                     "one-shot on one rank alternately, this many rounds (ratios per round)", ge=0)
+    pairs: int = opt(0, "mgrit-nn bench: rounds of serial, one-shot and (P > 1) one-shot on "
+                     "one rank timed alternately, ratios per round (0: none)", ge=0)
 
 
 @dataclass
