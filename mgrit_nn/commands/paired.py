@@ -5,8 +5,10 @@ of the machine (the project's 2-core machines swing up to 2x within minutes) fal
 side of a ratio only. Here every round times, back to back, one serial autograd gradient
 (rank 0 alone, the fastest serial variant the bench found), one one-shot gradient on all
 ranks of the layer-parallel group and, on P > 1 ranks, one one-shot gradient of the whole
-network on rank 0 alone (the P = 1 run of the same network); the ratios are taken within
-each round, and their quartiles reported.
+network on rank 0 alone (the P = 1 run of the same network), each timed call right after an
+untimed one of the same gradient (the first call after another gradient pays for the caches
+and memory the other left: measured, it made serial autograd at batch 256 twice as slow);
+the ratios are taken within each round, and their quartiles reported.
 
 The ranks that do not take part in a single-rank timing wait in a sleeping barrier, as in
 the bench's serial timing, so the working rank has the machine as in a one-rank run.
@@ -35,8 +37,11 @@ def one_rank_run(run: Run) -> Run:
                                data_msg=Messenger(me, run.msg.cuda_aware), world=me)
 
 
-def seconds(fn, device: torch.device) -> float:
-    """The wall time of ``fn()``, the device's queued work included."""
+def seconds(fn, device: torch.device, warm: bool = False) -> float:
+    """The wall time of ``fn()``, the device's queued work included; ``warm``: of a second
+    call right after an untimed first."""
+    if warm:
+        fn()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     t0 = time.perf_counter()
@@ -72,14 +77,15 @@ def paired(run: Run, serial, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor
     diff = None
 
     def alone(fn) -> float | None:          # on world rank 0, the others asleep
-        t = seconds(fn, device) if root else None
+        t = seconds(fn, device, warm=True) if root else None
         idle_barrier(world)
         return t
 
-    def together() -> float:
+    def together() -> float:                # on the group, after an untimed gradient
+        many.step(batch)
         comm.Barrier()
         return comm.allreduce(seconds(lambda: many.step(batch), device), op=MPI.MAX)
-    together()                                          # untimed: allocates the storage
+    together()                                          # allocates the storage
     if P > 1:
         alone(lambda: one.step(batch))
         ref = _flat_grad(many)
