@@ -94,6 +94,7 @@ class PenaltyMethod(PartitionedMethod):
         n = len(run.data.x_train)
         self.lam = self.kap = None
         self.started = False
+        self.opt: torch.optim.Optimizer | None = None
         if not st.first:
             args = (n, run.shapes.state, run.dtype, run.device, self.cfg.store == "mmap",
                     self.cfg.store_dir)
@@ -101,6 +102,9 @@ class PenaltyMethod(PartitionedMethod):
             if self.al:
                 self.kap = SampleStore(*args)
         self._initialize(run.data.x_train.to(run.device, run.dtype))
+
+    def bind(self, opt: torch.optim.Optimizer) -> None:
+        self.opt = opt          # its learning rate, for ``literal: [schedule]``
 
     def start(self) -> dict[str, float]:
         """``penalty.init: shallow``: train the shallow network, replicate its blocks into
@@ -235,7 +239,15 @@ class PenaltyMethod(PartitionedMethod):
         a_own = 0.0 if last and "last" in lit else a      # Algorithm 1's last line: no psi
         curv = 0.0 if "explicit" in lit else (a_own if last else a_own + a)
         k_rate = c.lr_kappa * (B * n / (2 * beta) if "kappa" in lit else a)
-        return a, a_own, curv, k_rate, 1.0 / per
+        return a, a_own, curv, k_rate * self._schedule(), 1.0 / per
+
+    def _schedule(self) -> float:
+        """The lambda and kappa steps' factor: with ``literal: [schedule]`` the weights'
+        learning rate over train.lr (the paper's one eta for weights, lambda and kappa,
+        eqs. 21-23, scheduled by Algorithm 1 step [6]); else 1 (constant steps)."""
+        if "schedule" not in self.cfg.literal or self.opt is None:
+            return 1.0
+        return self.opt.param_groups[0]["lr"] / self.run.cfg.train.lr
 
     @torch.no_grad()
     def _correct(self, idx, lam, kap, x_prev, P, beta: float, tau: float) -> float:
@@ -243,13 +255,13 @@ class PenaltyMethod(PartitionedMethod):
         squared violation |lambda - X^{k-1}_end|^2 / # before it."""
         c = self.cfg
         a, a_own, curv, k_rate, g_scale = self._rates(beta, len(idx))
-        forced = "loop" not in c.literal
+        forced, eta = "loop" not in c.literal, c.lr_lambda * self._schedule()
         diff = lam - x_prev
         before = float((diff ** 2).mean())
         psi, it = before, 0
         while (forced and it == 0) or (psi > tau and it < c.inner_max):
             g = P * g_scale if kap is None else P * g_scale - kap
-            lam = lam - c.lr_lambda * (a_own * diff + g) / (1 + c.lr_lambda * curv)
+            lam = lam - eta * (a_own * diff + g) / (1 + eta * curv)
             diff = lam - x_prev
             if kap is not None:
                 kap = kap - k_rate * diff

@@ -80,10 +80,11 @@ class PenaltyConfig:
     lambda_init: Literal["forward", "shallow"] = opt(
         "forward", "lambda_k at the start: forward (one exact pass of the initial deep network: "
         "a feasible start) or shallow (the shallow network's state at interface k; init: shallow)")
-    literal: list[Literal["scaling", "explicit", "loop", "kappa", "last"]] = opt(
+    literal: list[Literal["scaling", "explicit", "loop", "kappa", "last", "schedule"]] = opt(
         [], "departures from the paper's literal rules to undo (ablation; docs/training.md): "
         "scaling (# = B*n in the lambda step), explicit (no 1/(1+eta c)), loop (no forced first "
-        "correction), kappa (eq. 23: lr_kappa * #/(2 beta)), last (Algorithm 1's last line)")
+        "correction), kappa (eq. 23: lr_kappa * #/(2 beta)), last (Algorithm 1's last line), "
+        "schedule (lambda and kappa steps scaled with train.schedule, as the weights' lr)")
     store: Literal["memory", "mmap"] = opt("memory", "lambda/kappa storage: memory or "
                                            "memory-mapped .npy files (data sets beyond RAM)")
     store_dir: str | None = opt(None, "mmap: directory of the per-rank files (default: temp)")

@@ -54,8 +54,13 @@ def reference(method: str, P: int, steps: int, run, **kw) -> tuple[torch.Tensor,
     lam = {k: states[starts[k] - 1].clone() for k in range(1, P)}
     kap = {k: torch.zeros_like(lam[k]) for k in range(1, P)}
     pe, lr, losses = cfg.penalty, cfg.train.lr, []
+    tc = cfg.train
     for t in range(1, steps + 1):
         beta, tau = beta_tau(pe, t)
+        # train.schedule (step): lr_t; literal [schedule] scales the lambda and kappa steps too
+        lr_t = lr * tc.factor ** sum(m <= t - 1 for m in tc.milestones) \
+            if tc.schedule == "step" else lr
+        dual = lr_t / lr if "schedule" in pe.literal else 1.0
         ends, grads_in = {}, {}
         params = list(net.parameters())
         for p in params:
@@ -81,17 +86,17 @@ def reference(method: str, P: int, steps: int, run, **kw) -> tuple[torch.Tensor,
                 u = u + net.h * net.act(layer(u))
             losses.append(F.cross_entropy(net.classifier(u), y).item())
             for p in params:
-                p -= lr * p.grad
+                p -= lr_t * p.grad
             for k in range(1, P):
                 lm, kp, xp = lam[k], kap[k], ends[k - 1]
                 it = 0
                 while it == 0 or (float(((lm - xp) ** 2).mean()) > tau and it < pe.inner_max):
-                    a, eta = 2 * beta / n, pe.lr_lambda
+                    a, eta = 2 * beta / n, pe.lr_lambda * dual
                     curv = a if k == P - 1 else 2 * a
                     g = a * (lm - xp) + grads_in[k] - (kp if method == "al" else 0)
                     lm = lm - eta / (1 + eta * curv) * g
                     if method == "al":
-                        kp = kp - pe.lr_kappa * 2 * beta / n * (lm - xp)
+                        kp = kp - dual * pe.lr_kappa * 2 * beta / n * (lm - xp)
                     it += 1
                 lam[k], kap[k] = lm, kp
     flat = [net.opening.weight.flatten(), net.opening.bias.flatten()]
@@ -113,10 +118,17 @@ def test_one_stage_is_serial_training(method):
         assert abs(a["loss"] - b["loss"]) <= 1e-12 * abs(b["loss"]), (a["loss"], b["loss"])
 
 
-@pytest.mark.parametrize("method", ["penalty", "al"])
-def test_matches_one_process_algorithm(method):
+SCHEDULED = dict(train__schedule="step", train__milestones="[2, 4]", train__factor=0.5)
+
+
+@pytest.mark.parametrize("method,kw", [
+    ("penalty", {}), ("al", {}),
+    ("al", SCHEDULED),                                            # the weights' lr only
+    ("al", {**SCHEDULED, "penalty__literal": "[schedule]"}),      # lambda and kappa too
+])
+def test_matches_one_process_algorithm(method, kw):
     """Weights and honest losses of the distributed method == the one-process reference."""
-    tr = trainer(WORLD, train__method=method)
+    tr = trainer(WORLD, train__method=method, **kw)
     tr.train(quiet=True)
     ref, ref_losses = reference(method, WORLD.Get_size(), 6, tr.run)
     got = gathered(tr)
