@@ -22,7 +22,7 @@ RUNS = (("peaks_oneshot", "configs/peaks.yaml", 4, []),
         ("levelset_penalty", "configs/levelset_penalty.yaml", 2, []),
         ("swissroll_parpas", "configs/swissroll_parpas.yaml", 2, []),
         ("digits_local_critic", "configs/digits_local_critic.yaml", 2, []))
-TIMED = ("step_time_s", "prediction_s")
+TIMED = ("step_time_s", "prediction_s", "shallow_s")
 # torch's global RNG state differs between two runs of the same commit (nothing the runs
 # compute draws from it); it is not compared.
 UNSEEDED = ("rng/torch",)
