@@ -36,30 +36,27 @@ import sys
 BENCH = ["mgrit-nn", "bench", "--set", "bench.exact=false"]
 
 
-MPIEXEC = ["mpiexec"]
-
-
-def _launch(ranks: int, config: str, layers: int, sets: list[str]) -> subprocess.Popen:
-    cmd = [*MPIEXEC, "-n", str(ranks), *BENCH[:2], config, *BENCH[2:], *sets,
+def _launch(mpiexec: list[str], ranks: int, config: str, layers: int,
+            sets: list[str]) -> subprocess.Popen:
+    cmd = [*mpiexec, "-n", str(ranks), *BENCH[:2], config, *BENCH[2:], *sets,
            "--set", f"model.layers={layers}"]
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
 
 
-def _seconds(procs: list[subprocess.Popen]) -> list[float]:
-    out = []
-    for p in procs:
-        text, _ = p.communicate()
-        if p.returncode:
-            sys.exit(f"efficiency_parts: mgrit-nn bench failed (exit {p.returncode})")
-        out.append(json.loads(text.strip().splitlines()[-1])["oneshot_grad_s"])
-    return out
+def _seconds(p: subprocess.Popen) -> float:
+    """The launched bench's ``oneshot_grad_s``."""
+    text, _ = p.communicate()
+    if p.returncode:
+        sys.exit(f"efficiency_parts: mgrit-nn bench failed (exit {p.returncode})")
+    return json.loads(text.strip().splitlines()[-1])["oneshot_grad_s"]
 
 
-def sequence(config: str, layers: int, sets: list[str]) -> dict:
-    a, = _seconds([_launch(1, config, layers, sets)])
-    b, = _seconds([_launch(1, config, layers // 2, sets)])
-    c, = _seconds([_launch(2, config, layers // 2, sets + ["--set", "parallel.data_replicas=2"])])
-    d, = _seconds([_launch(2, config, layers, sets)])
+def sequence(mpiexec: list[str], config: str, layers: int, sets: list[str]) -> dict:
+    def run(ranks: int, n: int, more: tuple[str, ...] = ()) -> float:
+        return _seconds(_launch(mpiexec, ranks, config, n, [*sets, *more]))
+    a, b = run(1, layers), run(1, layers // 2)
+    c = run(2, layers // 2, ("--set", "parallel.data_replicas=2"))
+    d = run(2, layers)
     return {"a": a, "b": b, "c": c, "d": d, "efficiency": a / (2 * d),
             "problem": a / (2 * b), "machine": b / c, "method": c / d}
 
@@ -72,9 +69,9 @@ def main() -> None:
     p.add_argument("--mpiexec", default="mpiexec", help="the launcher and its options")
     p.add_argument("--set", action="append", default=[], metavar="K=V")
     args = p.parse_args()
-    MPIEXEC[:] = args.mpiexec.split()
     sets = [x for kv in args.set for x in ("--set", kv)]
-    rows = [sequence(args.config, args.layers, sets) for _ in range(args.sequences)]
+    rows = [sequence(args.mpiexec.split(), args.config, args.layers, sets)
+            for _ in range(args.sequences)]
     keys = ["a", "b", "c", "d", "efficiency", "problem", "machine", "method"]
     print("| sequence | a: P=1, N [s] | b: P=1, N/2 | c: 2 x b at once | d: P=2, N | "
           "efficiency a/(2d) | problem a/(2b) | machine b/c | method c/d |")

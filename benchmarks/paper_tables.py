@@ -155,14 +155,14 @@ OURS = ["penalty.init=random", "penalty.shallow_every=0", "penalty.literal=[]",
         "penalty.lr_lambda=1.0", "penalty.lambda_init=forward"]
 # the paper's lambda step, as the shipped levelset configs take it
 PAPER_LAMBDA = ["penalty.literal=[scaling,explicit]", "penalty.lr_lambda=0.1"]
+# the shipped shallow start (2-layer blocks, 50 steps)
+PAPER_INIT = ["penalty.init=shallow", "penalty.shallow_every=2", "penalty.shallow_steps=50"]
 # name -> (what it is, --set overrides; "{k}" is replaced by nothing: one K per table)
 VARIANTS = {
     "ours": ("our departures: random init, per-sample lambda step, lr_lambda 1", []),
     "paper-init": ("shallow init (2-layer blocks, 50 steps), literal # scaling + explicit "
                    "lambda step, lr_lambda 0.1 (levelset_al; levelset_penalty also takes "
-                   "lambda from the shallow network)",
-                   ["penalty.init=shallow", "penalty.shallow_every=2",
-                    "penalty.shallow_steps=50"] + PAPER_LAMBDA),
+                   "lambda from the shallow network)", PAPER_INIT + PAPER_LAMBDA),
     "paper-init-s30": ("paper-init with 30-layer shallow blocks, 100 steps (shipped until "
                        "2026-12-04)",
                        ["penalty.init=shallow", "penalty.shallow_every=30",
@@ -185,9 +185,7 @@ VARIANTS = {
     "lit-last": ("shallow + Algorithm 1's last line for lambda_{K-1}",
                  ["penalty.init=shallow", "penalty.literal=[last]"]),
     "lit-schedule": ("paper-init + lambda and kappa steps scheduled with the weights' lr",
-                     ["penalty.init=shallow", "penalty.shallow_every=2",
-                      "penalty.shallow_steps=50", "penalty.literal=[scaling,explicit,schedule]",
-                      "penalty.lr_lambda=0.1"]),
+                     PAPER_INIT + PAPER_LAMBDA + ["penalty.literal=[scaling,explicit,schedule]"]),
     "noise": ("shallow + noise 0.1 into lambda_{K-1}", ["penalty.init=shallow",
                                                          "penalty.noise=0.1"]),
     "T1": ("shallow + the paper's T = 1", ["penalty.init=shallow", "model.T=1.0"]),

@@ -61,8 +61,7 @@ def quartiles(values: list[float]) -> list[float]:
 
 def _flat_grad(method: LayerParallelMethod) -> torch.Tensor | None:
     """The gradient the method's last step left, in global order, on the group's rank 0."""
-    net = method.net
-    return net.gather_flat(net.flat([p.grad for p in method.parameters()]))
+    return method.gather_flat(method.local_flat([p.grad for p in method.parameters()]))
 
 
 def paired(run: Run, serial, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor) -> dict:

@@ -231,15 +231,16 @@ class PenaltyMethod(PartitionedMethod):
         return StepInfo((loss + local.reg) * scale, correct(logits, y), extra=extra)
 
     def _rates(self, beta: float, B: int) -> tuple[float, float, float, float, float]:
-        """(a, a on lambda's own penalty term, curvature c, kappa rate, scale of B P_k) of
-        the correction; ``penalty.literal`` undoes our departures one by one."""
+        """(lambda step eta, a on lambda's own penalty term, curvature c, kappa rate, scale of
+        B P_k) of the correction; ``penalty.literal`` undoes our departures one by one."""
         lit, c, n, last = set(self.cfg.literal), self.cfg, self.n_state, self.stage.last
         per = B if "scaling" in lit else 1        # the paper's # = B n, its P (batch mean)
         a = 2 * beta / (n * per)
         a_own = 0.0 if last and "last" in lit else a      # Algorithm 1's last line: no psi
         curv = 0.0 if "explicit" in lit else (a_own if last else a_own + a)
         k_rate = c.lr_kappa * (B * n / (2 * beta) if "kappa" in lit else a)
-        return a, a_own, curv, k_rate * self._schedule(), 1.0 / per
+        sched = self._schedule()
+        return c.lr_lambda * sched, a_own, curv, k_rate * sched, 1.0 / per
 
     def _schedule(self) -> float:
         """The lambda and kappa steps' factor: with ``literal: [schedule]`` the weights'
@@ -254,8 +255,8 @@ class PenaltyMethod(PartitionedMethod):
         """The lambda (and kappa) correction of this rank's interface; returns the mean
         squared violation |lambda - X^{k-1}_end|^2 / # before it."""
         c = self.cfg
-        a, a_own, curv, k_rate, g_scale = self._rates(beta, len(idx))
-        forced, eta = "loop" not in c.literal, c.lr_lambda * self._schedule()
+        eta, a_own, curv, k_rate, g_scale = self._rates(beta, len(idx))
+        forced = "loop" not in c.literal
         diff = lam - x_prev
         before = float((diff ** 2).mean())
         psi, it = before, 0
