@@ -2,11 +2,23 @@
 
 from __future__ import annotations
 
+import importlib.util
+from pathlib import Path
+
 import pytest
 import torch
+import torch.nn.functional as F
 from test_failures import mpirun
 
+from mgrit_nn.config import ModelConfig
+from mgrit_nn.model.init import shapes
 from mgrit_nn.model.regression import Regression
+from mgrit_nn.model.serial import SerialResNet
+
+_spec = importlib.util.spec_from_file_location(
+    "parpas_costate_fit", Path(__file__).resolve().parents[1] / "benchmarks/parpas_costate_fit.py")
+costate_fit = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(costate_fit)
 
 SMALL = ["--set", "data.n_train=48", "--set", "data.n_val=16", "--set", "model.layers=16",
          "--set", "model.width=3", "--set", "parpas.coarse_iters=6", "--quiet"]
@@ -66,6 +78,35 @@ def _train(n: int, out, *args: str, steps: int = 12):
 
 
 # resume bitwise on the same ranks: tests/mpi/test_parpas.py
+
+
+@pytest.mark.parametrize("step", ["euler", "verlet"])
+def test_interface_pairs_are_the_per_sample_costates(step):
+    """benchmarks/parpas_costate_fit.py's exact pairs: the states at the point, and co-states
+    whose product with any direction is the directional derivative of the summed loss."""
+    m = ModelConfig(kind="dense", step=step, layers=6, width=3, T=1.0)
+    net = SerialResNet(m, shapes(m, (2,), 3))
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(5, 2, generator=g, dtype=torch.float64)
+    y = torch.tensor([0, 1, 2, 1, 0])
+    X, P = costate_fit.interface_pairs(net, x, y, 2)
+    u2 = net.states(x)[2]
+    assert torch.equal(X, u2.flatten(1))
+    assert torch.equal(net.steps(u2, 2)[-1], net.states(x)[-1])
+
+    def loss(Xf):
+        with torch.no_grad():
+            return float(F.cross_entropy(net.head(net.steps(Xf.view_as(u2), 2)[-1]), y,
+                                         reduction="sum"))
+    v = torch.randn(X.shape, generator=g, dtype=torch.float64)
+    eps = 1e-6
+    fd = (loss(X + eps * v) - loss(X - eps * v)) / (2 * eps)
+    assert abs(fd - float((P * v).sum())) < 1e-7 * max(1.0, abs(fd))
+    # per sample: moving one sample's state changes only its own loss term
+    w = torch.zeros_like(v)
+    w[3] = v[3]
+    fd3 = (loss(X + eps * w) - loss(X - eps * w)) / (2 * eps)
+    assert abs(fd3 - float((P[3] * v[3]).sum())) < 1e-7 * max(1.0, abs(fd3))
 
 
 def test_resume_on_other_rank_count_is_one_clear_error(tmp_path):

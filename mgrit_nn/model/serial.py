@@ -41,23 +41,23 @@ class SerialResNet(nn.Module):
     def states(self, x: torch.Tensor) -> list[torch.Tensor]:
         """u_0 .. u_N (verlet: y and z stacked as in the layer-parallel network)."""
         u = self.act(self.opening(self.op.module_input(x)))
-        if self.verlet:
-            return self._verlet(u)
-        out = [u]
-        for layer in self.layers:
-            u = u + self.h * self.act(layer(u))
-            out.append(u)
-        return out
+        return self.steps(self.op.join(u, torch.zeros_like(u)) if self.verlet else u)
 
-    def _verlet(self, y: torch.Tensor) -> list[torch.Tensor]:
-        """z_{i+1} = z_i - h sigma(K_i^T y_i + b_i),  y_{i+1} = y_i + h sigma(K_i z_{i+1} + b_i)."""
-        z = torch.zeros_like(y)
-        out = [self.op.join(y, z)]                # dense (B, 2, w); conv (B, 2c, H, W)
-        for layer in self.layers:
-            kty = self.op.module_transpose_bias(y, layer.weight, layer.bias)
-            z = z - self.h * self.act(kty)
-            y = y + self.h * self.act(layer(z))
-            out.append(self.op.join(y, z))
+    def steps(self, u: torch.Tensor, start: int = 0) -> list[torch.Tensor]:
+        """u_start .. u_N from the state ``u`` at point ``start``. Verlet:
+        z_{i+1} = z_i - h sigma(K_i^T y_i + b_i),  y_{i+1} = y_i + h sigma(K_i z_{i+1} + b_i)."""
+        out = [u]                              # verlet: dense (B, 2, w); conv (B, 2c, H, W)
+        if self.verlet:
+            y, z = self.op.halves(u)
+        for layer in self.layers[start:]:
+            if self.verlet:
+                kty = self.op.module_transpose_bias(y, layer.weight, layer.bias)
+                z = z - self.h * self.act(kty)
+                y = y + self.h * self.act(layer(z))
+                u = self.op.join(y, z)
+            else:
+                u = u + self.h * self.act(layer(u))
+            out.append(u)
         return out
 
     def head(self, uN: torch.Tensor) -> torch.Tensor:
