@@ -238,10 +238,12 @@ def tail_mean(r: dict, col: str, n: int = 20) -> float:
     return float(np.mean(v))
 
 
+PARPAS_VARIANTS = {"prediction": [], "single-level": ["parpas.coarse_iters=0"]}
+
+
 def table_parpas(args) -> list[dict]:
     rows = []
-    variants = {"serial": ["train.method=serial"], "prediction": [],
-                "single-level": ["parpas.coarse_iters=0"]}
+    variants = {"serial": ["train.method=serial"], **PARPAS_VARIANTS}
     for name in args.configs.split(","):
         config = f"configs/{name}_parpas.yaml"
         runs = [("serial", 1)] + [(v, P) for P in map(int, args.ranks.split(","))
