@@ -135,7 +135,7 @@ def test_a_binary_config_file_is_named(tmp_path):
 @pytest.mark.parametrize("overrides,needle", [
     (["model.widht=3"], "unknown config key 'model.widht'; did you mean 'model.width'?"),
     (["modle.width=3"], "unknown config section 'modle'; did you mean 'model'?"),
-    (["model.lr=0.1"], "did you mean 'train.lr' or 'critic.lr'?"),
+    (["model.lr=0.1"], "did you mean 'train.lr' or 'critic.lr' or 'parpas.lr'?"),
     (["model.momentun=0.1"], "did you mean 'train.momentum'?"),
     (["train.method=oneshoot"], "got 'oneshoot'; did you mean 'oneshot'?"),
     (["train.optimizer=Adam"], "did you mean 'adam'?"),

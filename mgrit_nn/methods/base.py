@@ -5,7 +5,7 @@ A method is one module of ``mgrit_nn/methods/`` with one class deriving from
 (:class:`mgrit_nn.train.loop.Trainer`) drives it as follows::
 
     method = Class(run)                   # built from the run (config, data, ranks)
-    opt = optimizer(method.parameters())  # this rank's trained tensors
+    opt = optimizer(method.parameters(), method.lr())  # this rank's tensors; None: train.lr
     method.bind(opt)                      # once the optimizer exists
     extra = method.start()                # once per run before its first step
     for every step:
@@ -89,6 +89,11 @@ class Method(ABC):
     @abstractmethod
     def dot(self, a: float) -> float:
         """Sum a local inner product over the ranks holding parameters."""
+
+    def lr(self) -> float | None:
+        """The learning rate of :meth:`parameters` if the method has its own (default: None,
+        ``train.lr``); the schedule scales it like ``train.lr``."""
+        return None
 
     def bind(self, opt: torch.optim.Optimizer) -> None:
         """Called once the optimizer of :meth:`parameters` exists (default: nothing)."""

@@ -63,6 +63,10 @@ class ParpasMethod(PartitionedMethod):
             (self.n,) + tuple(run.shapes.state), dtype=run.dtype, device=run.device)
         self.started = False
 
+    def lr(self) -> float | None:
+        """``parpas.lr``: the local corrections' own learning rate (None: ``train.lr``)."""
+        return self.cfg.lr
+
     def _group(self, y: torch.Tensor) -> torch.Tensor:
         """The regression group of each sample: its class (``parpas.per_class``) or 0."""
         return y if self.cfg.per_class else torch.zeros_like(y)

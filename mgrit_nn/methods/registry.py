@@ -114,6 +114,8 @@ class ParpasConfig:
                             "network; 0: the single-level variant (no prediction phase)", ge=0)
     coarse_lr: float | None = opt(None, "learning rate of the coarse training (null: train.lr)",
                                 gt=0)
+    lr: float | None = opt(None, "learning rate of the local corrections (null: train.lr, "
+                           "which serial training of the same config keeps)", gt=0)
     ridge: float = opt(1e-6, "regression: ridge weight on A, per observed pair (fit: "
                        "(G/n + ridge I) [A B]^T = X^T P / n)", ge=0)
     window: int = opt(0, "regression: fit on the pairs of the last this many observations "

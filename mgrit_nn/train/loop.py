@@ -9,6 +9,7 @@ method only through the protocol of :mod:`mgrit_nn.methods.base`.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -47,7 +48,9 @@ class Trainer:
         self.run, self.cfg = run, run.cfg
         self.method = make_method(run)
         self.params = self.method.parameters()
-        self.opt = make_optimizer(self.params, self.cfg.train, self.method.dot)
+        lr = self.method.lr()
+        train_cfg = self.cfg.train if lr is None else dataclasses.replace(self.cfg.train, lr=lr)
+        self.opt = make_optimizer(self.params, train_cfg, self.method.dot)
         self.schedule = make_schedule(self.opt, self.cfg.train)
         d = run.data
         self.data = TrainData(d.x_train.to(run.device, run.dtype), d.y_train.to(run.device),

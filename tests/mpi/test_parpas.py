@@ -46,6 +46,20 @@ def test_one_subsystem_without_prediction_is_serial_training(step, opt):
     assert column(one, "train_accuracy") == column(ref, "train_accuracy")
 
 
+def test_parpas_lr_is_the_local_corrections_rate_only():
+    """parpas.lr: one sub-system without prediction at parpas.lr = serial training at
+    train.lr = parpas.lr; serial training of the same config keeps train.lr (0.02)."""
+    ref = trainer(MPI.COMM_SELF, train__method="serial", train__lr=0.005)
+    ref.train(quiet=True)
+    one = trainer(MPI.COMM_SELF, parpas__coarse_iters=0, parpas__lr=0.005)
+    one.train(quiet=True)
+    assert column(one, "lr") == [0.005] * 12
+    for x, y in zip(column(one, "loss"), column(ref, "loss"), strict=True):
+        assert abs(x - y) <= 1e-10 * abs(y), (x, y)
+    serial = trainer(MPI.COMM_SELF, train__method="serial", parpas__lr=0.005)
+    assert serial.opt.param_groups[0]["lr"] == 0.02
+
+
 def test_prediction_interpolates_the_coarse_network():
     """After the prediction phase fine layers 2J and 2J+1 both hold the trained coarse layer
     J, and the first step's logged loss is that of the fine network with these weights."""
