@@ -238,7 +238,9 @@ def tail_mean(r: dict, col: str, n: int = 20) -> float:
     return float(np.mean(v))
 
 
-PARPAS_VARIANTS = {"prediction": [], "single-level": ["parpas.coarse_iters=0"]}
+# single-level at train.lr: at a parpas.lr made for a predicted start it hardly trains
+PARPAS_VARIANTS = {"prediction": [],
+                   "single-level": ["parpas.coarse_iters=0", "parpas.lr=null"]}
 
 
 def table_parpas(args) -> list[dict]:
