@@ -58,11 +58,12 @@ def final_network(config: str, sets: list[str], ckpt: Path):
     return cfg, data, net, blocks, points
 
 
-def interface_pairs(net: SerialResNet, x: torch.Tensor, y: torch.Tensor,
+def interface_pairs(net: SerialResNet, states: list[torch.Tensor], y: torch.Tensor,
                     point: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The flat states at fine point ``point`` of every sample and their per-sample
-    co-states ``d loss_i / d X_i`` (the method's convention: the sum of the losses)."""
-    X = net.states(x)[point].detach().requires_grad_()
+    """The flat states at fine point ``point`` of every sample (``states``: the network's,
+    ``net.states(x)``, taken once for all interfaces) and their per-sample co-states
+    ``d loss_i / d X_i`` (the method's convention: the sum of the losses)."""
+    X = states[point].detach().requires_grad_()
     with torch.enable_grad():
         loss = F.cross_entropy(net.head(net.steps(X, point)[-1]), y, reduction="sum")
         (P,) = torch.autograd.grad(loss, X)
@@ -81,8 +82,10 @@ def costate_fit(config: str, sets: list[str], ckpt: Path) -> list[dict]:
     groups = data.n_classes if c.per_class else 1
     g = y if c.per_class else torch.zeros_like(y)
     out = []
+    with torch.no_grad():
+        states = net.states(x)
     for k, point in enumerate(points):
-        X, P = interface_pairs(net, x, y, int(point))
+        X, P = interface_pairs(net, states, y, int(point))
         best = Regression(X.shape[1], groups, c.ridge, 0)
         best.add(X, P, g)
         own = Regression(X.shape[1], groups, c.ridge, 0)

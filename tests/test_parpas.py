@@ -89,7 +89,7 @@ def test_interface_pairs_are_the_per_sample_costates(step):
     g = torch.Generator().manual_seed(0)
     x = torch.randn(5, 2, generator=g, dtype=torch.float64)
     y = torch.tensor([0, 1, 2, 1, 0])
-    X, P = costate_fit.interface_pairs(net, x, y, 2)
+    X, P = costate_fit.interface_pairs(net, net.states(x), y, 2)
     u2 = net.states(x)[2]
     assert torch.equal(X, u2.flatten(1))
     assert torch.equal(net.steps(u2, 2)[-1], net.states(x)[-1])
