@@ -211,12 +211,15 @@ class LBFGS(torch.optim.Optimizer):
             group["lr"] = saved["lr"]
 
 
-def make_optimizer(params: list[torch.Tensor], t: TrainConfig, dot: Callable):
+def make_optimizer(params: list[torch.Tensor], t: TrainConfig, dot: Callable,
+                   lr: float | None = None):
+    """``train.optimizer`` over ``params`` at learning rate ``lr`` (None: ``train.lr``)."""
+    lr = t.lr if lr is None else lr
     if t.optimizer == "sgd":
-        return SGD(params, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
+        return SGD(params, lr=lr, momentum=t.momentum, weight_decay=t.weight_decay)
     if t.optimizer == "adam":
-        return Adam(params, lr=t.lr, weight_decay=t.weight_decay)
-    return LBFGS(params, t.lr, t.lbfgs_memory, t.lbfgs_max_ls, dot)
+        return Adam(params, lr=lr, weight_decay=t.weight_decay)
+    return LBFGS(params, lr, t.lbfgs_memory, t.lbfgs_max_ls, dot)
 
 
 def make_schedule(opt: torch.optim.Optimizer, t: TrainConfig):

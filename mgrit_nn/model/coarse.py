@@ -23,7 +23,6 @@ halving T with the blocks fixed quarters it -- tests/mpi/test_shallow.py).
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 
 import torch
@@ -113,8 +112,7 @@ class Shallow:
         on the batches of ``data.batch_size`` (epochs -1, -2, ...: not the steps' own);
         ``pass_fn`` sets the gradients. The last batch's loss (nan without steps)."""
         params = self.net.parameters()
-        lr = lr if lr is not None else train_cfg.lr
-        opt = make_optimizer(params, dataclasses.replace(train_cfg, lr=lr), lambda a: a)
+        opt = make_optimizer(params, train_cfg, lambda a: a, lr)
         stream = BatchStream(len(x), data_cfg.batch_size, data_cfg.seed, first=-1, step=-1)
         loss = float("nan")
         for _ in range(iters):

@@ -9,7 +9,6 @@ method only through the protocol of :mod:`mgrit_nn.methods.base`.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import time
@@ -48,9 +47,7 @@ class Trainer:
         self.run, self.cfg = run, run.cfg
         self.method = make_method(run)
         self.params = self.method.parameters()
-        lr = self.method.lr()
-        train_cfg = self.cfg.train if lr is None else dataclasses.replace(self.cfg.train, lr=lr)
-        self.opt = make_optimizer(self.params, train_cfg, self.method.dot)
+        self.opt = make_optimizer(self.params, self.cfg.train, self.method.dot, self.method.lr())
         self.schedule = make_schedule(self.opt, self.cfg.train)
         d = run.data
         self.data = TrainData(d.x_train.to(run.device, run.dtype), d.y_train.to(run.device),
