@@ -176,6 +176,9 @@ class RuntimeConfig:
                                   "library (else staged through pinned host buffers)")
     compile: bool = opt(False, "torch.compile the forward step of the MGRIT relaxation "
                         "(fuses bias, activation and update; first solve pays the compile)")
+    graphs: Literal["eager", "cuda", "emulate"] = opt(
+        "eager", "record each kind of MGRIT iteration once, replay it (layers on one rank): "
+        "cuda: CUDA graphs; emulate: the same contract checked on any device (slow)")
 
 
 def _config() -> type:
@@ -331,28 +334,12 @@ def load_config(path: str | None = None, overrides: list[str] = ()) -> Config:
     return read_config(path, overrides)[0]
 
 
-def at_level(value: Any, l: int) -> Any:
-    """The value of a scalar-or-list option on level ``l``: the last listed one repeats."""
-    values = value if isinstance(value, list) else [value]
-    return values[min(l, len(values) - 1)]
-
-
-def per_level(value: Any, n: int) -> list:
-    """A scalar-or-list option expanded to ``n`` per-level values (see :func:`at_level`)."""
-    return [at_level(value, l) for l in range(n)]
-
-
-def _h5py_has_mpi() -> bool:
-    import h5py
-
-    return bool(h5py.get_config().mpi)
-
-
 def validate(cfg: Config, ranks: int) -> None:
     """Impossible values, checked before any work; raises one ConfigError. Bounds come from
     the field declarations (a method's own section only when it runs), cross-field checks
     from here and from the method's registry entry."""
     from mgrit_nn.data import check_data
+    from mgrit_nn.io.collective import available as collective_hdf5
     from mgrit_nn.memory import ALL_SAMPLES, memory_problem
 
     d, t, D = cfg.data, cfg.train, cfg.parallel.data_replicas
@@ -380,9 +367,17 @@ def validate(cfg: Config, ranks: int) -> None:
         (t.warm_store != "mmap" or writable(t.warm_store_dir), "train.warm_store_dir",
          f"{t.warm_store_dir or 'the temp folder'}: cannot create or write files there (the "
          "mmap store of the warm starts)"),
-        (cfg.checkpoint.layout != "collective" or _h5py_has_mpi(), "checkpoint.layout",
+        (cfg.checkpoint.layout != "collective" or collective_hdf5(), "checkpoint.layout",
          "collective needs h5py built with MPI (h5py.get_config().mpi is false here): use "
          "sharded or auto (docs/hdf5.md says how to build one)"),
+        (cfg.runtime.graphs == "eager" or layer_ranks == 1, "runtime.graphs",
+         f"needs every layer on one rank (here {layer_ranks} layer ranks): the iterations of "
+         "a chain of ranks exchange messages, which a graph cannot replay; use "
+         "parallel.data_replicas = ranks or runtime.graphs: eager"),
+        (cfg.runtime.graphs == "eager" or not cfg.runtime.compile, "runtime.graphs",
+         "and runtime.compile: choose one (a recording replays the dispatched operations)"),
+        (cfg.runtime.graphs != "cuda" or cfg.runtime.device != "cpu", "runtime.graphs",
+         "cuda needs runtime.device auto or cuda (emulate checks the capture on a CPU)"),
         *spec.validate(cfg, ranks),
     ]
     for sec, g in (("mgrit", cfg.mgrit), ("adjoint", cfg.adjoint)):

@@ -100,8 +100,8 @@ def mgrit_state_sets(cfg, layer_ranks: int) -> float:
     two scratch row sets (the F-points stepped together, level 0's interval count), also the
     chunks of the linearization and of the layer-gradient sweep; the C-point evaluations of
     every level; a convolution's unfolded input."""
-    from mgrit_nn.config import at_level
     from mgrit_nn.model.steps import SCHEMES
+    from mgrit_nn.schema import at_level
 
     n = _level_points(cfg, layer_ranks)
     coarse = sum(k + 1 for k in n[1:])
@@ -115,8 +115,8 @@ def mgrit_state_sets(cfg, layer_ranks: int) -> float:
 def estimate_memory(cfg, ranks: int = 1) -> dict[str, int]:
     """Bytes the most loaded rank needs at its peak, per term (module docstring). Shapes as
     the network builds them (:func:`mgrit_nn.model.init.shapes`, which allocates nothing)."""
-    from mgrit_nn.config import at_level
     from mgrit_nn.model.init import shapes
+    from mgrit_nn.schema import at_level
 
     shape = INPUTS.get(cfg.data.name, (1,))
     shp = shapes(cfg.model, shape, CLASSES)

@@ -128,3 +128,14 @@ def out_of_bounds(section: str, obj) -> list[tuple[bool, str, str]]:
             out.append((all(v <= le for v in numbers), f"{section}.{f.name}",
                         f"must be <= {le:g}, got {value}"))
     return out
+
+
+def at_level(value: Any, l: int) -> Any:
+    """The value of a scalar-or-list option on level ``l``: the last listed one repeats."""
+    values = value if isinstance(value, list) else [value]
+    return values[min(l, len(values) - 1)]
+
+
+def per_level(value: Any, n: int) -> list:
+    """A scalar-or-list option expanded to ``n`` per-level values (see :func:`at_level`)."""
+    return [at_level(value, l) for l in range(n)]

@@ -40,7 +40,7 @@ class Run:
         return ParallelResNet(c.model, self.shapes, c.mgrit, self.msg,
                               self.device, self.dtype,
                               c.adjoint.resolved(c.mgrit), c.reg,
-                              compile_step=c.runtime.compile)
+                              compile_step=c.runtime.compile, graphs=c.runtime.graphs)
 
 
 def _threads(cfg: Config, comm: MPI.Comm) -> int:
@@ -74,6 +74,9 @@ def setup(config_path: str | None, overrides: list[str], comm: MPI.Comm | None =
         validate(cfg, comm.Get_size())
         if cfg.runtime.device == "cuda" and not torch.cuda.is_available():
             raise ConfigError("runtime.device: cuda requested but no CUDA device is visible")
+        if cfg.runtime.graphs == "cuda" and not torch.cuda.is_available():
+            raise ConfigError("runtime.graphs: cuda needs a CUDA device and none is visible "
+                              "(emulate checks the capture on a CPU)")
         d = cfg.data
         try:
             data = load_dataset(d.name, d.path, d.n_train, d.n_val, d.seed)

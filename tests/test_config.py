@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from mgrit_nn.config import ConfigError, load_config, per_level, validate
+from mgrit_nn.config import ConfigError, load_config, validate
 from mgrit_nn.docs import schema_markdown
+from mgrit_nn.schema import per_level
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -165,6 +166,12 @@ def test_no_far_fetched_suggestion():
     (["model.layers=100000000"], "model.layers: needs about"),
     (["data.n_train=10000000000"], "data.n_train: needs about"),
     (["data.name=digits", "model.kind=conv", "model.channels=100000"], "model.channels: "),
+    (["runtime.graphs=emulate"], "runtime.graphs: needs every layer on one rank \\(here 2"),
+    (["runtime.graphs=cuda", "runtime.device=cpu", "parallel.data_replicas=2"],
+     "runtime.graphs: cuda needs runtime.device auto or cuda"),
+    (["runtime.graphs=emulate", "runtime.compile=true", "parallel.data_replicas=2"],
+     "runtime.graphs: and runtime.compile: choose one"),
+    (["runtime.graphs=off"], "runtime.graphs: expected 'eager' | 'cuda' | 'emulate'"),
 ])
 def test_values_refused_before_any_work(overrides, needle):
     with pytest.raises(ConfigError, match=needle):

@@ -16,7 +16,7 @@ from __future__ import annotations
 import bisect
 from dataclasses import dataclass, field
 
-from mgrit_nn.config import at_level
+from mgrit_nn.schema import at_level
 
 
 def block_starts(n_points: int, n_parts: int) -> list[int]:

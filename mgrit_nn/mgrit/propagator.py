@@ -87,6 +87,7 @@ class Workspace:
     def __init__(self) -> None:
         self._bufs: dict = {}
         self._views: dict = {}      # (name, n, row, dtype, device) -> the rows, while current
+        self.generation = 0         # counts (re)allocations: a recording of rows is then stale
 
     def get(self, name, n: int, like: torch.Tensor) -> torch.Tensor:
         return self.rows(name, n, like.shape[1:], like.dtype, like.device)
@@ -104,6 +105,7 @@ class Workspace:
         buf = self._bufs.get(name)
         if buf is None or buf.numel() < need or buf.dtype != dtype or buf.device != device:
             buf = self._bufs[name] = torch.empty((n,) + row, dtype=dtype, device=device)
+            self.generation += 1
             self._views = {k: v for k, v in self._views.items() if k[0] != name}
         if tuple(buf.shape[1:]) == row:     # rows of a buffer of that shape (what compiled
             view = buf[:n]                  # code expects of an output)
@@ -141,4 +143,10 @@ class Propagator(Protocol):
         ``out`` (same shape as ``u``, possibly a strided view, never overlapping
         ``u``).
         """
+        ...
+
+    def capture_key(self) -> tuple:
+        """Changes whenever the memory ``step`` reads (weights, linearization) is replaced
+        rather than overwritten: a recorded iteration (``runtime.graphs``) is then stale.
+        Needed only with ``runtime.graphs``."""
         ...

@@ -5,6 +5,7 @@ One solver serves every propagator (forward, adjoint, any step scheme).
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from contextlib import contextmanager
@@ -13,13 +14,17 @@ from dataclasses import dataclass, field
 import torch
 
 from mgrit_nn.comm import Messenger, Tag
-from mgrit_nn.config import MgritConfig, per_level
+from mgrit_nn.config import MgritConfig
+from mgrit_nn.mgrit.capture import CaptureError, new_graph, warm_up
 from mgrit_nn.mgrit.cycle import CYCLES
 from mgrit_nn.mgrit.hierarchy import Chain, Level, build_levels
 from mgrit_nn.mgrit.propagator import Index, Propagator, Workspace, same_objects
 from mgrit_nn.mgrit.relax import f_relax, members, sweep
 from mgrit_nn.mgrit.restrict import c_slots, fine_residual
 from mgrit_nn.runtime import CollectiveError
+from mgrit_nn.schema import per_level
+
+log = logging.getLogger("mgrit_nn")
 
 ROUNDING_FLOOR = 10.0   # the residual floor: ROUNDING_FLOOR x eps x the C-point states' norm
 
@@ -33,16 +38,19 @@ class MGRITDivergence(CollectiveError):
 class SolverStats:
     """Work and time of a solver: step applications (any level) and seconds per phase.
 
-    ``steps / N`` is the work in fine-sweep equivalents. Phase times are host times
-    (on a GPU they include only what the host waited for).
+    ``steps / N`` is the work in fine-sweep equivalents (a replayed iteration counts the
+    steps it recorded). Phase times are host times (on a GPU they include only what the
+    host waited for; a replayed iteration is the phase ``replay``). ``replays``: iterations
+    run from a recording (``runtime.graphs``).
     """
 
     def __init__(self) -> None:
         self.steps = 0
+        self.replays = 0
         self.seconds: dict[str, float] = {}
 
     def reset(self) -> None:
-        self.steps, self.seconds = 0, {}
+        self.steps, self.replays, self.seconds = 0, 0, {}
 
     @contextmanager
     def phase(self, name: str):
@@ -80,9 +88,16 @@ class MGRIT:
 
     def __init__(self, chain: Chain, prop: Propagator, msg: Messenger, opts: MgritConfig,
                  device: torch.device, dtype: torch.dtype, name: str = "MGRIT",
-                 scratch: Workspace | None = None) -> None:
+                 scratch: Workspace | None = None, graphs: str = "eager") -> None:
         """``scratch``: where the coarse levels and the evaluation buffers live; solvers that
-        never run at the same time (a network's forward and adjoint) pass the same one."""
+        never run at the same time (a network's forward and adjoint) pass the same one.
+        ``graphs`` (``runtime.graphs``): ``cuda`` or ``emulate`` records each kind of
+        iteration once and replays it (capture.py); only on a chain of one rank, whose
+        iterations send no messages."""
+        if graphs != "eager" and len(chain.ranks) > 1:
+            raise ValueError(f"{name}: runtime.graphs needs every layer on one rank (the "
+                             f"iterations of a chain of {len(chain.ranks)} ranks exchange "
+                             "messages, which a graph cannot replay)")
         self.chain, self.prop, self.msg, self.opts = chain, prop, msg, opts
         self.device, self.dtype, self.name = device, dtype, name
         self.rank = msg.rank
@@ -100,6 +115,10 @@ class MGRIT:
         self.scale = 0.0                # ||u_C|| of the last residual (the rounding floor)
         self.first = chain.ranks[0] == self.rank           # owns point 0
         self.last = chain.ranks[-1] == self.rank           # owns point N
+        self.graphs = None if graphs == "eager" else graphs  # None: eager (also after a failure)
+        self._recorded: dict = {}      # iteration kind -> (graph, its outputs, its steps)
+        self._seen: set = set()        # iteration kinds run eagerly once under _record_key
+        self._record_key = None
 
     # -- storage ---------------------------------------------------------------------------
     def _allocate(self, shape: tuple[int, ...]) -> None:
@@ -251,12 +270,20 @@ class MGRIT:
         """``sqrt(sum over level-0 C-points c>=1 of ||Phi(u_{c-1}) - u_c||^2)``: one reduction,
         the same bits on every rank, so every rank takes the same stopping decision. The
         same reduction gives the norm of those states, :attr:`scale` (the rounding floor)."""
+        return self._reduce(self._residual_sums())
+
+    def _residual_sums(self) -> torch.Tensor | None:
+        """This rank's two sums of :meth:`residual` on the device (None: no C-points here);
+        keeps the fine residual for the next restriction (:attr:`r0`)."""
         r = fine_residual(self, 0)                         # g = 0 on level 0
-        local = [0.0, 0.0]
-        if len(r):                                         # one device sync for both
-            u_c, rf = members(self, 0, "C").get(self.data[0].u).flatten(), r.flatten()
-            local = torch.stack([torch.dot(rf, rf), torch.dot(u_c, u_c)]).tolist()
-        self.r0 = r                                        # kept for the next restriction
+        self.r0 = r
+        if not len(r):
+            return None
+        u_c, rf = members(self, 0, "C").get(self.data[0].u).flatten(), r.flatten()
+        return torch.stack([torch.dot(rf, rf), torch.dot(u_c, u_c)])
+
+    def _reduce(self, sums: torch.Tensor | None) -> float:
+        local = [0.0, 0.0] if sums is None else sums.tolist()     # one device sync for both
         r2, u2 = self.msg.allreduce_sums(local)
         self.scale = math.sqrt(u2)
         return math.sqrt(r2)
@@ -289,10 +316,9 @@ class MGRIT:
         self.r0 = None                  # level-0 residual of the current iterate, if known
         result = SolveResult(0)
         for k in range(1, max_iter + 1):
-            # ends with correction + F-relax on level 0 (or an exact solve)
-            cycle(self, 0, skip=k == 1 and warm is None and self.opts.skip)
+            sums = self._iteration(cycle, skip=k == 1 and warm is None and self.opts.skip)
             with self.stats.phase("residual"):
-                r = self.residual()
+                r = self._reduce(sums)
             result.iters, result.residuals = k, result.residuals + [r]
             if not math.isfinite(r):
                 raise MGRITDivergence(
@@ -302,3 +328,64 @@ class MGRIT:
             if r <= self.reachable(tol):
                 break
         return result
+
+    def _iterate(self, cycle, skip: bool) -> torch.Tensor | None:
+        """One iteration on the device: a cycle, which ends with correction + F-relax on
+        level 0 (or an exact solve), then the residual's sums (:meth:`_residual_sums`)."""
+        cycle(self, 0, skip=skip)
+        with self.stats.phase("residual"):
+            return self._residual_sums()
+
+    def _iteration(self, cycle, skip: bool) -> torch.Tensor | None:
+        """:meth:`_iterate`, eagerly or (``graphs``) from a recording of its kind.
+
+        A kind is the code path the iteration takes (``skip``; whether and where the last
+        residual is kept). The first iteration of a kind runs eagerly (it allocates the
+        scratch and builds the plans a recording must not), the second is recorded, every
+        later one replayed, until the memory the recordings read is replaced (the
+        storage, the scratch, the propagator's step data: :meth:`_memory_key`); then they
+        are dropped and recorded anew. A failed recording is reported once and the solver
+        runs eagerly from then on."""
+        if self.graphs is None:
+            return self._iterate(cycle, skip)
+        kind = (skip, None if self.r0 is None else (self.r0.data_ptr(), self.r0.shape))
+        key = self._memory_key()
+        if key != self._record_key:
+            self._recorded, self._seen, self._record_key = {}, set(), key
+        got = self._recorded.get(kind)
+        if got is None:
+            if kind not in self._seen:
+                self._seen.add(kind)
+                return warm_up(self.graphs, lambda: self._iterate(cycle, skip))
+            got = self._record(cycle, skip)
+            if got is None:
+                return self._iterate(cycle, skip)
+            self._recorded[kind] = got
+        graph, (r0, sums), steps = got
+        with self.stats.phase("replay"):
+            graph.replay()
+        self.stats.steps += steps
+        self.stats.replays += 1
+        self.r0 = r0
+        return sums
+
+    def _record(self, cycle, skip: bool):
+        """(graph, its outputs (the kept residual, the sums), its step count), or None when
+        the recording failed (then the solver is eager from here on)."""
+        graph, steps, r0 = new_graph(self.graphs), self.stats.steps, self.r0
+        try:
+            with self.stats.phase("record"):
+                out = graph.capture(lambda: (self._iterate(cycle, skip), self.r0))
+        except (CaptureError, RuntimeError) as exc:
+            log.warning("%s: runtime.graphs %s: recording an iteration failed (%s); this "
+                        "solver runs eagerly from here on", self.name, self.graphs, exc)
+            self.graphs, self._recorded = None, {}
+            self.stats.steps, self.r0 = steps, r0     # as before the recording (its memory too)
+            return None
+        sums, r0 = out
+        taken, self.stats.steps = self.stats.steps - steps, steps
+        return graph, (r0, sums), taken
+
+    def _memory_key(self) -> tuple:
+        """Changes when memory a recorded iteration reads is replaced (not overwritten)."""
+        return (tuple(id(t) for t in self._stores), self.work.generation, self.prop.capture_key())

@@ -92,6 +92,12 @@ class AdjointPropagator:
         if not same_objects(old, self.D):
             self._dviews = {}               # views of the old D buffers go with them
 
+    def capture_key(self) -> tuple:
+        """The steps read the table's weights and the D buffers (replaced only when their
+        shape changes)."""
+        return (id(self.table), None if self.table is None else self.table.generation,
+                tuple(id(D) for D in self.D))
+
     def step(self, level: int, sel: Selection, lam: torch.Tensor, out: torch.Tensor) -> None:
         regular = sel.slots.sl is not None   # views, kept; irregular slots: copies, anew
         got = self._cache.get(sel.key)
@@ -118,10 +124,10 @@ class AdjointPropagator:
         net.scheme.adjoint(net.shapes.op, lam, D, K, H, out, self.work)
 
 
-def adjoint_solver(net, opts: MgritConfig) -> MGRIT:
+def adjoint_solver(net, opts: MgritConfig, graphs: str = "eager") -> MGRIT:
     chain = Chain.block(net.cfg.layers, net.msg.size, reverse=True)
     return MGRIT(chain, AdjointPropagator(net), net.msg, opts, net.device, net.dtype,
-                 "MGRIT adjoint", net.scratch)
+                 "MGRIT adjoint", net.scratch, graphs)
 
 
 def solve_adjoint(net, lam_N: torch.Tensor | None, warm: Warm | None = None,

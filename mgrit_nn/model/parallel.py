@@ -50,6 +50,10 @@ class ForwardPropagator:
         if self.table.generation != gen:
             self._cache = {}          # the weights' views change only with the table's buffers
 
+    def capture_key(self) -> tuple:
+        """The steps read the table's per-level weights, replaced only with a new generation."""
+        return (id(self.table), None if self.table is None else self.table.generation)
+
     def step(self, level: int, sel: Selection, u: torch.Tensor, out: torch.Tensor) -> None:
         Kb = self._cache.get(sel.key)
         if Kb is None:
@@ -88,7 +92,7 @@ class ParallelResNet(nn.Module):
     def __init__(self, m: ModelConfig, s: Shapes, opts: MgritConfig, msg: Messenger,
                  device: torch.device, dtype: torch.dtype,
                  adj_opts: MgritConfig | None = None, reg: RegConfig | None = None,
-                 compile_step: bool = False) -> None:
+                 compile_step: bool = False, graphs: str = "eager") -> None:
         super().__init__()
         self.cfg, self.shapes, self.msg = m, s, msg
         self.reg = reg if reg is not None and any(dataclasses.astuple(reg)) else None
@@ -118,8 +122,8 @@ class ParallelResNet(nn.Module):
         self.scratch = Workspace()
         self.prop = ForwardPropagator(self, compile_step)
         self.solver = MGRIT(self.chain, self.prop, msg, opts, device, dtype, "MGRIT forward",
-                            self.scratch)
-        self.adjoint = adjoint_solver(self, adj_opts or opts)
+                            self.scratch, graphs)
+        self.adjoint = adjoint_solver(self, adj_opts or opts, graphs)
         self.fwd_result: SolveResult | None = None
         self.adj_result: SolveResult | None = None
 
