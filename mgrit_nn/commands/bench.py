@@ -35,6 +35,7 @@ from mgrit_nn.commands.pipeline import pipeline
 from mgrit_nn.livemem import peak_live_bytes
 from mgrit_nn.methods.base import Batch
 from mgrit_nn.methods.layer_parallel import LayerParallelMethod
+from mgrit_nn.mgrit.capture import new_graph, warm_up
 from mgrit_nn.model.serial import SerialResNet
 from mgrit_nn.model.steps import tanh_via_sigmoid
 from mgrit_nn.opcount import count_ops
@@ -72,7 +73,9 @@ def _one(method: LayerParallelMethod, x, y, idx, repeats: int, warmup: int, run:
     def grad() -> None:
         method.step(Batch(x, y, idx))
     peak = peak_live_bytes(grad)              # the first gradient allocates the storage
-    for _ in range(warmup - 1):
+    # runtime.graphs: each kind of iteration runs eagerly once, is recorded the next time and
+    # replayed from then on; the warm-started kinds appear from the second gradient on
+    for _ in range(max(warmup, 3 if run.cfg.runtime.graphs != "eager" else 0) - 1):
         grad()
     net = method.net
     peaks = comm.allgather((peak, peak / net.solver.data[0].u.nbytes))
@@ -81,6 +84,7 @@ def _one(method: LayerParallelMethod, x, y, idx, repeats: int, warmup: int, run:
     before = dict(run.msg.timers.seconds)
     seconds = _median_time(grad, repeats, 0, run.device, comm)
     fwd, adj, phases, coarse_local = _solver_counts(method)
+    replays = (net.solver.stats.replays + net.adjoint.stats.replays) / repeats
     kernels = comm.allgather(count_ops(grad)["kernels"])   # one more gradient, untimed
     msg = {k: (v - before.get(k, 0.0)) / repeats for k, v in run.msg.timers.seconds.items()}
     phases = {k: v / repeats for k, v in phases.items()}
@@ -99,7 +103,8 @@ def _one(method: LayerParallelMethod, x, y, idx, repeats: int, warmup: int, run:
             "fwd_sweeps": allc[:, 0].sum() / N, "adj_sweeps": allc[:, 1].sum() / N,
             "fwd_iters": fwd_res.iters, "adj_iters": adj_res.iters,
             "fwd_factor": fwd_res.conv_factor, "adj_factor": adj_res.conv_factor,
-            "span": float(span), "phases": phases,
+            "span": float(span), "phases": phases, "replays": replays,
+            "iters": fwd_res.iters + adj_res.iters,
             "kernels": max(kernels), "kernels_total": sum(kernels),
             "peak_mb": max(p for p, _ in peaks) / 2**20,
             "state_sets": max(sets for _, sets in peaks)}
@@ -126,6 +131,20 @@ def serial_gradient(run: Run, x: torch.Tensor, y: torch.Tensor):
     return model, grad_of
 
 
+def graphed_serial(model: SerialResNet, x: torch.Tensor, y: torch.Tensor, kind: str):
+    """Serial autograd's whole gradient (forward and backward) recorded once (``kind``: a
+    CUDA graph, or its CPU emulation): a replay and the gradient tensors it rewrites."""
+    def fwd_bwd() -> None:
+        F.cross_entropy(model(x), y).backward()
+    for _ in range(3):                       # libraries' lazy initialization (a side stream)
+        model.zero_grad()
+        warm_up(kind, fwd_bwd)
+    model.zero_grad(set_to_none=True)        # the gradients are the recording's own memory
+    graph = new_graph(kind)
+    graph.capture(fwd_bwd)
+    return graph.replay, [p.grad for p in model.parameters()]
+
+
 def _serial(run: Run, x: torch.Tensor, y: torch.Tensor):
     """Serial autograd's gradient (rank 0): eager, and with bench.compile_serial the same
     network under torch.compile (the whole forward, static shapes; backward by AOTAutograd).
@@ -148,6 +167,14 @@ def _serial(run: Run, x: torch.Tensor, y: torch.Tensor):
         out["serial_sigmoid_grad_s"] = _median_time(sigmoid_form, b.repeats, b.warmup,
                                                     run.device)
         variants["serial_sigmoid_grad_s"] = sigmoid_form
+    if run.cfg.runtime.graphs != "eager":
+        replay, grads = graphed_serial(model, x, y, run.cfg.runtime.graphs)
+        replay()
+        eager()
+        out["serial_graphed_grad_diff"] = max(
+            float((g - q.grad).abs().max()) for g, q in zip(grads, model.parameters(), strict=True))
+        out["serial_graphed_grad_s"] = _median_time(replay, b.repeats, b.warmup, run.device)
+        variants["serial_graphed_grad_s"] = replay
     if b.compile_serial:
         compiled = grad_of(torch.compile(model, dynamic=False, fullgraph=True))
         limit = sys.getrecursionlimit()      # inductor walks the unrolled graph recursively:
@@ -176,7 +203,8 @@ def bench(run: Run) -> dict | None:
     idle_barrier(world)
     serial = world.bcast(serial, root=0)
     best_s = min(serial["serial_grad_s"], serial.get("serial_compiled_grad_s", float("inf")),
-                 serial.get("serial_sigmoid_grad_s", float("inf")))
+                 serial.get("serial_sigmoid_grad_s", float("inf")),
+                 serial.get("serial_graphed_grad_s", float("inf")))
     link = pingpong(run.msg, run.device, state_bytes(run.shapes, x.shape[0], run.dtype))
     idle_barrier(world)
 
@@ -207,7 +235,8 @@ def bench(run: Run) -> dict | None:
         "ratio_oneshot_eager": oneshot["seconds"] / serial["serial_grad_s"],
         "oneshot_work_sweeps": oneshot["fwd_sweeps"] + oneshot["adj_sweeps"],
         "oneshot_fwd_sweeps": oneshot["fwd_sweeps"], "oneshot_adj_sweeps": oneshot["adj_sweeps"],
-        "oneshot_kernels": oneshot["kernels"],
+        "oneshot_kernels": oneshot["kernels"], "oneshot_iterations": oneshot["iters"],
+        "oneshot_replays": oneshot["replays"],
         "oneshot_kernels_total": oneshot["kernels_total"],
         "oneshot_peak_mb": oneshot["peak_mb"], "oneshot_state_sets": oneshot["state_sets"],
         **({"mgrit_grad_s": exact["seconds"], "ratio_mgrit": exact["seconds"] / best_s,

@@ -35,7 +35,9 @@ object: serial_grad_s (eager autograd), with bench.compile_serial serial_compile
 serial_compile_s (torch.compile of the whole network) and serial_compiled_grad_diff (largest
 difference of its parameter gradients from eager's), on the CPU with tanh
 serial_sigmoid_grad_s (eager autograd with tanh as 2 sigmoid(2z) - 1, the formulation the
-layer-parallel steps use there), serial_best_grad_s (the fastest),
+layer-parallel steps use there), with runtime.graphs (cuda or emulate) serial_graphed_grad_s
+(the whole serial gradient recorded once and replayed) and serial_graphed_grad_diff,
+serial_best_grad_s (the fastest),
 oneshot_grad_s, ratio_oneshot (one-shot / best serial), ratio_oneshot_eager (one-shot / eager),
 oneshot_work_sweeps (oneshot_fwd_sweeps + oneshot_adj_sweeps: step applications / N),
 span_speedup_oneshot (the critical-path model), pingpong (on 2 or more ranks: bytes,
@@ -46,7 +48,9 @@ pipeline_1f1b_s, pipeline_1f1b_microbatches (the best of each schedule), pipelin
 (the stages' layer ranges) and pipeline_grad_diff (largest difference of its gradient from
 serial autograd's); the tensor
 operations that run a kernel per gradient: serial_kernels,
-oneshot_kernels (the busiest rank's), oneshot_kernels_total (all ranks'); the memory of the
+oneshot_kernels (the busiest rank's), oneshot_kernels_total (all ranks'; with runtime.graphs
+cuda those dispatched outside the replays), oneshot_iterations (forward + adjoint) and
+oneshot_replays (of those, replayed from a recording: runtime.graphs); the memory of the
 first one-shot gradient: oneshot_peak_mb (the most tensor bytes a rank held at once) and
 oneshot_state_sets (that, in the rank's level-0 state sets); with bench.exact
 also mgrit_grad_s, ratio_mgrit, mgrit_fwd_iters, mgrit_adj_iters, mgrit_fwd_factor,

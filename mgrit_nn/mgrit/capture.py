@@ -124,6 +124,7 @@ class _Guard(TorchDispatchMode):
         self.ops.append((func, args, kwargs, out, fresh))
         return out
 
+    @torch.no_grad()
     def undo(self) -> None:
         for s, copy in self.saved.values():
             s.copy_(copy)
@@ -146,6 +147,7 @@ class EmulatedGraph:
         self.ops = guard.ops
         return out
 
+    @torch.no_grad()                 # the record is below autograd (a backward's too)
     def replay(self) -> None:
         for func, args, kwargs, out, fresh in self.ops:
             got = func(*args, **kwargs)

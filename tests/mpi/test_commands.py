@@ -216,6 +216,23 @@ def test_bench_times_a_compiled_serial_baseline(mgrit_nn):
     assert r["pingpong"] is None                          # one rank: no neighbour
 
 
+@ranks(1)
+def test_bench_replays_recorded_iterations_and_a_recorded_serial_gradient(mgrit_nn):
+    """runtime.graphs (here its CPU emulation): every timed one-shot iteration is a replay,
+    the recorded serial gradient is serial autograd's, bit for bit (float64)."""
+    code, r, err = mgrit_nn("bench", "configs/peaks.yaml", "--set", "model.layers=16",
+                            "--set", "data.n_train=16", "--set", "bench.repeats=2", "--set",
+                            "bench.warmup=0", "--set", "bench.exact=false",
+                            "--set", "runtime.graphs=emulate", "--set", "runtime.dtype=float64")
+    assert code == 0, err
+    assert r["oneshot_iterations"] == 4 and r["oneshot_replays"] == 4.0
+    assert r["serial_graphed_grad_diff"] == 0.0 and r["serial_graphed_grad_s"] > 0
+    assert r["serial_best_grad_s"] == min(r["serial_grad_s"], r["serial_graphed_grad_s"],
+                                          r["serial_sigmoid_grad_s"])
+    text = help_text("bench")
+    assert not [k for k in r if k not in text]
+
+
 @ranks(2, 3)
 def test_bench_times_the_pipeline_baseline_with_the_serial_gradient(mgrit_nn):
     """GPipe and 1F1B over the same ranks (torch.distributed from the MPI ranks, gloo): every
