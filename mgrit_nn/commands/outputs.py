@@ -50,7 +50,9 @@ serial autograd's); the tensor
 operations that run a kernel per gradient: serial_kernels,
 oneshot_kernels (the busiest rank's), oneshot_kernels_total (all ranks'; with runtime.graphs
 cuda those dispatched outside the replays), oneshot_iterations (forward + adjoint) and
-oneshot_replays (of those, replayed from a recording: runtime.graphs); the memory of the
+oneshot_replays (of those, replayed from a recording: runtime.graphs), oneshot_launches
+(the busiest rank's oneshot_kernels plus its replays: what it issues when a replay is one
+launch); the memory of the
 first one-shot gradient: oneshot_peak_mb (the most tensor bytes a rank held at once) and
 oneshot_state_sets (that, in the rank's level-0 state sets); with bench.exact
 also mgrit_grad_s, ratio_mgrit, mgrit_fwd_iters, mgrit_adj_iters, mgrit_fwd_factor,

@@ -32,7 +32,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._python_dispatch import TorchDispatchMode, _disable_current_modes
 from torch.utils._pytree import tree_flatten
 
 KINDS = ("eager", "cuda", "emulate")
@@ -149,12 +149,15 @@ class EmulatedGraph:
 
     @torch.no_grad()                 # the record is below autograd (a backward's too)
     def replay(self) -> None:
-        for func, args, kwargs, out, fresh in self.ops:
-            got = func(*args, **kwargs)
-            if fresh:
-                new = {id(t): r for t, r in zip(_tensors(out), _tensors(got), strict=True)}
-                for t in fresh:
-                    t.copy_(new[id(t)])
+        """Like a CUDA graph's replay, invisible to dispatch modes around it (an operation
+        count sees what the host issues besides the replay)."""
+        with _disable_current_modes():
+            for func, args, kwargs, out, fresh in self.ops:
+                got = func(*args, **kwargs)
+                if fresh:
+                    new = {id(t): r for t, r in zip(_tensors(out), _tensors(got), strict=True)}
+                    for t in fresh:
+                        t.copy_(new[id(t)])
 
 
 class CudaGraph:
