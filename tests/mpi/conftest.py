@@ -6,6 +6,7 @@ failure fails on every rank at once and never leaves ranks waiting.
 
 from __future__ import annotations
 
+import json
 import logging
 import signal
 import sys
@@ -112,6 +113,21 @@ def command(capfd):
                 signal.signal(s, h)
         out, err = capfd.readouterr()
         return code, out, err
+    return run
+
+
+@pytest.fixture
+def mgrit_nn(command):
+    """``mgrit_nn(*args)`` -> (exit status, rank 0's last stdout line as JSON or None, the stderr of
+    all ranks, rank 0's first), the same on every rank; asserts every rank exited with the
+    same status."""
+    def run(*args: str):
+        code, out, err = command(*args)
+        codes = WORLD.allgather(code)
+        assert codes == [codes[0]] * WORLD.size, codes
+        out, err = WORLD.bcast(out), "".join(WORLD.allgather(err))
+        lines = out.strip().splitlines()
+        return code, json.loads(lines[-1]) if lines else None, err
     return run
 
 

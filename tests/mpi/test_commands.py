@@ -23,21 +23,6 @@ def help_text(command: str) -> str:
     return sub.choices[command].format_help()
 
 
-@pytest.fixture
-def mgrit_nn(command):
-    """``mgrit_nn(*args)`` -> (exit status, rank 0's last stdout line as JSON or None, the stderr of
-    all ranks, rank 0's first), the same on every rank; asserts every rank exited with the
-    same status."""
-    def run(*args: str):
-        code, out, err = command(*args)
-        codes = WORLD.allgather(code)
-        assert codes == [codes[0]] * WORLD.size, codes
-        out, err = WORLD.bcast(out), "".join(WORLD.allgather(err))
-        lines = out.strip().splitlines()
-        return code, json.loads(lines[-1]) if lines else None, err
-    return run
-
-
 @ranks(2)
 def test_check_passes_with_a_verdict_a_person_reads(mgrit_nn):
     code, out, err = mgrit_nn("check", "configs/peaks.yaml", *SMALL)
