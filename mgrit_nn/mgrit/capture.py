@@ -185,7 +185,9 @@ def new_graph(kind: str):
 
 def warm_up(kind: str, fn) -> Any:
     """Runs ``fn()`` eagerly before its capture: on a side stream for ``cuda`` (lazy
-    initialization of libraries, as PyTorch's CUDA-graph notes ask), plainly otherwise."""
+    initialization of libraries, as PyTorch's CUDA-graph notes ask), plainly otherwise.
+    Only for computations whose memory lives no longer than the call or is dropped before
+    the capture (a block allocated on a side stream may be handed out on it again)."""
     if kind != "cuda":
         return fn()
     side = torch.cuda.Stream()

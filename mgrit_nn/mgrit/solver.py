@@ -15,7 +15,7 @@ import torch
 
 from mgrit_nn.comm import Messenger, Tag
 from mgrit_nn.config import MgritConfig
-from mgrit_nn.mgrit.capture import CaptureError, new_graph, warm_up
+from mgrit_nn.mgrit.capture import CaptureError, new_graph
 from mgrit_nn.mgrit.cycle import CYCLES
 from mgrit_nn.mgrit.hierarchy import Chain, Level, build_levels
 from mgrit_nn.mgrit.propagator import Index, Propagator, Workspace, same_objects
@@ -354,9 +354,9 @@ class MGRIT:
             self._recorded, self._seen, self._record_key = {}, set(), key
         got = self._recorded.get(kind)
         if got is None:
-            if kind not in self._seen:
-                self._seen.add(kind)
-                return warm_up(self.graphs, lambda: self._iterate(cycle, skip))
+            if kind not in self._seen:    # on the current stream: what it allocates is
+                self._seen.add(kind)        # used there for good (a side stream's blocks
+                return self._iterate(cycle, skip)      # could be reused under it)
             got = self._record(cycle, skip)
             if got is None:
                 return self._iterate(cycle, skip)
