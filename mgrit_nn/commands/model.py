@@ -171,6 +171,10 @@ def model_command(run: Run, machine: str | None, ranks_text: str | None, exact: 
     world, given = run.world, {}
 
     def check() -> None:
+        if run.cfg.runtime.graphs != "eager":
+            raise ConfigError("mgrit-nn model: runtime.graphs must be eager (the model prices "
+                              "every operation the solvers dispatch, on virtual ranks that "
+                              "exchange messages; a replayed iteration is one launch)")
         if machine is None and run.msg.size < 2:
             raise ConfigError("mgrit-nn model: calibrating the message model needs 2 ranks "
                               "(mpiexec -n 2 mgrit-nn model ...), or give --machine FILE")

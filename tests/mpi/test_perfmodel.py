@@ -104,6 +104,9 @@ def test_model_errors_are_said_once(command, shared_tmp):
     said = refused(command, "model", "configs/peaks.yaml", "--set", "model.layers=8",
                    "--machine", str(good), "--ranks", "1,16")
     assert "--ranks 1,16" in said and "(8)" in said
+    said = refused(command, "model", "configs/peaks.yaml", "--set", "runtime.graphs=emulate",
+                   "--set", f"parallel.data_replicas={WORLD.size}", "--machine", str(good))
+    assert "runtime.graphs must be eager" in said
     if WORLD.size == 1:
         said = refused(command, "model", "configs/peaks.yaml")
         assert "2 ranks" in said and "--machine" in said
