@@ -1,7 +1,7 @@
 """Issue 16's checks for a GPU machine, in one command (a lent machine's time is short).
 
     python3 benchmarks/gpu_session.py --out DIR [--venv /tmp/venv --wheels .whl] [--small]
-        [--only gpu|cpu]
+        [--only gpu|cpu] [--ranks 1,2,4,8,16]
 
 On a machine with PyTorch and CUDA but without MPI, ``--wheels`` names a folder of wheels
 (mpi4py, mpich, pytest-mpi, pytest-timeout for that machine's Python) and ``--venv`` a new
@@ -96,12 +96,14 @@ def main() -> None:
     ap.add_argument("--wheels")
     ap.add_argument("--small", action="store_true")
     ap.add_argument("--only", choices=["gpu", "cpu"])
+    ap.add_argument("--ranks", help="CPU rank counts (default 1,2,4,8,16; --small: 1,2)")
     a = ap.parse_args()
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     env, python, mpiexec = _environment(a.venv, a.wheels)
     layers, batches, ranks = (32, (16, 4), (1, 2)) if a.small else (1024, (1000, 4),
                                                                      (1, 2, 4, 8, 16))
+    ranks = tuple(int(p) for p in a.ranks.split(",")) if a.ranks else ranks
     base = ["configs/peaks.yaml", "--set", f"model.layers={layers}", "--set",
             "runtime.dtype=float32", "--set", "bench.exact=false", "--set", "model.width=8"]
     mgrit = [python, "-m", "mgrit_nn"]
