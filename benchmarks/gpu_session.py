@@ -1,12 +1,12 @@
 """Issue 16's checks for a GPU machine, in one command (a lent machine's time is short).
 
-    python3 benchmarks/gpu_session.py --out DIR [--venv /tmp/venv --wheels .whl] [--small]
+    python3 benchmarks/gpu_session.py --out DIR [--wheels .whl] [--small]
         [--only gpu|cpu] [--ranks 1,2,4,8,16]
 
 On a machine with PyTorch and CUDA but without MPI, ``--wheels`` names a folder of wheels
-(mpi4py, mpich, pytest-mpi, pytest-timeout for that machine's Python) and ``--venv`` a new
-virtual environment that sees the machine's packages and gets those; the package itself is
-read from this checkout (PYTHONPATH). Each step has its own time limit, writes its
+(mpi4py, mpich, pytest-mpi, pytest-timeout for that machine's Python), installed into the
+running Python's environment first; the package itself is read from this checkout
+(PYTHONPATH). Each step has its own time limit, writes its
 output into DIR and goes on after a failure; a summary ends the run (also DIR/summary.json):
 
 1. ``env``: the GPU (nvidia-smi), torch, MPI.
@@ -25,7 +25,7 @@ run it with ``--only cpu``).
 On the project's lent GPU machines (no package index there; at most 8 files come back),
 after ``pip download`` of the four wheels for Python 3.12 into ``.whl`` (ignored by git):
 
-    python3 benchmarks/gpu_session.py --venv /tmp/venv --wheels .whl --out /tmp/gs;
+    python3 benchmarks/gpu_session.py --wheels .whl --out /tmp/gs;
     tar czf $OUT/gs.tgz -C /tmp gs; cp /tmp/gs/summary.json $OUT/
 """
 
@@ -70,29 +70,24 @@ def _run(name: str, cmd: list[str], out: Path, limit: int, env: dict) -> dict:
             "tail": (stdout + stderr)[-600:] if code != 0 else ""}
 
 
-def _environment(venv: str | None, wheels: str | None) -> tuple[dict, str, str]:
-    """(environment, python, mpiexec) for the steps."""
+def _environment(wheels: str | None) -> tuple[dict, str, str]:
+    """(environment, python, mpiexec) for the steps; ``wheels``: installed first into this
+    Python's own environment (a machine that is thrown away after the session)."""
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
-    python = sys.executable
-    if venv:
-        if not Path(venv, "bin", "python").exists():
-            subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", venv],
-                           check=True)
-        python = str(Path(venv, "bin", "python"))
-        if wheels:
-            subprocess.run([python, "-m", "pip", "install", "-q", "--no-index", "--no-deps",
-                            "--no-compile", "--no-cache-dir", *map(str, Path(wheels).glob(
-                                "*.whl"))], check=True)
-        env["PATH"] = os.pathsep.join((str(Path(venv, "bin")), env.get("PATH", "")))
-    mpiexec = shutil.which("mpiexec", path=env.get("PATH")) or "mpiexec"
-    return env, python, mpiexec
+    if wheels:
+        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-index",
+                        "--no-deps", "--no-compile", "--no-cache-dir", "--force-reinstall",
+                        *map(str, sorted(Path(wheels).glob("*.whl")))], check=True)
+    bindir = str(Path(sys.prefix, "bin"))         # where the mpich wheel puts mpiexec
+    env["PATH"] = os.pathsep.join((bindir, env.get("PATH", "")))
+    mpiexec = shutil.which("mpiexec", path=env["PATH"]) or "mpiexec"
+    return env, sys.executable, mpiexec
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", required=True)
-    ap.add_argument("--venv")
     ap.add_argument("--wheels")
     ap.add_argument("--small", action="store_true")
     ap.add_argument("--only", choices=["gpu", "cpu"])
@@ -100,7 +95,7 @@ def main() -> None:
     a = ap.parse_args()
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    env, python, mpiexec = _environment(a.venv, a.wheels)
+    env, python, mpiexec = _environment(a.wheels)
     layers, batches, ranks = (32, (16, 4), (1, 2)) if a.small else (1024, (1000, 4),
                                                                      (1, 2, 4, 8, 16))
     ranks = tuple(int(p) for p in a.ranks.split(",")) if a.ranks else ranks
