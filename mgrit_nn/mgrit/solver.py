@@ -279,8 +279,19 @@ class MGRIT:
         self.r0 = r
         if not len(r):
             return None
-        u_c, rf = members(self, 0, "C").get(self.data[0].u).flatten(), r.flatten()
+        u_c = members(self, 0, "C").get(self.data[0].u)
+        if not u_c.is_contiguous():        # a strided view, gathered for the dot product
+            u_c = self._gathered(u_c)
+        u_c, rf = u_c.flatten(), r.flatten()
         return torch.stack([torch.dot(rf, rf), torch.dot(u_c, u_c)])
+
+    def _gathered(self, u_c: torch.Tensor) -> torch.Tensor:
+        """A contiguous copy of level 0's C-points without new memory: in level 1's iterate,
+        which the cycle has spent (the correction is formed in it) and the next restriction
+        writes anew; it has a row for each of them. One level: scratch rows of its own."""
+        if len(self.data) > 1:
+            return self.data[1].u[:len(u_c)].copy_(u_c)
+        return self.work.get("u_c", len(u_c), u_c).copy_(u_c)
 
     def _reduce(self, sums: torch.Tensor | None) -> float:
         local = [0.0, 0.0] if sums is None else sums.tolist()     # one device sync for both
