@@ -98,6 +98,9 @@ class MGRIT:
             raise ValueError(f"{name}: runtime.graphs needs every layer on one rank (the "
                              f"iterations of a chain of {len(chain.ranks)} ranks exchange "
                              "messages, which a graph cannot replay)")
+        if graphs != "eager" and not hasattr(prop, "capture_key"):
+            raise TypeError(f"{name}: runtime.graphs needs a propagator with capture_key() "
+                            f"({type(prop).__name__} has none)")
         self.chain, self.prop, self.msg, self.opts = chain, prop, msg, opts
         self.device, self.dtype, self.name = device, dtype, name
         self.rank = msg.rank
@@ -266,14 +269,9 @@ class MGRIT:
             send.wait()
 
     # -- the iteration ---------------------------------------------------------------------
-    def residual(self) -> float:
-        """``sqrt(sum over level-0 C-points c>=1 of ||Phi(u_{c-1}) - u_c||^2)``: one reduction,
-        the same bits on every rank, so every rank takes the same stopping decision. The
-        same reduction gives the norm of those states, :attr:`scale` (the rounding floor)."""
-        return self._reduce(self._residual_sums())
-
     def _residual_sums(self) -> torch.Tensor | None:
-        """This rank's two sums of :meth:`residual` on the device (None: no C-points here);
+        """This rank's sums of squares of the residual at its level-0 C-points c >= 1,
+        ``Phi(u_{c-1}) - u_c``, and of those states, on the device (None: no C-points here);
         keeps the fine residual for the next restriction (:attr:`r0`)."""
         r = fine_residual(self, 0)                         # g = 0 on level 0
         self.r0 = r
@@ -294,6 +292,9 @@ class MGRIT:
         return self.work.get("u_c", len(u_c), u_c).copy_(u_c)
 
     def _reduce(self, sums: torch.Tensor | None) -> float:
+        """The residual norm over all ranks from their :meth:`_residual_sums`: one reduction,
+        the same bits on every rank, so every rank takes the same stopping decision. The
+        same reduction gives the norm of those states, :attr:`scale` (the rounding floor)."""
         local = [0.0, 0.0] if sums is None else sums.tolist()     # one device sync for both
         r2, u2 = self.msg.allreduce_sums(local)
         self.scale = math.sqrt(u2)
