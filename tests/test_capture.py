@@ -62,3 +62,11 @@ def test_host_transfers_are_refused_and_leave_the_state_as_it_was(bad):
 def test_unknown_backend_is_named():
     with pytest.raises(ValueError, match="no graph backend 'cpu'"):
         new_graph("cpu")
+
+
+def test_a_dtype_conversion_on_the_device_is_not_a_host_transfer():
+    x = torch.arange(3, dtype=torch.float64)
+    g = EmulatedGraph()
+    y = g.capture(lambda: x.to(torch.float32) * 2)
+    g.replay()
+    assert y.dtype == torch.float32 and y.tolist() == [0.0, 2.0, 4.0]

@@ -74,7 +74,8 @@ def _refused(name: str):
 @contextmanager
 def _no_host_reads():
     """``Tensor.tolist`` and ``Tensor.numpy`` read CPU memory without dispatching an
-    operation: refused while capturing, as on a GPU, where they copy to the host."""
+    operation: refused while capturing, as on a GPU, where they copy to the host (in the
+    whole process: no other thread may read tensors on the host during a capture)."""
     kept = {name: getattr(torch.Tensor, name) for name in ("tolist", "numpy")}
     try:
         for name in kept:
@@ -100,8 +101,9 @@ class _Guard(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         name = func.overloadpacket.__name__
-        moves = name in ("_to_copy", "copy_") and len({t.device for t in _tensors(
-            (args, kwargs))} | ({kwargs["device"]} if kwargs.get("device") else set())) > 1
+        moves = name in ("_to_copy", "copy_") and len(
+            {t.device.type for t in _tensors((args, kwargs))} |
+            ({torch.device(kwargs["device"]).type} if kwargs.get("device") else set())) > 1
         if name in _HOST or moves:
             raise CaptureError(
                 f"aten.{name} moves data between host and device inside a captured "
