@@ -75,10 +75,11 @@ def _environment(wheels: str | None) -> tuple[dict, str, str]:
     Python's own environment (a machine that is thrown away after the session)."""
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
-    if wheels:
-        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-index",
-                        "--no-deps", "--no-compile", "--no-cache-dir", "--force-reinstall",
-                        *map(str, sorted(Path(wheels).glob("*.whl")))], check=True)
+    if wheels:                  # a failure is reported and the steps try what is there
+        p = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-index",
+                            "--no-deps", "--no-compile", "--no-cache-dir", "--force-reinstall",
+                            *map(str, sorted(Path(wheels).glob("*.whl")))])
+        print(f"[wheels] pip install exit {p.returncode}", flush=True)
     bindir = str(Path(sys.prefix, "bin"))         # where the mpich wheel puts mpiexec
     env["PATH"] = os.pathsep.join((bindir, env.get("PATH", "")))
     mpiexec = shutil.which("mpiexec", path=env["PATH"]) or "mpiexec"
