@@ -28,12 +28,16 @@ the writes it made while recording); call :meth:`replay` for that.
 
 from __future__ import annotations
 
+import logging
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode, _disable_current_modes
 from torch.utils._pytree import tree_flatten
+
+log = logging.getLogger("mgrit_nn")
 
 KINDS = ("eager", "cuda", "emulate")
 
@@ -198,3 +202,73 @@ def warm_up(kind: str, fn) -> Any:
         out = fn()
     torch.cuda.current_stream().wait_stream(side)
     return out
+
+
+# -- the MGRIT solver's use: one recording per kind of iteration -------------------------
+
+@dataclass
+class Recordings:
+    """A solver's recorded iterations: per kind, (graph, its outputs, its step count)."""
+
+    kinds: dict = field(default_factory=dict)
+    seen: set = field(default_factory=set)       # kinds run eagerly once under ``key``
+    key: tuple | None = None                     # the memory the recordings read
+
+
+def iteration(solver, cycle, skip: bool) -> torch.Tensor | None:
+    """``solver._iterate`` (a cycle, then the residual's sums), eagerly or (``solver.graphs``)
+    from a recording of its kind.
+
+    A kind is the code path the iteration takes (``skip``; whether and where the last
+    residual is kept). The first iteration of a kind runs eagerly (it allocates the scratch
+    and builds the plans a recording must not), the second is recorded, every later one
+    replayed, until the memory the recordings read is replaced (the storage, the scratch,
+    the propagator's step data: :func:`_memory_key`); then they are dropped and recorded
+    anew. A failed recording is reported once and the solver runs eagerly from then on."""
+    if solver.graphs is None:
+        return solver._iterate(cycle, skip)
+    rec, r0 = solver.recordings, solver.r0
+    kind = (skip, None if r0 is None else (r0.data_ptr(), r0.shape))
+    key = _memory_key(solver)
+    if key != rec.key:
+        rec.kinds, rec.seen, rec.key = {}, set(), key
+    got = rec.kinds.get(kind)
+    if got is None:
+        if kind not in rec.seen:        # on the current stream: what it allocates is used
+            rec.seen.add(kind)          # there for good (a side stream's blocks could be
+            return solver._iterate(cycle, skip)      # handed out again under it)
+        got = _record(solver, cycle, skip)
+        if got is None:
+            return solver._iterate(cycle, skip)
+        rec.kinds[kind] = got
+    graph, (r0, sums), steps = got
+    with solver.stats.phase("replay"):
+        graph.replay()
+    solver.stats.steps += steps
+    solver.stats.replays += 1
+    solver.r0 = r0
+    return sums
+
+
+def _record(solver, cycle, skip: bool):
+    """(graph, its outputs (the kept residual, the sums), its step count), or None when the
+    recording failed (then the solver is eager from here on)."""
+    graph, steps, r0 = new_graph(solver.graphs), solver.stats.steps, solver.r0
+    try:
+        with solver.stats.phase("record"):
+            out = graph.capture(lambda: (solver._iterate(cycle, skip), solver.r0))
+    except (CaptureError, RuntimeError) as exc:
+        log.warning("%s: runtime.graphs %s: recording an iteration failed (%s); this "
+                    "solver runs eagerly from here on", solver.name, solver.graphs, exc)
+        solver.graphs, solver.recordings = None, Recordings()
+        solver.stats.steps, solver.r0 = steps, r0     # as before the recording (its memory too)
+        return None
+    sums, r0 = out
+    taken, solver.stats.steps = solver.stats.steps - steps, steps
+    return graph, (r0, sums), taken
+
+
+def _memory_key(solver) -> tuple:
+    """Changes when memory a recorded iteration reads is replaced (not overwritten)."""
+    return (tuple(id(t) for t in solver._stores), solver.work.generation,
+            solver.prop.capture_key())

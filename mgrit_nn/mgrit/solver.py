@@ -5,7 +5,6 @@ One solver serves every propagator (forward, adjoint, any step scheme).
 
 from __future__ import annotations
 
-import logging
 import math
 import time
 from contextlib import contextmanager
@@ -15,7 +14,7 @@ import torch
 
 from mgrit_nn.comm import Messenger, Tag
 from mgrit_nn.config import MgritConfig
-from mgrit_nn.mgrit.capture import CaptureError, new_graph
+from mgrit_nn.mgrit.capture import Recordings, iteration
 from mgrit_nn.mgrit.cycle import CYCLES
 from mgrit_nn.mgrit.hierarchy import Chain, Level, build_levels
 from mgrit_nn.mgrit.propagator import Index, Propagator, Workspace, same_objects
@@ -23,8 +22,6 @@ from mgrit_nn.mgrit.relax import f_relax, members, sweep
 from mgrit_nn.mgrit.restrict import c_slots, fine_residual
 from mgrit_nn.runtime import CollectiveError
 from mgrit_nn.schema import per_level
-
-log = logging.getLogger("mgrit_nn")
 
 ROUNDING_FLOOR = 10.0   # the residual floor: ROUNDING_FLOOR x eps x the C-point states' norm
 
@@ -119,9 +116,7 @@ class MGRIT:
         self.first = chain.ranks[0] == self.rank           # owns point 0
         self.last = chain.ranks[-1] == self.rank           # owns point N
         self.graphs = None if graphs == "eager" else graphs  # None: eager (also after a failure)
-        self._recorded: dict = {}      # iteration kind -> (graph, its outputs, its steps)
-        self._seen: set = set()        # iteration kinds run eagerly once under _record_key
-        self._record_key = None
+        self.recordings = Recordings()
 
     # -- storage ---------------------------------------------------------------------------
     def _allocate(self, shape: tuple[int, ...]) -> None:
@@ -328,7 +323,7 @@ class MGRIT:
         self.r0 = None                  # level-0 residual of the current iterate, if known
         result = SolveResult(0)
         for k in range(1, max_iter + 1):
-            sums = self._iteration(cycle, skip=k == 1 and warm is None and self.opts.skip)
+            sums = iteration(self, cycle, skip=k == 1 and warm is None and self.opts.skip)
             with self.stats.phase("residual"):
                 r = self._reduce(sums)
             result.iters, result.residuals = k, result.residuals + [r]
@@ -347,57 +342,3 @@ class MGRIT:
         cycle(self, 0, skip=skip)
         with self.stats.phase("residual"):
             return self._residual_sums()
-
-    def _iteration(self, cycle, skip: bool) -> torch.Tensor | None:
-        """:meth:`_iterate`, eagerly or (``graphs``) from a recording of its kind.
-
-        A kind is the code path the iteration takes (``skip``; whether and where the last
-        residual is kept). The first iteration of a kind runs eagerly (it allocates the
-        scratch and builds the plans a recording must not), the second is recorded, every
-        later one replayed, until the memory the recordings read is replaced (the
-        storage, the scratch, the propagator's step data: :meth:`_memory_key`); then they
-        are dropped and recorded anew. A failed recording is reported once and the solver
-        runs eagerly from then on."""
-        if self.graphs is None:
-            return self._iterate(cycle, skip)
-        kind = (skip, None if self.r0 is None else (self.r0.data_ptr(), self.r0.shape))
-        key = self._memory_key()
-        if key != self._record_key:
-            self._recorded, self._seen, self._record_key = {}, set(), key
-        got = self._recorded.get(kind)
-        if got is None:
-            if kind not in self._seen:    # on the current stream: what it allocates is
-                self._seen.add(kind)        # used there for good (a side stream's blocks
-                return self._iterate(cycle, skip)      # could be reused under it)
-            got = self._record(cycle, skip)
-            if got is None:
-                return self._iterate(cycle, skip)
-            self._recorded[kind] = got
-        graph, (r0, sums), steps = got
-        with self.stats.phase("replay"):
-            graph.replay()
-        self.stats.steps += steps
-        self.stats.replays += 1
-        self.r0 = r0
-        return sums
-
-    def _record(self, cycle, skip: bool):
-        """(graph, its outputs (the kept residual, the sums), its step count), or None when
-        the recording failed (then the solver is eager from here on)."""
-        graph, steps, r0 = new_graph(self.graphs), self.stats.steps, self.r0
-        try:
-            with self.stats.phase("record"):
-                out = graph.capture(lambda: (self._iterate(cycle, skip), self.r0))
-        except (CaptureError, RuntimeError) as exc:
-            log.warning("%s: runtime.graphs %s: recording an iteration failed (%s); this "
-                        "solver runs eagerly from here on", self.name, self.graphs, exc)
-            self.graphs, self._recorded = None, {}
-            self.stats.steps, self.r0 = steps, r0     # as before the recording (its memory too)
-            return None
-        sums, r0 = out
-        taken, self.stats.steps = self.stats.steps - steps, steps
-        return graph, (r0, sums), taken
-
-    def _memory_key(self) -> tuple:
-        """Changes when memory a recorded iteration reads is replaced (not overwritten)."""
-        return (tuple(id(t) for t in self._stores), self.work.generation, self.prop.capture_key())
