@@ -14,34 +14,22 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 from mpi4py import MPI
 
-from mgrit_nn.commands.bench import bench_batch
-from mgrit_nn.methods.base import Batch
-from mgrit_nn.methods.layer_parallel import LayerParallelMethod
+from mgrit_nn.commands.model import gradient_of
+from mgrit_nn.commands.paired import quartiles, seconds
 from mgrit_nn.setup_run import setup
 
 
 def gradient(config: str | None, sets: list[str], batch: int, graphs: str):
+    """The one-shot gradient of the bench (fixed counts) on one rank, its recordings made."""
     run = setup(config, ["model.layers=1024", "runtime.threads=1", *sets,
                          f"data.n_train={batch}", f"runtime.graphs={graphs}"], MPI.COMM_SELF)
-    method = LayerParallelMethod(run, exact=False, fixed_iters=True)
-    x, y, idx = bench_batch(run)
-
-    def grad() -> None:
-        method.step(Batch(x, y, idx))
+    grad = gradient_of(exact=False)(run)
     for _ in range(4):               # eager, recorded, replayed: every kind seen
         grad()
-    return grad
-
-
-def timed(fn) -> float:
-    fn()
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
+    return grad, run.device
 
 
 def main() -> None:
@@ -53,12 +41,13 @@ def main() -> None:
     a = ap.parse_args()
     print("| batch | eager [ms] | replayed [ms] | ratio quartiles |\n|---|---|---|---|")
     for b in map(int, a.batches.split(",")):
-        eager, replayed = (gradient(a.config, a.set, b, g) for g in ("eager", "emulate"))
+        (eager, device), (replayed, _) = (gradient(a.config, a.set, b, g)
+                                          for g in ("eager", "emulate"))
         te, tr = [], []
         for _ in range(a.pairs):
-            te.append(timed(eager))
-            tr.append(timed(replayed))
-        q = statistics.quantiles([r / e for e, r in zip(te, tr, strict=True)], n=4)
+            te.append(seconds(eager, device, warm=True))
+            tr.append(seconds(replayed, device, warm=True))
+        q = quartiles([r / e for e, r in zip(te, tr, strict=True)])
         print(f"| {b} | {1e3 * statistics.median(te):.2f} | {1e3 * statistics.median(tr):.2f} "
               f"| {q[0]:.3f} / {q[1]:.3f} / {q[2]:.3f} |", flush=True)
 

@@ -131,17 +131,14 @@ def serial_gradient(run: Run, x: torch.Tensor, y: torch.Tensor):
     return model, grad_of
 
 
-def graphed_serial(model: SerialResNet, x: torch.Tensor, y: torch.Tensor, kind: str):
-    """Serial autograd's whole gradient (forward and backward) recorded once (``kind``: a
-    CUDA graph, or its CPU emulation): a replay and the gradient tensors it rewrites."""
-    def fwd_bwd() -> None:
-        F.cross_entropy(model(x), y).backward()
+def graphed_serial(model: SerialResNet, grad, kind: str):
+    """Serial autograd's whole gradient ``grad()`` (forward and backward; it sets the
+    gradients to None first, so they are the recording's own memory) recorded once
+    (``kind``: a CUDA graph, or its CPU emulation): a replay and the tensors it rewrites."""
     for _ in range(3):                       # libraries' lazy initialization (a side stream)
-        model.zero_grad()
-        warm_up(kind, fwd_bwd)
-    model.zero_grad(set_to_none=True)        # the gradients are the recording's own memory
+        warm_up(kind, grad)
     graph = new_graph(kind)
-    graph.capture(fwd_bwd)
+    graph.capture(grad)
     return graph.replay, [p.grad for p in model.parameters()]
 
 
@@ -168,7 +165,7 @@ def _serial(run: Run, x: torch.Tensor, y: torch.Tensor):
                                                     run.device)
         variants["serial_sigmoid_grad_s"] = sigmoid_form
     if run.cfg.runtime.graphs != "eager":
-        replay, grads = graphed_serial(model, x, y, run.cfg.runtime.graphs)
+        replay, grads = graphed_serial(model, eager, run.cfg.runtime.graphs)
         replay()
         eager()
         out["serial_graphed_grad_diff"] = max(

@@ -216,30 +216,30 @@ class Recordings:
 
 
 def iteration(solver, cycle, skip: bool) -> torch.Tensor | None:
-    """``solver._iterate`` (a cycle, then the residual's sums), eagerly or (``solver.graphs``)
+    """``solver.iterate`` (a cycle, then the residual's sums), eagerly or (``solver.graphs``)
     from a recording of its kind.
 
     A kind is the code path the iteration takes (``skip``; whether and where the last
     residual is kept). The first iteration of a kind runs eagerly (it allocates the scratch
     and builds the plans a recording must not), the second is recorded, every later one
-    replayed, until the memory the recordings read is replaced (the storage, the scratch,
-    the propagator's step data: :func:`_memory_key`); then they are dropped and recorded
-    anew. A failed recording is reported once and the solver runs eagerly from then on."""
+    replayed, until the memory the recordings read is replaced (``solver.memory_key()``);
+    then they are dropped and recorded anew. A failed recording is reported once and the
+    solver runs eagerly from then on."""
     if solver.graphs is None:
-        return solver._iterate(cycle, skip)
+        return solver.iterate(cycle, skip)
     rec, r0 = solver.recordings, solver.r0
     kind = (skip, None if r0 is None else (r0.data_ptr(), r0.shape))
-    key = _memory_key(solver)
+    key = solver.memory_key()
     if key != rec.key:
         rec.kinds, rec.seen, rec.key = {}, set(), key
     got = rec.kinds.get(kind)
     if got is None:
         if kind not in rec.seen:        # on the current stream: what it allocates is used
             rec.seen.add(kind)          # there for good (a side stream's blocks could be
-            return solver._iterate(cycle, skip)      # handed out again under it)
+            return solver.iterate(cycle, skip)      # handed out again under it)
         got = _record(solver, cycle, skip)
         if got is None:
-            return solver._iterate(cycle, skip)
+            return solver.iterate(cycle, skip)
         rec.kinds[kind] = got
     graph, (r0, sums), steps = got
     with solver.stats.phase("replay"):
@@ -256,7 +256,7 @@ def _record(solver, cycle, skip: bool):
     graph, steps, r0 = new_graph(solver.graphs), solver.stats.steps, solver.r0
     try:
         with solver.stats.phase("record"):
-            out = graph.capture(lambda: (solver._iterate(cycle, skip), solver.r0))
+            out = graph.capture(lambda: (solver.iterate(cycle, skip), solver.r0))
     except (CaptureError, RuntimeError) as exc:
         log.warning("%s: runtime.graphs %s: recording an iteration failed (%s); this "
                     "solver runs eagerly from here on", solver.name, solver.graphs, exc)
@@ -267,8 +267,3 @@ def _record(solver, cycle, skip: bool):
     taken, solver.stats.steps = solver.stats.steps - steps, steps
     return graph, (r0, sums), taken
 
-
-def _memory_key(solver) -> tuple:
-    """Changes when memory a recorded iteration reads is replaced (not overwritten)."""
-    return (tuple(id(t) for t in solver._stores), solver.work.generation,
-            solver.prop.capture_key())

@@ -336,9 +336,15 @@ class MGRIT:
                 break
         return result
 
-    def _iterate(self, cycle, skip: bool) -> torch.Tensor | None:
+    def iterate(self, cycle, skip: bool) -> torch.Tensor | None:
         """One iteration on the device: a cycle, which ends with correction + F-relax on
         level 0 (or an exact solve), then the residual's sums (:meth:`_residual_sums`)."""
         cycle(self, 0, skip=skip)
         with self.stats.phase("residual"):
             return self._residual_sums()
+
+    def memory_key(self) -> tuple:
+        """Changes when memory an iteration reads is replaced, not overwritten: the levels'
+        storage, the scratch, the propagator's step data (a recording of it is then stale)."""
+        return (tuple(id(t) for t in self._stores), self.work.generation,
+                self.prop.capture_key())

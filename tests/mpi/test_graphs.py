@@ -73,13 +73,13 @@ def test_a_new_batch_size_is_recorded_anew():
 
 def test_a_failed_recording_warns_once_and_runs_eagerly(monkeypatch, caplog):
     eager, _, _ = train()
-    iterate = MGRIT._iterate
+    iterate = MGRIT.iterate
 
     def reads_the_host(self, cycle, skip):
         sums = iterate(self, cycle, skip)
         float(self.data[0].u.sum())                 # a host read: refused in a recording
         return sums
-    monkeypatch.setattr(MGRIT, "_iterate", reads_the_host)
+    monkeypatch.setattr(MGRIT, "iterate", reads_the_host)
     with caplog.at_level(logging.WARNING, logger="mgrit_nn"):
         got, replays, kept = train(runtime__graphs="emulate")
     assert got == eager and replays == (0, 0) and kept == (None, None)
